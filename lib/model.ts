@@ -1,0 +1,831 @@
+/**
+ * Qwen2 (HF transformers `models/qwen2/modeling_qwen2.py`, eager attention path) on TensorFlow.js.
+ *
+ * Weights keep their Hugging Face names and `[out_features, in_features]` layout, so a checkpoint
+ * loads name by name: `model.layers.3.mlp.gate_proj.weight` is `weights.get(...)` here too. Every
+ * linear goes through {@linkcode linear}, which adds an adapter's delta (LoRA) when one is given,
+ * so the reference model is the same weights with `adapter: null`.
+ *
+ * Shape letters: `B` batch rows, `T` query tokens, `S` key tokens (cache + new), `H` hidden,
+ * `V` vocab, `nH` query heads, `nKV` key/value heads, `hd` head_dim, `C` completion tokens.
+ *
+ * @module
+ */
+import { tf } from "./tf.ts";
+import { CheckpointError } from "./errors.ts";
+import { loadCheckpointTensors } from "./safetensors.ts";
+
+/** The `config.json` fields we use, spelled as HF spells them. */
+export interface Qwen2Config {
+  model_type: string;
+  vocab_size: number;
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  rms_norm_eps: number;
+  rope_theta: number;
+  max_position_embeddings: number;
+  tie_word_embeddings: boolean;
+  hidden_act?: string;
+  torch_dtype?: string;
+  bos_token_id?: number | null;
+  eos_token_id?: number | number[] | null;
+  use_sliding_window?: boolean;
+  rope_scaling?: unknown;
+}
+
+/** A loaded model: config plus HF-named weight tensors (plain tensors, never variables). */
+export interface Qwen2Model {
+  config: Qwen2Config;
+  /** HF tensor name → tensor. Base weights are frozen: they are not `tf.Variable`s. */
+  weights: Map<string, tf.Tensor>;
+  /** The directory it came from, or null for a model built in memory. */
+  dir: string | null;
+  /** Frees every weight. */
+  dispose(): void;
+}
+
+/**
+ * Something that adds a trainable delta to a frozen linear layer (LoRA, see `lib/lora.ts`).
+ * `name` is the module path without `.weight`, e.g. `model.layers.0.self_attn.q_proj`.
+ */
+export interface LinearAdapter {
+  /** The delta to add to `x @ W^T + b` for module `name`, or null when it has none. */
+  delta(name: string, x: tf.Tensor2D): tf.Tensor2D | null;
+}
+
+/** Per-layer keys and values (after RoPE) of the tokens seen so far. Owned by the caller. */
+export interface KVCache {
+  /** Per layer, [B, nKV, S, hd]. */
+  keys: tf.Tensor4D[];
+  /** Per layer, [B, nKV, S, hd]. */
+  values: tf.Tensor4D[];
+  /** [B, S] 1 for real tokens, 0 for padding. */
+  attentionMask: tf.Tensor2D;
+  /** [B] int32: the position id the next token of each row gets. */
+  nextPositions: tf.Tensor1D;
+}
+
+/** Options of {@linkcode forward} and {@linkcode hiddenStates}. */
+export interface ForwardOptions {
+  /** [B, T] 1 = token, 0 = padding. Default all ones. */
+  attentionMask?: tf.Tensor2D;
+  /**
+   * [B, T] int32 RoPE positions. Default: from the mask as HF `generate` builds them
+   * (`cumsum(mask) - 1`, pads set to 1), which is `0..T-1` when there is no padding.
+   */
+  positionIds?: tf.Tensor2D;
+  /** LoRA or another adapter; null or absent = the base model. */
+  adapter?: LinearAdapter | null;
+  /**
+   * Recompute each decoder layer's activations in the backward pass instead of keeping them
+   * (HF `gradient_checkpointing`). Only matters under a gradient tape.
+   */
+  gradientCheckpointing?: boolean;
+}
+
+// NOTE: HF masks with finfo(float32).min, not -inf: a fully masked (pad) query row then becomes a
+// uniform softmax instead of NaN, and NaN would leak into real rows through 0 * NaN in probs @ v.
+const MASK_VALUE = -3.4028234663852886e38;
+
+/** The HF files a model directory needs; named in the error when one is missing (seed "Issue 4"). */
+export const MODEL_FILES = [
+  "config.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "model.safetensors (or model.safetensors.index.json with its shards)",
+] as const;
+
+/** head_dim of a config: `hidden_size / num_attention_heads` (Qwen2 has no separate field). */
+export function headDim(config: Qwen2Config): number {
+  return config.hidden_size / config.num_attention_heads;
+}
+
+/**
+ * Checks a parsed `config.json` and fills HF defaults (`tie_word_embeddings` false,
+ * `rope_theta` 10000, `rms_norm_eps` 1e-6).
+ *
+ * @param raw The parsed JSON.
+ * @param file Named in errors.
+ * @returns A checked config.
+ * @example Usage
+ * ```ts
+ * import { parseQwen2Config } from "./model.ts";
+ * const config = parseQwen2Config({
+ *   model_type: "qwen2", vocab_size: 10, hidden_size: 8, intermediate_size: 16,
+ *   num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1,
+ * }, "config.json");
+ * console.assert(config.rope_theta === 10000);
+ * ```
+ */
+export function parseQwen2Config(raw: unknown, file: string): Qwen2Config {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new CheckpointError(`Cannot load ${file}: expected a JSON object`, { file });
+  }
+  const r = raw as Record<string, unknown>;
+  if (r.model_type !== "qwen2") {
+    throw new CheckpointError(
+      `Cannot load ${file}: model_type: expected "qwen2", got ${JSON.stringify(r.model_type)}`,
+      { file, key: "model_type" },
+    );
+  }
+  const positive = [
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+  ];
+  for (const key of positive) {
+    const v = r[key];
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 1) {
+      throw new CheckpointError(
+        `Cannot load ${file}: ${key}: expected a positive integer, got ${JSON.stringify(v)}`,
+        { file, key },
+      );
+    }
+  }
+  const config: Qwen2Config = {
+    ...(r as unknown as Qwen2Config),
+    rms_norm_eps: typeof r.rms_norm_eps === "number" ? r.rms_norm_eps : 1e-6,
+    rope_theta: typeof r.rope_theta === "number" ? r.rope_theta : 10000,
+    max_position_embeddings: typeof r.max_position_embeddings === "number"
+      ? r.max_position_embeddings
+      : 32768,
+    tie_word_embeddings: r.tie_word_embeddings === true,
+  };
+  if (config.hidden_size % config.num_attention_heads !== 0) {
+    throw new CheckpointError(
+      `Cannot load ${file}: hidden_size ${config.hidden_size} is not a multiple of num_attention_heads ${config.num_attention_heads}`,
+      { file, key: "hidden_size" },
+    );
+  }
+  if (config.num_attention_heads % config.num_key_value_heads !== 0) {
+    throw new CheckpointError(
+      `Cannot load ${file}: num_attention_heads ${config.num_attention_heads} is not a multiple of num_key_value_heads ${config.num_key_value_heads}`,
+      { file, key: "num_key_value_heads" },
+    );
+  }
+  if (r.rope_scaling !== null && r.rope_scaling !== undefined) {
+    throw new CheckpointError(
+      `Cannot load ${file}: rope_scaling ${
+        JSON.stringify(r.rope_scaling)
+      } is not supported (only plain RoPE)`,
+      { file, key: "rope_scaling" },
+    );
+  }
+  if (r.use_sliding_window === true) {
+    throw new CheckpointError(
+      `Cannot load ${file}: use_sliding_window: true is not supported`,
+      { file, key: "use_sliding_window" },
+    );
+  }
+  return config;
+}
+
+/**
+ * The HF tensor names and shapes a Qwen2 checkpoint of this config holds.
+ *
+ * @param config The model config.
+ * @returns name → shape, in HF's order.
+ * @example Usage
+ * ```ts
+ * import { expectedWeightShapes, parseQwen2Config } from "./model.ts";
+ * const config = parseQwen2Config({
+ *   model_type: "qwen2", vocab_size: 10, hidden_size: 8, intermediate_size: 16,
+ *   num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1,
+ * }, "config.json");
+ * console.assert(expectedWeightShapes(config).get("lm_head.weight")![0] === 10);
+ * ```
+ */
+export function expectedWeightShapes(config: Qwen2Config): Map<string, number[]> {
+  const H = config.hidden_size;
+  const I = config.intermediate_size;
+  const kvDim = config.num_key_value_heads * headDim(config);
+  const shapes = new Map<string, number[]>();
+  shapes.set("model.embed_tokens.weight", [config.vocab_size, H]);
+  for (let i = 0; i < config.num_hidden_layers; i++) {
+    const p = `model.layers.${i}`;
+    shapes.set(`${p}.input_layernorm.weight`, [H]);
+    shapes.set(`${p}.self_attn.q_proj.weight`, [H, H]);
+    shapes.set(`${p}.self_attn.q_proj.bias`, [H]);
+    shapes.set(`${p}.self_attn.k_proj.weight`, [kvDim, H]);
+    shapes.set(`${p}.self_attn.k_proj.bias`, [kvDim]);
+    shapes.set(`${p}.self_attn.v_proj.weight`, [kvDim, H]);
+    shapes.set(`${p}.self_attn.v_proj.bias`, [kvDim]);
+    shapes.set(`${p}.self_attn.o_proj.weight`, [H, H]);
+    shapes.set(`${p}.post_attention_layernorm.weight`, [H]);
+    shapes.set(`${p}.mlp.gate_proj.weight`, [I, H]);
+    shapes.set(`${p}.mlp.up_proj.weight`, [I, H]);
+    shapes.set(`${p}.mlp.down_proj.weight`, [H, I]);
+  }
+  shapes.set("model.norm.weight", [H]);
+  if (!config.tie_word_embeddings) shapes.set("lm_head.weight", [config.vocab_size, H]);
+  return shapes;
+}
+
+/**
+ * Builds a model from a config and HF-named float32 arrays, checking every name and shape.
+ *
+ * @param config The model config.
+ * @param arrays name → { shape, data }; `lm_head.weight` is ignored when embeddings are tied.
+ * @param options `dir` (recorded), `file` (named in errors).
+ * @returns The model; its `dispose()` frees the weights.
+ * @example Usage
+ * ```ts
+ * import { expectedWeightShapes, modelFromArrays, parseQwen2Config } from "./model.ts";
+ * const config = parseQwen2Config({
+ *   model_type: "qwen2", vocab_size: 10, hidden_size: 8, intermediate_size: 16,
+ *   num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1,
+ * }, "config.json");
+ * const arrays = new Map([...expectedWeightShapes(config)].map(([name, shape]) =>
+ *   [name, { shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) }]));
+ * const model = modelFromArrays(config, arrays);
+ * model.dispose();
+ * ```
+ */
+export function modelFromArrays(
+  config: Qwen2Config,
+  arrays: Map<string, { shape: number[]; data: Float32Array | Int32Array | Uint8Array }>,
+  options: { dir?: string | null; file?: string } = {},
+): Qwen2Model {
+  const file = options.file ?? "<memory>";
+  const expected = expectedWeightShapes(config);
+  for (const [name, shape] of expected) {
+    const got = arrays.get(name);
+    if (!got) {
+      throw new CheckpointError(`Cannot load ${file}: tensor ${name} is missing`, {
+        file,
+        key: name,
+      });
+    }
+    if (got.shape.length !== shape.length || got.shape.some((d, i) => d !== shape[i])) {
+      throw new CheckpointError(
+        `Cannot load ${file}: tensor ${name} has shape [${got.shape}], config.json implies [${shape}]`,
+        { file, key: name },
+      );
+    }
+    if (!(got.data instanceof Float32Array)) {
+      throw new CheckpointError(`Cannot load ${file}: tensor ${name} is not a float tensor`, {
+        file,
+        key: name,
+      });
+    }
+  }
+  for (const name of arrays.keys()) {
+    if (!expected.has(name) && !(name === "lm_head.weight" && config.tie_word_embeddings)) {
+      throw new CheckpointError(
+        `Cannot load ${file}: unexpected tensor ${name} for a qwen2 model with this config.json`,
+        { file, key: name },
+      );
+    }
+  }
+  const weights = new Map<string, tf.Tensor>();
+  for (const [name, shape] of expected) {
+    weights.set(name, tf.tensor(arrays.get(name)!.data as Float32Array, shape, "float32"));
+  }
+  return {
+    config,
+    weights,
+    dir: options.dir ?? null,
+    dispose() {
+      for (const t of weights.values()) t.dispose();
+      weights.clear();
+    },
+  };
+}
+
+/**
+ * Loads an HF Qwen2 directory: `config.json` and `model.safetensors` (or a sharded
+ * `model.safetensors.index.json`); F16/BF16 weights are widened to float32.
+ *
+ * @param dir The model directory.
+ * @returns The model. The caller disposes it.
+ * @example Usage
+ * ```ts ignore
+ * import { loadModel } from "./model.ts";
+ * const model = await loadModel("tests/fixtures/qwen2-tiny");
+ * model.dispose();
+ * ```
+ */
+export async function loadModel(dir: string): Promise<Qwen2Model> {
+  const configPath = `${dir}/config.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(configPath);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    throw new CheckpointError(
+      `Cannot load model from ${dir}: ${configPath} not found. A model directory holds the Hugging ` +
+        `Face files ${MODEL_FILES.join(", ")}`,
+      { file: configPath, cause: error },
+    );
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (error) {
+    throw new CheckpointError(`Cannot load ${configPath}: ${(error as Error).message}`, {
+      file: configPath,
+      cause: error,
+    });
+  }
+  const config = parseQwen2Config(raw, configPath);
+  const file = await loadCheckpointTensors(dir);
+  const arrays = new Map<
+    string,
+    { shape: number[]; data: Float32Array | Int32Array | Uint8Array }
+  >();
+  for (const [name, t] of file.tensors) arrays.set(name, t);
+  return modelFromArrays(config, arrays, { dir, file: `${dir} weights` });
+}
+
+/** Counts the parameters of a model (tied embeddings counted once), as PEFT's "all params". */
+export function countParameters(model: Pick<Qwen2Model, "weights">): number {
+  let n = 0;
+  for (const t of model.weights.values()) n += t.size;
+  return n;
+}
+
+function weight(model: Qwen2Model, name: string): tf.Tensor {
+  const t = model.weights.get(name);
+  if (!t) throw new RangeError(`Model has no tensor ${name}`);
+  return t;
+}
+
+/** `x @ W^T (+ b) (+ adapter delta)` for HF module `name`, over the last axis of `x`. */
+function linear(
+  model: Qwen2Model,
+  name: string,
+  x: tf.Tensor,
+  adapter: LinearAdapter | null | undefined,
+): tf.Tensor {
+  const w = weight(model, `${name}.weight`); // [out, in]
+  const bias = model.weights.get(`${name}.bias`);
+  const lead = x.shape.slice(0, -1);
+  const x2 = x.reshape([-1, x.shape[x.shape.length - 1]]) as tf.Tensor2D; // [N, in]
+  let y: tf.Tensor2D = tf.matMul(x2, w as tf.Tensor2D, false, true); // [N, out]
+  if (bias) y = tf.add(y, bias);
+  const delta = adapter?.delta(name, x2);
+  if (delta) y = tf.add(y, delta);
+  return y.reshape([...lead, w.shape[0]]);
+}
+
+/** RMSNorm: `w * x / sqrt(mean(x^2) + eps)` over the last axis (float32 throughout). */
+function rmsNorm(x: tf.Tensor, w: tf.Tensor, eps: number): tf.Tensor {
+  const variance = tf.mean(tf.square(x), -1, true);
+  return tf.mul(w, tf.mul(x, tf.rsqrt(tf.add(variance, eps))));
+}
+
+/** cos and sin of RoPE for positions [B, T] → each [B, 1, T, hd] (half-split, HF layout). */
+function ropeTables(config: Qwen2Config, positionIds: tf.Tensor2D): [tf.Tensor4D, tf.Tensor4D] {
+  const hd = headDim(config);
+  const invFreq = new Float32Array(hd / 2);
+  for (let i = 0; i < hd / 2; i++) {
+    // float32 like HF: 1 / theta ** (arange(0, d, 2) / d)
+    invFreq[i] = Math.fround(1 / Math.pow(config.rope_theta, Math.fround((2 * i) / hd)));
+  }
+  const [B, T] = positionIds.shape;
+  const freqs = tf.mul(
+    tf.cast(positionIds, "float32").reshape([B, T, 1]),
+    tf.tensor1d(invFreq).reshape([1, 1, hd / 2]),
+  ); // [B, T, hd/2]
+  const emb = tf.concat([freqs, freqs], -1).reshape([B, 1, T, hd]) as tf.Tensor4D;
+  return [tf.cos(emb), tf.sin(emb)];
+}
+
+/** `x * cos + rotate_half(x) * sin` with rotate_half(x) = cat(-x2, x1). x: [B, n, T, hd]. */
+function applyRope(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): tf.Tensor4D {
+  const half = x.shape[3] / 2;
+  const [x1, x2] = tf.split(x, [half, half], 3);
+  const rotated = tf.concat([tf.neg(x2), x1], 3);
+  return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
+}
+
+/**
+ * Additive attention mask [B, 1, 1, T, S]: 0 where key s is real and s <= the query's index
+ * (queries are the last T of S keys), float32 min elsewhere.
+ */
+function attentionBias(attentionMask: tf.Tensor2D, T: number): tf.Tensor {
+  const [B, S] = attentionMask.shape;
+  const queryIndex = tf.range(S - T, S, 1, "int32").reshape([T, 1]);
+  const keyIndex = tf.range(0, S, 1, "int32").reshape([1, S]);
+  const causal = tf.lessEqual(keyIndex, queryIndex).reshape([1, T, S]); // [1, T, S]
+  const real = tf.cast(attentionMask, "bool").reshape([B, 1, S]); // [B, 1, S]
+  const allowed = tf.logicalAnd(causal, real); // [B, T, S]
+  return tf.where(allowed, tf.zeros([B, T, S]), tf.fill([B, T, S], MASK_VALUE))
+    .reshape([B, 1, 1, T, S]);
+}
+
+/**
+ * One decoder layer. `past` holds this layer's cached keys/values; returns the new hidden
+ * state and this layer's full keys/values (past + new).
+ */
+function decoderLayer(
+  model: Qwen2Model,
+  layer: number,
+  h: tf.Tensor3D,
+  bias: tf.Tensor,
+  cos: tf.Tensor4D,
+  sin: tf.Tensor4D,
+  adapter: LinearAdapter | null | undefined,
+  past: { k: tf.Tensor4D; v: tf.Tensor4D } | null,
+): { h: tf.Tensor3D; k: tf.Tensor4D; v: tf.Tensor4D } {
+  const c = model.config;
+  const [B, T, H] = h.shape;
+  const nH = c.num_attention_heads;
+  const nKV = c.num_key_value_heads;
+  const hd = headDim(c);
+  const nRep = nH / nKV;
+  const p = `model.layers.${layer}`;
+
+  const x = rmsNorm(h, weight(model, `${p}.input_layernorm.weight`), c.rms_norm_eps);
+  const q = linear(model, `${p}.self_attn.q_proj`, x, adapter)
+    .reshape([B, T, nH, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, nH, T, hd]
+  let k = linear(model, `${p}.self_attn.k_proj`, x, adapter)
+    .reshape([B, T, nKV, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, nKV, T, hd]
+  let v = linear(model, `${p}.self_attn.v_proj`, x, adapter)
+    .reshape([B, T, nKV, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, nKV, T, hd]
+  const qr = applyRope(q, cos, sin);
+  k = applyRope(k, cos, sin);
+  if (past) {
+    k = tf.concat([past.k, k], 2); // [B, nKV, S, hd]
+    v = tf.concat([past.v, v], 2); // [B, nKV, S, hd]
+  }
+  const S = k.shape[2];
+  // GQA without repeat_kv: query heads j*nRep .. j*nRep+nRep-1 share kv head j (HF repeat_kv
+  // repeats each kv head nRep times consecutively), so group the queries by kv head instead.
+  const qg = qr.reshape([B, nKV, nRep * T, hd]); // [B, nKV, nRep*T, hd]
+  const scores = tf.mul(tf.matMul(qg, k, false, true), 1 / Math.sqrt(hd)) // [B, nKV, nRep*T, S]
+    .reshape([B, nKV, nRep, T, S]);
+  const probs = tf.softmax(tf.add(scores, bias), -1).reshape([B, nKV, nRep * T, S]);
+  const attn = tf.matMul(probs, v) // [B, nKV, nRep*T, hd]
+    .reshape([B, nH, T, hd]).transpose([0, 2, 1, 3]).reshape([B, T, H]);
+  const h1 = tf.add(h, linear(model, `${p}.self_attn.o_proj`, attn, adapter)) as tf.Tensor3D;
+
+  const x2 = rmsNorm(h1, weight(model, `${p}.post_attention_layernorm.weight`), c.rms_norm_eps);
+  const gate = linear(model, `${p}.mlp.gate_proj`, x2, adapter);
+  const up = linear(model, `${p}.mlp.up_proj`, x2, adapter);
+  const mlp = linear(
+    model,
+    `${p}.mlp.down_proj`,
+    tf.mul(tf.mul(gate, tf.sigmoid(gate)), up),
+    adapter,
+  );
+  return { h: tf.add(h1, mlp) as tf.Tensor3D, k, v };
+}
+
+/**
+ * Position ids as HF `generate` builds them: `cumsum(mask) - 1`, masked positions set to 1.
+ *
+ * @param attentionMask [B, T] of 0/1.
+ * @returns [B, T] int32. The caller disposes it.
+ * @example Usage
+ * ```ts
+ * import { tf } from "./tf.ts";
+ * import { positionIdsFromMask } from "./model.ts";
+ * const mask = tf.tensor2d([[0, 1, 1]], [1, 3], "int32");
+ * console.assert(positionIdsFromMask(mask).arraySync()[0].join() === "1,0,1");
+ * ```
+ */
+export function positionIdsFromMask(attentionMask: tf.Tensor2D): tf.Tensor2D {
+  return tf.tidy(() => {
+    const m = tf.cast(attentionMask, "int32");
+    const pos = tf.sub(tf.cumsum(m, 1), 1);
+    return tf.where(tf.cast(m, "bool"), pos, tf.onesLike(pos)) as tf.Tensor2D;
+  });
+}
+
+function layerStack(
+  model: Qwen2Model,
+  inputIds: tf.Tensor2D,
+  options: ForwardOptions,
+  cache: KVCache | null,
+): { h: tf.Tensor3D; keys: tf.Tensor4D[]; values: tf.Tensor4D[]; mask: tf.Tensor2D } {
+  const [B, T] = inputIds.shape;
+  const newMask = options.attentionMask ?? tf.ones([B, T], "int32");
+  const mask = cache
+    ? tf.concat(
+      [tf.cast(cache.attentionMask, "int32"), tf.cast(newMask, "int32")],
+      1,
+    ) as tf.Tensor2D
+    : newMask;
+  const positions = options.positionIds ??
+    (cache
+      ? tf.add(cache.nextPositions.reshape([B, 1]), tf.range(0, T, 1, "int32").reshape([1, T]))
+      : positionIdsFromMask(newMask)) as tf.Tensor2D;
+  const [cos, sin] = ropeTables(model.config, positions);
+  const bias = attentionBias(mask, T);
+  let h = tf.gather(weight(model, "model.embed_tokens.weight"), inputIds) as tf.Tensor3D; // [B,T,H]
+  const keys: tf.Tensor4D[] = [];
+  const values: tf.Tensor4D[] = [];
+  for (let i = 0; i < model.config.num_hidden_layers; i++) {
+    const past = cache ? { k: cache.keys[i], v: cache.values[i] } : null;
+    let out;
+    if (options.gradientCheckpointing && !cache) {
+      out = checkpointedLayer(model, i, h, bias, cos, sin, options.adapter);
+    } else {
+      out = decoderLayer(model, i, h, bias, cos, sin, options.adapter, past);
+    }
+    h = out.h;
+    keys.push(out.k);
+    values.push(out.v);
+  }
+  const normed = rmsNorm(h, weight(model, "model.norm.weight"), model.config.rms_norm_eps);
+  return { h: normed as tf.Tensor3D, keys, values, mask };
+}
+
+/**
+ * Gradient checkpointing of one layer: the forward keeps only the layer input; the backward
+ * recomputes the layer under `tf.grads` (HF `gradient_checkpointing_enable`, torch
+ * `checkpoint`). Adapter variables are passed as explicit inputs so they get gradients.
+ */
+function checkpointedLayer(
+  model: Qwen2Model,
+  layer: number,
+  h: tf.Tensor3D,
+  bias: tf.Tensor,
+  cos: tf.Tensor4D,
+  sin: tf.Tensor4D,
+  adapter: LinearAdapter | null | undefined,
+): { h: tf.Tensor3D; k: tf.Tensor4D; v: tf.Tensor4D } {
+  const vars = adapterVariablesOfLayer(adapter, layer);
+  // The adapter reads these variables by name; during recomputation we swap in the tensors
+  // tf.grads differentiates (same values), so the gradient flows to them.
+  const run = (hIn: tf.Tensor3D, varTensors: tf.Tensor[]) => {
+    const override = overrideAdapter(adapter, vars.map((v) => v.name), varTensors);
+    return decoderLayer(model, layer, hIn, bias, cos, sin, override, null);
+  };
+  const f = tf.customGrad((...args: (tf.Tensor | ((tensors: tf.Tensor[]) => void))[]) => {
+    const save = args[args.length - 1] as (tensors: tf.Tensor[]) => void;
+    const inputs = args.slice(0, -1) as tf.Tensor[];
+    const [hIn, ...varTensors] = inputs;
+    const out = run(hIn as tf.Tensor3D, varTensors);
+    save([hIn, ...varTensors]);
+    return {
+      value: out.h,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [hSaved, ...varSaved] = saved;
+        const g = tf.grads((...xs: tf.Tensor[]) => {
+          const [hx, ...vx] = xs;
+          return run(hx as tf.Tensor3D, vx).h;
+        });
+        return g([hSaved, ...varSaved], dy);
+      },
+    };
+  });
+  const hOut = f(h, ...vars.map((v) => v.value)) as tf.Tensor3D;
+  // Keys/values are not needed for training (no cache); return empty placeholders cheaply.
+  const empty = tf.zeros([0, 0, 0, 0]) as tf.Tensor4D;
+  return { h: hOut, k: empty, v: empty };
+}
+
+/** An adapter that also exposes the variables it uses per layer (LoRA does). */
+export interface CheckpointableAdapter extends LinearAdapter {
+  /** The named trainable tensors that modules of decoder layer `layer` read. */
+  variablesOfLayer(layer: number): { name: string; value: tf.Tensor }[];
+  /** The same adapter reading `replacements` (name → tensor) instead of its own variables. */
+  withTensors(replacements: Map<string, tf.Tensor>): LinearAdapter;
+}
+
+function isCheckpointable(a: LinearAdapter | null | undefined): a is CheckpointableAdapter {
+  return !!a && typeof (a as CheckpointableAdapter).variablesOfLayer === "function";
+}
+
+function adapterVariablesOfLayer(
+  adapter: LinearAdapter | null | undefined,
+  layer: number,
+): { name: string; value: tf.Tensor }[] {
+  if (!adapter) return [];
+  if (!isCheckpointable(adapter)) {
+    throw new TypeError(
+      "gradientCheckpointing needs an adapter with variablesOfLayer() and withTensors() (lib/lora.ts has them)",
+    );
+  }
+  return adapter.variablesOfLayer(layer);
+}
+
+function overrideAdapter(
+  adapter: LinearAdapter | null | undefined,
+  names: string[],
+  tensors: tf.Tensor[],
+): LinearAdapter | null | undefined {
+  if (!adapter || names.length === 0) return adapter;
+  return (adapter as CheckpointableAdapter).withTensors(
+    new Map(names.map((n, i) => [n, tensors[i]])),
+  );
+}
+
+/** Logits of final hidden states: `h @ lm_head^T` (embed_tokens when tied). [..., H] → [..., V]. */
+export function lmHead(model: Qwen2Model, hidden: tf.Tensor): tf.Tensor {
+  const name = model.config.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  return tf.tidy(() => {
+    const w = weight(model, name) as tf.Tensor2D; // [V, H]
+    const lead = hidden.shape.slice(0, -1);
+    const h2 = hidden.reshape([-1, hidden.shape[hidden.shape.length - 1]]) as tf.Tensor2D;
+    return tf.matMul(h2, w, false, true).reshape([...lead, w.shape[0]]);
+  });
+}
+
+/**
+ * Final (normed) hidden states of a batch, without the LM head.
+ *
+ * @param model The model.
+ * @param inputIds [B, T] int32.
+ * @param options Mask, positions, adapter, checkpointing.
+ * @returns [B, T, H]. The caller disposes it.
+ * @example Usage
+ * ```ts ignore
+ * const h = hiddenStates(model, tf.tensor2d([[1, 2, 3]], [1, 3], "int32"));
+ * ```
+ */
+export function hiddenStates(
+  model: Qwen2Model,
+  inputIds: tf.Tensor2D,
+  options: ForwardOptions = {},
+): tf.Tensor3D {
+  return tf.tidy(() => layerStack(model, inputIds, options, null).h);
+}
+
+/**
+ * Full forward pass: logits of every position (`Qwen2ForCausalLM.forward`).
+ *
+ * @param model The model.
+ * @param inputIds [B, T] int32.
+ * @param options Mask (left padding), positions, adapter.
+ * @returns [B, T, V] logits. The caller disposes it.
+ * @example Usage
+ * ```ts ignore
+ * const logits = forward(model, tf.tensor2d([[256, 72, 105]], [1, 3], "int32"));
+ * ```
+ */
+export function forward(
+  model: Qwen2Model,
+  inputIds: tf.Tensor2D,
+  options: ForwardOptions = {},
+): tf.Tensor3D {
+  return tf.tidy(() => lmHead(model, layerStack(model, inputIds, options, null).h) as tf.Tensor3D);
+}
+
+/**
+ * Runs the prompt through the model and returns the last position's logits and a KV cache.
+ *
+ * @param model The model.
+ * @param inputIds [B, T] int32, left-padded.
+ * @param options `attentionMask` [B, T] and `adapter`.
+ * @returns `logits` [B, V] of the last position, and the cache. The caller disposes both
+ *   (`disposeCache`).
+ * @example Usage
+ * ```ts ignore
+ * const { logits, cache } = prefill(model, ids, { attentionMask });
+ * ```
+ */
+export function prefill(
+  model: Qwen2Model,
+  inputIds: tf.Tensor2D,
+  options: Pick<ForwardOptions, "attentionMask" | "adapter"> = {},
+): { logits: tf.Tensor2D; cache: KVCache } {
+  const [B, T] = inputIds.shape;
+  const out = tf.tidy(() => {
+    const mask = options.attentionMask ?? tf.ones([B, T], "int32");
+    const s = layerStack(model, inputIds, { attentionMask: mask, adapter: options.adapter }, null);
+    const last = s.h.slice([0, T - 1, 0], [B, 1, -1]).reshape([B, -1]);
+    const nextPositions = tf.sum(tf.cast(mask, "int32"), 1) as tf.Tensor1D; // [B]
+    return {
+      logits: lmHead(model, last) as tf.Tensor2D,
+      keys: s.keys,
+      values: s.values,
+      attentionMask: tf.cast(s.mask, "int32") as tf.Tensor2D,
+      nextPositions,
+    };
+  });
+  return {
+    logits: out.logits,
+    cache: {
+      keys: out.keys,
+      values: out.values,
+      attentionMask: out.attentionMask,
+      nextPositions: out.nextPositions,
+    },
+  };
+}
+
+/**
+ * Feeds one new token per row, extending the cache. The old cache is disposed.
+ *
+ * @param model The model.
+ * @param cache From {@linkcode prefill} or a previous step; disposed here.
+ * @param tokenIds [B] int32 tokens to append.
+ * @param options `adapter`.
+ * @returns `logits` [B, V] for the next token and the new cache. The caller disposes both.
+ * @example Usage
+ * ```ts ignore
+ * ({ logits, cache } = decodeStep(model, cache, nextIds));
+ * ```
+ */
+export function decodeStep(
+  model: Qwen2Model,
+  cache: KVCache,
+  tokenIds: tf.Tensor1D,
+  options: Pick<ForwardOptions, "adapter"> = {},
+): { logits: tf.Tensor2D; cache: KVCache } {
+  const B = tokenIds.shape[0];
+  const out = tf.tidy(() => {
+    const ids = tokenIds.reshape([B, 1]) as tf.Tensor2D;
+    const s = layerStack(model, ids, { adapter: options.adapter }, cache);
+    return {
+      logits: lmHead(model, s.h.reshape([B, -1])) as tf.Tensor2D,
+      keys: s.keys,
+      values: s.values,
+      attentionMask: s.mask,
+      nextPositions: tf.add(cache.nextPositions, 1) as tf.Tensor1D,
+    };
+  });
+  disposeCache(cache);
+  return {
+    logits: out.logits,
+    cache: {
+      keys: out.keys,
+      values: out.values,
+      attentionMask: out.attentionMask,
+      nextPositions: out.nextPositions,
+    },
+  };
+}
+
+/** Frees a KV cache. */
+export function disposeCache(cache: KVCache): void {
+  tf.dispose([...cache.keys, ...cache.values, cache.attentionMask, cache.nextPositions]);
+}
+
+/**
+ * Per-token log-probabilities of the completion tokens (TRL
+ * `_get_per_token_logps_and_entropies`): `log_softmax(logits[:, -C-1:-1] / temperature)`
+ * gathered at the completion ids. Only the last C+1 positions reach the LM head, and one
+ * row's [C, V] logits exist at a time, so memory stays O(C × V), not O(B × T × V).
+ *
+ * @param model The model.
+ * @param batch `inputIds` [B, P+C] (prompt left-padded, completion right-padded),
+ *   `attentionMask` [B, P+C], `completionLength` C, `temperature`, optional `positionIds`.
+ * @param options `adapter` (null = reference model), `gradientCheckpointing`.
+ * @returns [B, C] log-probs. The caller disposes it.
+ * @example Usage
+ * ```ts ignore
+ * const logps = completionLogProbs(model, { inputIds, attentionMask, completionLength: 6, temperature: 0.7 });
+ * ```
+ */
+export function completionLogProbs(
+  model: Qwen2Model,
+  batch: {
+    inputIds: tf.Tensor2D;
+    attentionMask: tf.Tensor2D;
+    completionLength: number;
+    temperature: number;
+    positionIds?: tf.Tensor2D;
+  },
+  options: Pick<ForwardOptions, "adapter" | "gradientCheckpointing"> = {},
+): tf.Tensor2D {
+  const [B, T] = batch.inputIds.shape;
+  const C = batch.completionLength;
+  if (!Number.isInteger(C) || C < 1 || C >= T) {
+    throw new RangeError(`Expected completionLength in [1, ${T - 1}], got ${C}`);
+  }
+  if (!(batch.temperature > 0)) {
+    throw new RangeError(`Expected temperature > 0, got ${batch.temperature}`);
+  }
+  return tf.tidy(() => {
+    const h = layerStack(model, batch.inputIds, {
+      attentionMask: batch.attentionMask,
+      positionIds: batch.positionIds,
+      adapter: options.adapter,
+      gradientCheckpointing: options.gradientCheckpointing,
+    }, null).h; // [B, T, H]
+    const targets = batch.inputIds.slice([0, T - C], [B, C]); // [B, C]
+    const hs = h.slice([0, T - C - 1, 0], [B, C, -1]); // [B, C, H]: positions predicting targets
+    const rows: tf.Tensor[] = [];
+    for (let b = 0; b < B; b++) {
+      const logits = tf.div(
+        lmHead(model, hs.slice([b, 0, 0], [1, C, -1]).reshape([C, -1])),
+        batch.temperature,
+      ); // [C, V]
+      const lse = tf.logSumExp(logits, 1); // [C]
+      const ids = targets.slice([b, 0], [1, C]).reshape([C]);
+      const picked = gatherRows(logits as tf.Tensor2D, ids as tf.Tensor1D); // [C]
+      rows.push(tf.sub(picked, lse));
+    }
+    return tf.stack(rows) as tf.Tensor2D; // [B, C]
+  });
+}
+
+/** `m[i, ids[i]]` for each row i. m: [N, V], ids: [N] → [N]. */
+export function gatherRows(m: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor1D {
+  return tf.tidy(() => {
+    const [N, V] = m.shape;
+    const rowStart = tf.mul(tf.range(0, N, 1, "int32"), tf.scalar(V, "int32"));
+    const flat = tf.add(rowStart, tf.cast(ids, "int32"));
+    return tf.gather(m.reshape([N * V]), flat) as tf.Tensor1D;
+  });
+}

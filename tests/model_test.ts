@@ -1,0 +1,215 @@
+/**
+ * Parity of lib/model.ts with the fixture (tests/fixtures/README.md): an independent PyTorch
+ * build of HF `modeling_qwen2` (eager), cross-checked against transformers 5.18. Tolerances are
+ * the README's: logits 1e-4 absolute, greedy ids exact.
+ */
+import assert from "node:assert/strict";
+import { tf } from "../lib/tf.ts";
+import {
+  completionLogProbs,
+  decodeStep,
+  disposeCache,
+  forward,
+  loadModel,
+  prefill,
+} from "../lib/model.ts";
+import type { Qwen2Model } from "../lib/model.ts";
+import { CheckpointError } from "../lib/errors.ts";
+import { assertAllClose } from "./_assert.ts";
+import { BACKENDS, useTestBackend } from "./_backend.ts";
+
+const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
+
+interface Expected {
+  forward: { sequences: { input_ids: number[]; logits: number[][] }[] };
+  padded_batch: { input_ids: number[][]; attention_mask: number[][]; logits: number[][][] };
+  greedy: { prompt_ids: number[]; generated_ids: number[] };
+  grpo?: {
+    input_ids: number[][];
+    attention_mask: number[][];
+    position_ids: number[][];
+    completion_ids: number[][];
+    completion_mask: number[][];
+    temperature: number;
+    ref_per_token_logps: number[][];
+  };
+}
+
+async function expected(name: string): Promise<Expected> {
+  return JSON.parse(await Deno.readTextFile(`${FIXTURES}${name}/expected.json`));
+}
+
+function masked(rows: number[][], mask: number[][]): number[] {
+  const out: number[] = [];
+  rows.forEach((row, b) => row.forEach((v, i) => mask[b][i] === 1 && out.push(v)));
+  return out;
+}
+
+async function greedyFullRecompute(model: Qwen2Model, prompt: number[], n: number) {
+  const ids = [...prompt];
+  for (let i = 0; i < n; i++) {
+    const next = tf.tidy(() => {
+      const logits = forward(model, tf.tensor2d([ids], [1, ids.length], "int32"));
+      return tf.argMax(logits.slice([0, ids.length - 1, 0], [1, 1, -1]).reshape([-1]));
+    });
+    ids.push((await next.data())[0]);
+    next.dispose();
+  }
+  return ids.slice(prompt.length);
+}
+
+for (const backend of BACKENDS) {
+  for (const name of ["qwen2-tiny", "qwen2-tiny-tied-bf16"]) {
+    Deno.test(`forward() matches HF logits of ${name} on ${backend}`, async () => {
+      await useTestBackend(backend);
+      const exp = await expected(name);
+      const model = await loadModel(`${FIXTURES}${name}`);
+      const before = tf.memory().numTensors;
+      for (const seq of exp.forward.sequences) {
+        const ids = tf.tensor2d([seq.input_ids], [1, seq.input_ids.length], "int32");
+        const logits = forward(model, ids);
+        assertAllClose(await logits.data(), seq.logits.flat(), 1e-4, `${name} logits`);
+        tf.dispose([ids, logits]);
+      }
+      assert.equal(tf.memory().numTensors, before, "leaked tensors");
+      model.dispose();
+    });
+
+    Deno.test(`forward() of a left-padded batch equals unpadded runs (${name}, ${backend})`, async () => {
+      await useTestBackend(backend);
+      const exp = await expected(name);
+      const model = await loadModel(`${FIXTURES}${name}`);
+      const p = exp.padded_batch;
+      const [B, T] = [p.input_ids.length, p.input_ids[0].length];
+      const ids = tf.tensor2d(p.input_ids, [B, T], "int32");
+      const mask = tf.tensor2d(p.attention_mask, [B, T], "int32");
+      const logits = forward(model, ids, { attentionMask: mask });
+      const got = (await logits.array()) as number[][][];
+      const keep = p.attention_mask.map((row) => row.map((m) => m));
+      for (let b = 0; b < B; b++) {
+        const gotRow = got[b].filter((_, t) => keep[b][t] === 1).flat();
+        const expRow = p.logits[b].filter((_, t) => keep[b][t] === 1).flat();
+        assertAllClose(gotRow, expRow, 1e-4, `${name} padded row ${b}`);
+      }
+      tf.dispose([ids, mask, logits]);
+      model.dispose();
+    });
+
+    Deno.test(`greedy decoding gives the fixture's 20 ids exactly (${name}, ${backend})`, async () => {
+      await useTestBackend(backend);
+      const exp = await expected(name);
+      const model = await loadModel(`${FIXTURES}${name}`);
+      const got = await greedyFullRecompute(
+        model,
+        exp.greedy.prompt_ids,
+        exp.greedy.generated_ids.length,
+      );
+      assert.deepEqual(got, exp.greedy.generated_ids);
+      model.dispose();
+    });
+  }
+
+  Deno.test(`KV-cache decoding gives the same logits as a full forward (${backend})`, async () => {
+    await useTestBackend(backend);
+    const model = await loadModel(`${FIXTURES}qwen2-tiny`);
+    const before = tf.memory().numTensors;
+    // Left-padded batch of two prompts, then 4 forced tokens through the cache.
+    const prompts = [[0, 0, 256, 72, 105], [256, 84, 104, 101, 32]];
+    const mask = [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]];
+    const forced = [[33, 34], [35, 36], [37, 38], [39, 40]];
+    const ids = tf.tensor2d(prompts, [2, 5], "int32");
+    const am = tf.tensor2d(mask, [2, 5], "int32");
+    let { logits, cache } = prefill(model, ids, { attentionMask: am });
+    const stepLogits: number[][][] = [(await logits.array()) as number[][]];
+    logits.dispose();
+    for (const tok of forced) {
+      const t = tf.tensor1d(tok, "int32");
+      ({ logits, cache } = decodeStep(model, cache, t));
+      stepLogits.push((await logits.array()) as number[][]);
+      tf.dispose([t, logits]);
+    }
+    disposeCache(cache);
+    const fullIds = prompts.map((p, b) => [...p, ...forced.map((f) => f[b])]);
+    const fullMask = mask.map((m) => [...m, 1, 1, 1, 1]);
+    const fi = tf.tensor2d(fullIds, [2, 9], "int32");
+    const fm = tf.tensor2d(fullMask, [2, 9], "int32");
+    const fullLogits = forward(model, fi, { attentionMask: fm });
+    const full = (await fullLogits.array()) as number[][][];
+    for (let s = 0; s < stepLogits.length; s++) {
+      for (let b = 0; b < 2; b++) {
+        assertAllClose(stepLogits[s][b], full[b][4 + s], 1e-4, `step ${s} row ${b}`);
+      }
+    }
+    tf.dispose([ids, am, fi, fm, fullLogits]);
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    model.dispose();
+  });
+
+  Deno.test(`completionLogProbs() matches the fixture's reference log-probs (${backend})`, async () => {
+    await useTestBackend(backend);
+    const exp = await expected("qwen2-tiny");
+    const g = exp.grpo!;
+    const model = await loadModel(`${FIXTURES}qwen2-tiny`);
+    const before = tf.memory().numTensors;
+    const [B, T] = [g.input_ids.length, g.input_ids[0].length];
+    const C = g.completion_ids[0].length;
+    const inputIds = tf.tensor2d(g.input_ids, [B, T], "int32");
+    const attentionMask = tf.tensor2d(g.attention_mask, [B, T], "int32");
+    const positionIds = tf.tensor2d(g.position_ids, [B, T], "int32");
+    const logps = completionLogProbs(model, {
+      inputIds,
+      attentionMask,
+      positionIds,
+      completionLength: C,
+      temperature: g.temperature,
+    });
+    const got = (await logps.array()) as number[][];
+    assertAllClose(
+      masked(got, g.completion_mask),
+      masked(g.ref_per_token_logps, g.completion_mask),
+      1e-4,
+      "ref logps",
+    );
+    // Positions from the mask (what sampling uses) agree within the README's ~1e-6.
+    const logps2 = completionLogProbs(model, {
+      inputIds,
+      attentionMask,
+      completionLength: C,
+      temperature: g.temperature,
+    });
+    assertAllClose(
+      masked((await logps2.array()) as number[][], g.completion_mask),
+      masked(g.ref_per_token_logps, g.completion_mask),
+      1e-4,
+      "ref logps with cumsum positions",
+    );
+    tf.dispose([inputIds, attentionMask, positionIds, logps, logps2]);
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    model.dispose();
+  });
+}
+
+Deno.test("loadModel() names the expected files when config.json is missing", async () => {
+  const dir = await Deno.makeTempDir();
+  await assert.rejects(() => loadModel(dir), (error: unknown) => {
+    assert.ok(error instanceof CheckpointError);
+    assert.match(error.message, /config\.json not found/);
+    assert.match(error.message, /tokenizer\.json, tokenizer_config\.json, model\.safetensors/);
+    return true;
+  });
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("loadModel() names the tensor whose shape disagrees with config.json", async () => {
+  const dir = await Deno.makeTempDir();
+  const config = JSON.parse(await Deno.readTextFile(`${FIXTURES}qwen2-tiny/config.json`));
+  config.intermediate_size = 90;
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
+  await Deno.copyFile(`${FIXTURES}qwen2-tiny/model.safetensors`, `${dir}/model.safetensors`);
+  await assert.rejects(() => loadModel(dir), (error: unknown) => {
+    assert.ok(error instanceof CheckpointError);
+    assert.match(error.message, /model\.layers\.0\.mlp\.gate_proj\.weight has shape \[88,32\]/);
+    return true;
+  });
+  await Deno.remove(dir, { recursive: true });
+});
