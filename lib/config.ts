@@ -1,0 +1,893 @@
+/**
+ * The run configuration: one zod schema ({@linkcode ConfigSchema}) with every key of the seed guide
+ * (GRPO_TRAINING_GUIDE.md) and its default, grouped in sections named after the upstream class each
+ * mirrors (PEFT `LoraConfig`, TRL `GRPOConfig`, transformers `TrainingArguments`).
+ *
+ * A YAML file may use sections (`lora: { lora_r: 16 }`) or the seed guide's flat keys (`lora_r: 16`,
+ * `model_path: ...`), or both; {@linkcode parseConfig} moves each flat key to its section. Every
+ * error names the file, the line and the key path:
+ * `Cannot load configs/x.yaml:12: grpo.num_return_sequences: expected an integer >= 2, got 1`.
+ *
+ * @module
+ */
+
+import { z } from "zod";
+import { ConfigError } from "./errors.ts";
+import { parseYamlTree, parseYamlValue, stringifyYaml, type YamlNode } from "./yaml.ts";
+
+const modelSection = z.object({
+  path: z.string({ error: "expected a non-empty string (a model directory)" }).min(1)
+    .default("data/demo/sft-model")
+    .describe(
+      "Hugging Face model directory (config.json, tokenizer.json, model.safetensors) of the " +
+        "policy; the frozen reference model is the same weights without the adapter. " +
+        "Seed flat key and flag: model_path.",
+    ),
+  adapter_path: z.string({ error: "expected a directory path or null" }).min(1).nullable()
+    .default(null)
+    .describe(
+      "PEFT adapter directory (adapter_config.json, adapter_model.safetensors) to start from; " +
+        "null starts a fresh LoRA adapter.",
+    ),
+}).strict();
+
+const loraSection = z.object({
+  lora_r: z.number({ error: "expected an integer >= 1" }).int().min(1).default(16)
+    .describe("LoRA rank r (PEFT `r`): lora_A is [r, in_features], lora_B is [out_features, r]."),
+  lora_alpha: z.number({ error: "expected a number > 0" }).gt(0).default(32)
+    .describe(
+      "LoRA scaling numerator (PEFT `lora_alpha`): the update is scaled by lora_alpha / r.",
+    ),
+  lora_dropout: z.number({ error: "expected a number in [0, 1)" }).min(0).lt(1).default(0.05)
+    .describe("Dropout on the LoRA input during training (PEFT `lora_dropout`); 0 turns it off."),
+  target_modules: z.array(
+    z.string({ error: "expected a module name such as q_proj" }).min(1),
+    { error: "expected a list of module names" },
+  ).min(1, { error: "expected at least one module name" })
+    .default(["q_proj", "k_proj", "v_proj", "o_proj"])
+    .describe(
+      "Linear layers that get an adapter (PEFT `target_modules`), by Qwen2 module name: " +
+        "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.",
+    ),
+}).strict();
+
+const grpoSection = z.object({
+  num_return_sequences: z.number({ error: "expected an integer >= 2" }).int().min(2).default(2)
+    .describe(
+      "Completions sampled per prompt, the group G (TRL `num_generations`); GRPO needs >= 2 " +
+        "to compare completions within a group.",
+    ),
+  kl_coef: z.number({ error: "expected a number >= 0" }).min(0).default(0.05)
+    .describe(
+      "Weight of the KL penalty to the reference model (TRL `beta`); 0 skips the reference " +
+        "forward pass.",
+    ),
+  loss_type: z.enum(["grpo", "bnpo", "dr_grpo", "dapo"], {
+    error: "expected one of grpo, bnpo, dr_grpo, dapo",
+  }).default("dapo")
+    .describe(
+      "How per-token losses are aggregated (TRL `loss_type`): grpo = mean per sequence then " +
+        "batch; bnpo = mean over the batch's tokens; dr_grpo = sum / (batch * max_new_tokens) " +
+        "(Dr. GRPO, arXiv:2503.20783); dapo = sum / tokens in the whole accumulated batch " +
+        "(DAPO, arXiv:2503.14476).",
+    ),
+  epsilon: z.number({ error: "expected a number > 0" }).gt(0).default(0.2)
+    .describe("Lower clip range of the importance ratio, 1 - epsilon (TRL `epsilon`)."),
+  epsilon_high: z.number({ error: "expected a number > 0 or null" }).gt(0).nullable()
+    .default(null)
+    .describe(
+      "Upper clip range, 1 + epsilon_high (TRL `epsilon_high`, DAPO's clip-higher); null " +
+        "uses epsilon. Must be >= epsilon.",
+    ),
+  scale_rewards: z.enum(["group", "batch", "none"], {
+    error: "expected one of group, batch, none",
+  }).default("group")
+    .describe(
+      "Divisor of the centred rewards (TRL `scale_rewards`): group = std of the group, " +
+        "batch = std of the batch, none = no scaling (Dr. GRPO).",
+    ),
+  num_iterations: z.number({ error: "expected an integer >= 1" }).int().min(1).default(1)
+    .describe(
+      "Optimisation passes over each generated batch (TRL `num_iterations`, GRPO's mu); " +
+        "> 1 makes the clipped ratio matter.",
+    ),
+  mask_truncated_completions: z.boolean({ error: "expected true or false" }).default(false)
+    .describe(
+      "Leave completions that hit max_new_tokens without EOS out of the loss " +
+        "(TRL `mask_truncated_completions`, DAPO).",
+    ),
+}).strict();
+
+const rewardSection = z.object({
+  reward_correct: z.number({ error: "expected a number" }).default(1.0)
+    .describe("Reward when the \\boxed{} answer equals the ground truth."),
+  reward_wrong: z.number({ error: "expected a number" }).default(-1.0)
+    .describe("Reward when the \\boxed{} answer differs from the ground truth."),
+  reward_no_answer: z.number({ error: "expected a number" }).default(-0.5)
+    .describe("Reward when the completion has no \\boxed{} answer."),
+  reward_functions: z.array(
+    z.enum(["accuracy", "format"], {
+      error: "expected accuracy or format",
+    }),
+    { error: "expected a list of reward functions" },
+  )
+    .min(1, { error: "expected at least one reward function" })
+    .default(["accuracy"])
+    .describe(
+      "Reward functions summed per completion (TRL `reward_funcs`): accuracy = the three " +
+        "rewards above; format = 1 when the completion ends with one \\boxed{} answer, else 0.",
+    ),
+  reward_weights: z.array(z.number({ error: "expected a number" }), {
+    error: "expected a list of numbers or null",
+  }).nullable().default(null)
+    .describe(
+      "Weight of each reward function, same length as reward_functions (TRL " +
+        "`reward_weights`); null weights each 1.",
+    ),
+}).strict();
+
+const generationSection = z.object({
+  max_new_tokens: z.number({ error: "expected an integer >= 1" }).int().min(1).default(2048)
+    .describe("Most tokens sampled per completion (TRL `max_completion_length`)."),
+  temperature: z.number({ error: "expected a number > 0" }).gt(0).default(0.7)
+    .describe("Sampling temperature; logits are divided by it, also when scoring log-probs."),
+  top_p: z.number({ error: "expected a number in (0, 1]" }).gt(0).max(1).default(0.9)
+    .describe("Nucleus sampling: keep the smallest set of tokens with probability >= top_p."),
+  top_k: z.number({ error: "expected an integer >= 0" }).int().min(0).default(0)
+    .describe("Keep only the top_k most likely tokens before top_p; 0 turns it off."),
+  stop: z.array(z.string({ error: "expected a non-empty string" }).min(1), {
+    error: "expected a list of strings",
+  }).default([])
+    .describe("Extra stop strings; generation always stops at the tokenizer's EOS tokens."),
+  prompt_format: z.enum(["chat", "plain"], { error: "expected chat or plain" }).default("chat")
+    .describe(
+      "chat = the tokenizer's chat template with system_prompt; plain = the question text " +
+        "followed by a newline.",
+    ),
+  system_prompt: z.string({ error: "expected a string" })
+    .default("Please reason step by step, and put your final answer within \\boxed{}.")
+    .describe("System message for prompt_format chat (Qwen2.5-Math's own CoT prompt)."),
+}).strict();
+
+const trainingSection = z.object({
+  num_epochs: z.number({ error: "expected an integer >= 1" }).int().min(1).default(3)
+    .describe("Passes over the training prompts (TRL/HF `num_train_epochs`)."),
+  max_steps: z.number({ error: "expected -1 or an integer >= 1" }).int().min(-1)
+    .refine((steps) => steps !== 0, { error: "expected -1 or an integer >= 1" })
+    .default(-1)
+    .describe("Stop after this many optimizer steps (HF `max_steps`); -1 runs num_epochs."),
+  per_device_train_batch_size: z.number({ error: "expected an integer >= 1" }).int().min(1)
+    .default(4)
+    .describe(
+      "Completions per micro-batch (HF `per_device_train_batch_size`; as in TRL it counts " +
+        "completions, not prompts).",
+    ),
+  gradient_accumulation_steps: z.number({ error: "expected an integer >= 1" }).int().min(1)
+    .default(4)
+    .describe(
+      "Micro-batches per optimizer step (HF `gradient_accumulation_steps`); one step sees " +
+        "per_device_train_batch_size * gradient_accumulation_steps completions.",
+    ),
+  learning_rate: z.number({ error: "expected a number > 0" }).gt(0).default(5e-6)
+    .describe("Peak AdamW learning rate of the LoRA weights (HF `learning_rate`)."),
+  weight_decay: z.number({ error: "expected a number >= 0" }).min(0).default(0.0)
+    .describe("Decoupled AdamW weight decay (HF `weight_decay`)."),
+  adam_beta1: z.number({ error: "expected a number in [0, 1)" }).min(0).lt(1).default(0.9)
+    .describe("AdamW beta1 (HF `adam_beta1`)."),
+  adam_beta2: z.number({ error: "expected a number in [0, 1)" }).min(0).lt(1).default(0.999)
+    .describe("AdamW beta2 (HF `adam_beta2`)."),
+  adam_epsilon: z.number({ error: "expected a number > 0" }).gt(0).default(1e-8)
+    .describe("AdamW epsilon (HF `adam_epsilon`)."),
+  max_grad_norm: z.number({ error: "expected a number >= 0" }).min(0).default(1.0)
+    .describe("Clip the global gradient norm to this (HF `max_grad_norm`); 0 turns it off."),
+  lr_scheduler_type: z.enum(["constant", "linear", "cosine"], {
+    error: "expected one of constant, linear, cosine",
+  }).default("linear")
+    .describe(
+      "Learning-rate schedule after warmup (HF `lr_scheduler_type`): linear and cosine " +
+        "decay to 0 at the last step.",
+    ),
+  warmup_ratio: z.number({ error: "expected a number in [0, 1]" }).min(0).max(1).default(0.0)
+    .describe("Fraction of the steps spent warming up linearly from 0 (HF `warmup_ratio`)."),
+  warmup_steps: z.number({ error: "expected an integer >= 0" }).int().min(0).default(0)
+    .describe("Warmup steps (HF `warmup_steps`); when > 0 it overrides warmup_ratio."),
+  gradient_checkpointing: z.boolean({ error: "expected true or false" }).default(true)
+    .describe(
+      "Recompute each decoder layer's activations in the backward pass instead of keeping " +
+        "them (HF `gradient_checkpointing`): less memory, about one more forward pass.",
+    ),
+  fp16: z.boolean({ error: "expected true or false" }).default(false)
+    .describe("Compute in float16 where the backend supports it (HF `fp16`)."),
+  bf16: z.boolean({ error: "expected true or false" }).default(false)
+    .describe("Compute in bfloat16 where the backend supports it (HF `bf16`)."),
+  seed: z.number({ error: "expected an integer >= 0" }).int().min(0).default(42)
+    .describe("Seed for shuffling, sampling, dropout and LoRA init (HF `seed`)."),
+  output_dir: z.string({ error: "expected a directory path or null" }).min(1).nullable()
+    .default(null)
+    .describe(
+      "Where checkpoints, metrics.jsonl and the final adapter go (HF `output_dir`); null " +
+        "means results/rl_grpo_<timestamp>. Flag: --output_dir.",
+    ),
+  save_steps: z.number({ error: "expected an integer >= 1" }).int().min(1).default(500)
+    .describe("Save a checkpoint-<step>/ every save_steps optimizer steps (HF `save_steps`)."),
+  save_total_limit: z.number({ error: "expected an integer >= 1 or null" }).int().min(1)
+    .nullable().default(null)
+    .describe(
+      "Keep only the newest this many checkpoints (HF `save_total_limit`); null keeps all.",
+    ),
+}).strict();
+
+const dataSection = z.object({
+  train_file: z.string({ error: "expected a non-empty string (a data file)" }).min(1)
+    .default("data/demo/train.json")
+    .describe("Training prompts: a JSON array or JSONL file (question + answer per row)."),
+  format: z.enum(["auto", "seed", "gsm8k", "math"], {
+    error: "expected one of auto, seed, gsm8k, math",
+  }).default("auto")
+    .describe(
+      "Row format: seed = {question, ground_truth}; gsm8k = {question, answer '... #### 42'}; " +
+        "math = {problem, answer|solution}; auto = detect from the first row.",
+    ),
+  max_samples: z.number({ error: "expected an integer >= 1 or null" }).int().min(1).nullable()
+    .default(null)
+    .describe(
+      "Use only the first max_samples rows (after shuffling); null uses all. Flag: --max_samples.",
+    ),
+  shuffle: z.boolean({ error: "expected true or false" }).default(true)
+    .describe("Shuffle the rows with training.seed before taking max_samples and batching."),
+  on_bad_row: z.enum(["error", "skip"], { error: "expected error or skip" }).default("error")
+    .describe(
+      "What a malformed row does: error stops with its file:line; skip counts and drops it.",
+    ),
+}).strict();
+
+const evalSection = z.object({
+  eval_file: z.string({ error: "expected a data file path or null" }).min(1).nullable()
+    .default("data/demo/test.json")
+    .describe("Held-out prompts scored before and after training; null turns evaluation off."),
+  eval_max_samples: z.number({ error: "expected an integer >= 1" }).int().min(1).default(500)
+    .describe("Score at most this many eval rows (the first ones; eval rows are not shuffled)."),
+  eval_steps: z.number({ error: "expected an integer >= 0" }).int().min(0).default(0)
+    .describe(
+      "Also evaluate every eval_steps optimizer steps (HF `eval_steps`); 0 = only before and after.",
+    ),
+  eval_batch_size: z.number({ error: "expected an integer >= 1" }).int().min(1).default(64)
+    .describe("Prompts generated at once during evaluation (HF `per_device_eval_batch_size`)."),
+  max_new_tokens: z.number({ error: "expected an integer >= 1 or null" }).int().min(1)
+    .nullable().default(null)
+    .describe(
+      "Most tokens per eval completion; null uses generation.max_new_tokens. A flat " +
+        "max_new_tokens goes to generation, not here.",
+    ),
+}).strict();
+
+const loggingSection = z.object({
+  logging_steps: z.number({ error: "expected an integer >= 1" }).int().min(1).default(10)
+    .describe(
+      "Read metrics back and append a metrics.jsonl line every logging_steps steps (HF `logging_steps`).",
+    ),
+  log_completions: z.boolean({ error: "expected true or false" }).default(false)
+    .describe(
+      "Also write each logged step's prompts, completions and rewards (TRL `log_completions`).",
+    ),
+}).strict();
+
+const runtimeSection = z.object({
+  backend: z.enum(["auto", "wasm", "webgpu", "cpu", "tensorflow"], {
+    error: "expected one of auto, wasm, webgpu, cpu, tensorflow",
+  }).default("auto")
+    .describe("TensorFlow.js backend; auto picks webgpu when an adapter exists, else wasm."),
+  blas: z.string({ error: "expected auto, off or a library path" }).min(1).default("auto")
+    .describe(
+      "matMul on the wasm backend through OpenBLAS FFI: auto = use libopenblas when found, " +
+        "off = wasm kernels, or a path to a libopenblas shared library.",
+    ),
+  num_threads: z.number({ error: "expected an integer >= 1" }).int().min(1).default(2)
+    .describe("Threads for the wasm backend and OpenBLAS."),
+}).strict();
+
+/**
+ * The whole configuration. Sections are `.strict()` so a typo is an error, every key has its
+ * default here, and cross-field rules live in the `superRefine` at the end.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { ConfigSchema } from "./config.ts";
+ * const config = ConfigSchema.parse({ grpo: { kl_coef: 0.04 } });
+ * assert.equal(config.grpo.kl_coef, 0.04);
+ * assert.equal(config.lora.lora_r, 16);
+ * ```
+ */
+export const ConfigSchema = z.object({
+  model: modelSection.prefault({}).describe("The policy model and an optional starting adapter."),
+  lora: loraSection.prefault({}).describe("LoRA adapter (PEFT LoraConfig; seed keys)."),
+  grpo: grpoSection.prefault({}).describe("GRPO objective (TRL GRPOConfig; seed keys first)."),
+  reward: rewardSection.prefault({}).describe("Rule-based rewards of the seed's reward_utils.py."),
+  generation: generationSection.prefault({}).describe("Sampling of completions during training."),
+  training: trainingSection.prefault({}).describe("Optimizer and loop (HF TrainingArguments)."),
+  data: dataSection.prefault({}).describe("Training data."),
+  eval: evalSection.prefault({}).describe("Evaluation before, during and after training."),
+  logging: loggingSection.prefault({}).describe("metrics.jsonl logging."),
+  runtime: runtimeSection.prefault({}).describe("TensorFlow.js backend and threads."),
+}).strict().superRefine((config, ctx) => {
+  const { grpo, reward, training, eval: evaluation } = config;
+  if (grpo.epsilon_high !== null && grpo.epsilon_high < grpo.epsilon) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["grpo", "epsilon_high"],
+      message: `expected a number >= grpo.epsilon (${grpo.epsilon}) or null`,
+    });
+  }
+  if (
+    reward.reward_weights !== null &&
+    reward.reward_weights.length !== reward.reward_functions.length
+  ) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["reward", "reward_weights"],
+      message:
+        `expected ${reward.reward_functions.length} weight(s), one per reward.reward_functions ` +
+        `entry (${reward.reward_functions.join(", ")}), or null`,
+    });
+  }
+  if (new Set(reward.reward_functions).size !== reward.reward_functions.length) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["reward", "reward_functions"],
+      message: "expected each reward function at most once",
+    });
+  }
+  if (training.fp16 && training.bf16) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["training", "bf16"],
+      message: "expected fp16 and bf16 not both true; pick one",
+    });
+  }
+  // TRL GRPOConfig.__post_init__: generation_batch_size = per_device_train_batch_size *
+  // num_processes * steps_per_generation (default gradient_accumulation_steps) must be divisible by
+  // num_generations, so every group of completions lands in one optimizer step. One process here.
+  const generationBatch = training.per_device_train_batch_size *
+    training.gradient_accumulation_steps;
+  if (generationBatch % grpo.num_return_sequences !== 0) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["training", "per_device_train_batch_size"],
+      message: `expected per_device_train_batch_size * gradient_accumulation_steps ` +
+        `(${training.per_device_train_batch_size} * ${training.gradient_accumulation_steps} = ` +
+        `${generationBatch}) to be a multiple of grpo.num_return_sequences ` +
+        `(${grpo.num_return_sequences})`,
+    });
+  }
+  if (evaluation.eval_steps > 0 && evaluation.eval_file === null) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["eval", "eval_steps"],
+      message: "expected 0 when eval.eval_file is null (evaluation is off)",
+    });
+  }
+});
+
+/** The typed configuration every phase reads from (`config.grpo.kl_coef`, ...). */
+export type Config = z.infer<typeof ConfigSchema>;
+
+/** A section name of {@linkcode Config}. */
+export type ConfigSection = keyof Config;
+
+/**
+ * Where a flat key that exists in several sections goes. The seed guide lists `max_new_tokens`
+ * under "# Generation", so a flat `max_new_tokens` is `generation.max_new_tokens`; write
+ * `eval: { max_new_tokens: N }` for the other one. A name shared by two sections that is not
+ * listed here is an error when written flat.
+ */
+export const FLAT_KEY_PRECEDENCE: Readonly<Record<string, ConfigSection>> = Object.freeze({
+  max_new_tokens: "generation",
+});
+
+/**
+ * Flat names that are not a key name: the seed guide's `model_path` (its YAML snippet and its
+ * `--model_path` flag) is `model.path`.
+ */
+export const FLAT_KEY_ALIASES: Readonly<Record<string, string>> = Object.freeze({
+  model_path: "model.path",
+});
+
+/**
+ * Upstream names (TRL `GRPOConfig`, PEFT `LoraConfig`, HF `TrainingArguments`) that differ from
+ * ours. They are not accepted as keys (seed names are canonical); an unknown key that is one of
+ * them gets a hint naming our key.
+ */
+export const UPSTREAM_NAMES: Readonly<Record<string, string>> = Object.freeze({
+  num_generations: "grpo.num_return_sequences",
+  beta: "grpo.kl_coef",
+  r: "lora.lora_r",
+  reward_funcs: "reward.reward_functions",
+  max_completion_length: "generation.max_new_tokens",
+  num_train_epochs: "training.num_epochs",
+  model_name_or_path: "model.path",
+  per_device_eval_batch_size: "eval.eval_batch_size",
+});
+
+/** Command-line values applied over the file, in this order: `flags`, then `set`. */
+export interface ConfigOverrides {
+  /**
+   * Flag values keyed by flat key, alias or dotted path (`{ model_path: "x", max_samples: "10" }`),
+   * as `--<key> <value>`. Strings are read like `--set` values; other values are used as they are.
+   * `undefined` values are skipped.
+   */
+  flags?: Record<string, unknown>;
+  /** `section.key=value` strings from `--set` (a flat key works too), applied in order. */
+  set?: string[];
+}
+
+/** Options of {@linkcode parseConfig}. */
+export interface ParseConfigOptions {
+  /** The file name used in error messages. */
+  file: string;
+  /** Command-line values applied over the file. */
+  overrides?: ConfigOverrides;
+  /** Where a flat key found in several sections goes; defaults to {@linkcode FLAT_KEY_PRECEDENCE}. */
+  flatKeyPrecedence?: Readonly<Record<string, ConfigSection>>;
+}
+
+/** Where a value came from, for messages. */
+interface Source {
+  /** `configs/x.yaml:12` or `<command line> --set grpo.kl_coef=abc`. */
+  where: string;
+  file: string;
+  line?: number;
+  column?: number;
+  /** True for values from the YAML file (a second one is "set twice"). */
+  fromFile: boolean;
+}
+
+interface Problem {
+  source: Source;
+  key: string;
+  message: string;
+}
+
+/** The file name used for values from flags and `--set`. */
+export const COMMAND_LINE = "<command line>";
+
+const SECTIONS = Object.keys(ConfigSchema.shape) as ConfigSection[];
+
+function sectionShape(section: ConfigSection): Record<string, z.ZodType> {
+  return ConfigSchema.shape[section].unwrap().shape as Record<string, z.ZodType>;
+}
+
+/** Every dotted key path, in schema order. */
+function allPaths(): string[] {
+  return SECTIONS.flatMap((section) =>
+    Object.keys(sectionShape(section)).map((key) => `${section}.${key}`)
+  );
+}
+
+/**
+ * Parses YAML text into a {@linkcode Config}: flat seed keys move to their sections, overrides
+ * apply, and the schema validates the result. Pure; {@linkcode loadConfig} reads the file.
+ *
+ * @param text The YAML text (sections, flat seed keys, or both).
+ * @param options The file name for messages, overrides and flat-key precedence.
+ * @returns The validated config with every default filled in.
+ * @throws {ConfigError} Listing every problem, one per line, each naming the file, the line and
+ * the key path.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { parseConfig } from "./config.ts";
+ * const config = parseConfig("lora_r: 8\nkl_coef: 0.01\n", {
+ *   file: "x.yaml",
+ *   overrides: { set: ["generation.temperature=1.0"] },
+ * });
+ * assert.equal(config.lora.lora_r, 8);
+ * assert.equal(config.grpo.kl_coef, 0.01);
+ * assert.equal(config.generation.temperature, 1.0);
+ * assert.throws(() => parseConfig("grpo:\n  num_return_sequences: 1\n", { file: "x.yaml" }), {
+ *   message: "Cannot load x.yaml:2: grpo.num_return_sequences: expected an integer >= 2, got 1",
+ * });
+ * ```
+ */
+export function parseConfig(text: string, options: ParseConfigOptions): Config {
+  const { file } = options;
+  const precedence = options.flatKeyPrecedence ?? FLAT_KEY_PRECEDENCE;
+  const raw: Record<string, Record<string, unknown>> = {};
+  const sources = new Map<string, Source>();
+  const problems: Problem[] = [];
+  const fileSource = { where: file, file, fromFile: true };
+
+  function set(path: string, value: unknown, source: Source): void {
+    const [section, key] = path.split(".");
+    const earlier = sources.get(path);
+    if (source.fromFile && earlier?.fromFile) {
+      problems.push({
+        source,
+        key: path,
+        message: `set twice (also at line ${earlier.line})`,
+      });
+      return;
+    }
+    raw[section] ??= {};
+    raw[section][key] = value;
+    for (const known of [...sources.keys()]) {
+      if (known.startsWith(`${path}.`)) sources.delete(known);
+    }
+    sources.set(path, source);
+  }
+
+  function at(node: { position: { line: number; column: number } }): Source {
+    return { ...fileSource, where: `${file}:${node.position.line}`, ...node.position };
+  }
+
+  function setFromNode(path: string, node: YamlNode, keySource: Source): void {
+    set(path, node.value, keySource);
+    node.items?.forEach((item, i) => sources.set(`${path}.${i}`, at(item)));
+  }
+
+  const root = parseYamlTree(text, file);
+  if (root.entries) {
+    for (const entry of root.entries) {
+      const keySource = at(entry);
+      if ((SECTIONS as string[]).includes(entry.key)) {
+        const section = entry.key as ConfigSection;
+        if (entry.node.value === null) continue; // `lora:` with nothing under it
+        if (!entry.node.entries) {
+          problems.push({
+            source: keySource,
+            key: section,
+            message: `expected a mapping of ${section} keys, got ${
+              describeValue(entry.node.value)
+            }`,
+          });
+          continue;
+        }
+        const shape = sectionShape(section);
+        for (const inner of entry.node.entries) {
+          const path = `${section}.${inner.key}`;
+          if (Object.hasOwn(shape, inner.key)) setFromNode(path, inner.node, at(inner));
+          else {
+            problems.push({
+              source: at(inner),
+              key: path,
+              message: unknownKeyMessage(inner.key, section),
+            });
+          }
+        }
+        continue;
+      }
+      const resolved = resolveKey(entry.key, precedence);
+      if (typeof resolved === "string") setFromNode(resolved, entry.node, keySource);
+      else problems.push({ source: keySource, key: entry.key, message: resolved.message });
+    }
+  } else if (root.value !== null) {
+    problems.push({
+      source: at(root),
+      key: "",
+      message: `expected a mapping of sections or seed keys, got ${describeValue(root.value)}`,
+    });
+  }
+
+  const flags = options.overrides?.flags ?? {};
+  for (const [name, value] of Object.entries(flags)) {
+    if (value === undefined) continue;
+    const source = commandLineSource(
+      `--${name} ${typeof value === "string" ? value : JSON.stringify(value)}`,
+    );
+    const resolved = resolveKey(name, precedence);
+    if (typeof resolved !== "string") {
+      problems.push({ source, key: name, message: resolved.message });
+      continue;
+    }
+    set(
+      resolved,
+      typeof value === "string" ? readCommandLineValue(resolved, value) : value,
+      source,
+    );
+  }
+
+  for (const assignment of options.overrides?.set ?? []) {
+    const source = commandLineSource(`--set ${assignment}`);
+    const eq = assignment.indexOf("=");
+    if (eq <= 0) {
+      problems.push({ source, key: "", message: "expected section.key=value" });
+      continue;
+    }
+    const name = assignment.slice(0, eq).trim();
+    const resolved = resolveKey(name, precedence);
+    if (typeof resolved !== "string") {
+      problems.push({ source, key: name, message: resolved.message });
+      continue;
+    }
+    const text = assignment.slice(eq + 1);
+    let value: unknown;
+    try {
+      value = readCommandLineValue(resolved, text);
+    } catch (error) {
+      problems.push({
+        source,
+        key: resolved,
+        message: `invalid YAML value: ${(error as Error).message}`,
+      });
+      continue;
+    }
+    set(resolved, value, source);
+  }
+
+  const result = ConfigSchema.safeParse(raw);
+  if (result.success && problems.length === 0) return result.data;
+  for (const issue of result.error?.issues ?? []) {
+    const path = issue.path.map(String);
+    if (issue.code === "unrecognized_keys") {
+      // Unknown keys are reported above, with hints; the schema sees only known ones.
+      continue;
+    }
+    const key = path.join(".");
+    problems.push({
+      source: sourceOf(path, sources, fileSource),
+      key,
+      message: issueMessage(issue, valueAt(raw, path)),
+    });
+  }
+  throw configError(problems, file);
+}
+
+/**
+ * Reads and parses a config file (see {@linkcode parseConfig}). With `path` null, only the
+ * defaults and the overrides apply.
+ *
+ * @param path A YAML file, or null for the defaults.
+ * @param overrides Command-line values applied over the file.
+ * @returns The validated config.
+ * @throws {ConfigError} When the file is missing or unreadable, or the config is not valid.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { loadConfig } from "./config.ts";
+ * const config = await loadConfig(null, { flags: { model_path: "checkpoints/m" } });
+ * assert.equal(config.model.path, "checkpoints/m");
+ * ```
+ */
+export async function loadConfig(
+  path: string | null,
+  overrides: ConfigOverrides = {},
+): Promise<Config> {
+  if (path === null) return parseConfig("", { file: COMMAND_LINE, overrides });
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    const reason = error instanceof Deno.errors.NotFound
+      ? "no such file"
+      : error instanceof Deno.errors.IsADirectory
+      ? "is a directory, expected a YAML file"
+      : String((error as Error).message);
+    throw new ConfigError(`Cannot load ${path}: ${reason}`, { file: path, cause: error });
+  }
+  return parseConfig(text, { file: path, overrides });
+}
+
+/**
+ * The config with every default ({@linkcode ConfigSchema} applied to `{}`).
+ *
+ * @returns A fresh default config.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { defaultConfig } from "./config.ts";
+ * assert.equal(defaultConfig().grpo.num_return_sequences, 2);
+ * ```
+ */
+export function defaultConfig(): Config {
+  return ConfigSchema.parse({});
+}
+
+/**
+ * Dumps a config as sectioned YAML (what `--print_config` shows); the text loads back into the
+ * same config.
+ *
+ * @param config A config.
+ * @returns YAML text, sections in schema order.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { defaultConfig, formatConfig, parseConfig } from "./config.ts";
+ * const text = formatConfig(defaultConfig());
+ * assert.match(text, /^lora:\n  lora_r: 16\n/m);
+ * assert.deepEqual(parseConfig(text, { file: "dump.yaml" }), defaultConfig());
+ * ```
+ */
+export function formatConfig(config: Config): string {
+  const ordered: Record<string, Record<string, unknown>> = {};
+  for (const section of SECTIONS) {
+    ordered[section] = {};
+    for (const key of Object.keys(sectionShape(section))) {
+      ordered[section][key] = (config[section] as Record<string, unknown>)[key];
+    }
+  }
+  return stringifyYaml(ordered);
+}
+
+/**
+ * The dotted path a flat key (or alias, or dotted path) names, or why it names none.
+ *
+ * @param name A flat key (`lora_r`), an alias (`model_path`) or a dotted path (`lora.lora_r`).
+ * @param precedence Where a key found in several sections goes.
+ * @returns The dotted path, or `{ message }` for an unknown or ambiguous key.
+ */
+function resolveKey(
+  name: string,
+  precedence: Readonly<Record<string, ConfigSection>>,
+): string | { message: string } {
+  if (name.includes(".")) {
+    const [section, key, ...rest] = name.split(".");
+    if (!(SECTIONS as string[]).includes(section)) {
+      return { message: unknownKeyMessage(name, null) };
+    }
+    if (key === undefined || key === "" || rest.length > 0) {
+      return { message: `expected section.key with a key of ${section}` };
+    }
+    if (!Object.hasOwn(sectionShape(section as ConfigSection), key)) {
+      return { message: unknownKeyMessage(key, section as ConfigSection) };
+    }
+    return name;
+  }
+  if (Object.hasOwn(FLAT_KEY_ALIASES, name)) return FLAT_KEY_ALIASES[name];
+  const homes = SECTIONS.filter((section) => Object.hasOwn(sectionShape(section), name));
+  if (homes.length === 1) return `${homes[0]}.${name}`;
+  if (homes.length > 1) {
+    if (Object.hasOwn(precedence, name) && homes.includes(precedence[name])) {
+      return `${precedence[name]}.${name}`;
+    }
+    return {
+      message: `ambiguous flat key: it could be ${
+        homes.map((s) => `${s}.${name}`).join(" or ")
+      }; ` +
+        "put it under its section",
+    };
+  }
+  if ((SECTIONS as string[]).includes(name)) {
+    return { message: `expected a mapping of ${name} keys` };
+  }
+  return { message: unknownKeyMessage(name, null) };
+}
+
+/** "unknown key" with a did-you-mean hint (edit distance, or the key's real section). */
+function unknownKeyMessage(key: string, section: ConfigSection | null): string {
+  const hint = suggestKey(key, section);
+  return hint ? `unknown key (did you mean ${hint}?)` : "unknown key";
+}
+
+function suggestKey(key: string, section: ConfigSection | null): string | null {
+  if (Object.hasOwn(UPSTREAM_NAMES, key)) return UPSTREAM_NAMES[key];
+  const paths = allPaths();
+  if (section !== null) {
+    // Right key, wrong section: `lora: { kl_coef: 0.1 }`.
+    const elsewhere = paths.find((p) => p.endsWith(`.${key}`));
+    if (elsewhere) return elsewhere;
+    const inSection = nearest(key, Object.keys(sectionShape(section)));
+    if (inSection) return `${section}.${inSection}`;
+    const anywhere = nearest(key, paths.map((p) => p.split(".")[1]));
+    return anywhere === null ? null : paths.find((p) => p.endsWith(`.${anywhere}`)) ?? null;
+  }
+  if (key.includes(".")) return nearest(key, paths);
+  const flatNames = [
+    ...SECTIONS,
+    ...Object.keys(FLAT_KEY_ALIASES),
+    ...paths.map((p) => p.split(".")[1]),
+  ];
+  return nearest(key, flatNames);
+}
+
+/** The candidate closest to `word` by optimal-string-alignment distance, if close enough. */
+function nearest(word: string, candidates: string[]): string | null {
+  let best: string | null = null;
+  let bestDistance = Math.max(1, Math.floor(word.length / 3)) + 1;
+  for (const candidate of candidates) {
+    const d = editDistance(word, candidate);
+    if (d < bestDistance) {
+      best = candidate;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+/** Levenshtein distance where swapping two adjacent letters costs 1 (`lora_aplha`). */
+function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/**
+ * A command-line value typed by the schema: read as YAML (`0.04`, `null`, `[a, b]`), except that a
+ * string key keeps the raw text when the YAML reading does not fit it (`--model_path 123`).
+ */
+function readCommandLineValue(path: string, text: string): unknown {
+  const [section, key] = path.split(".");
+  const leaf = sectionShape(section as ConfigSection)[key];
+  let value: unknown;
+  try {
+    value = parseYamlValue(text);
+  } catch (error) {
+    if (leaf.safeParse(text).success) return text;
+    throw error;
+  }
+  if (typeof value !== "string" && !leaf.safeParse(value).success && leaf.safeParse(text).success) {
+    return text;
+  }
+  return value;
+}
+
+function commandLineSource(where: string): Source {
+  return { where: `${COMMAND_LINE} ${where}`, file: COMMAND_LINE, fromFile: false };
+}
+
+/** The source of the longest recorded prefix of `path` (a list item, else its key, else the file). */
+function sourceOf(path: string[], sources: Map<string, Source>, fallback: Source): Source {
+  for (let n = path.length; n > 0; n--) {
+    const source = sources.get(path.slice(0, n).join("."));
+    if (source) return source;
+  }
+  return fallback;
+}
+
+function valueAt(raw: unknown, path: string[]): unknown {
+  let value = raw;
+  for (const part of path) {
+    if (value === null || typeof value !== "object") return undefined;
+    value = (value as Record<string, unknown>)[part];
+  }
+  return value;
+}
+
+function issueMessage(issue: z.core.$ZodIssue, value: unknown): string {
+  if (issue.code === "invalid_type" && issue.expected === "object") {
+    return `expected a mapping, got ${describeValue(value)}`;
+  }
+  if (issue.code === "custom") return issue.message;
+  return `${issue.message}, got ${describeValue(value)}`;
+}
+
+/** A value as the user wrote it: 1, "abc", null, [1, 2]. */
+function describeValue(value: unknown): string {
+  if (value === undefined) return "nothing";
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+    return `a mapping (${JSON.stringify(value)})`;
+  }
+  return JSON.stringify(value) ?? String(value);
+}
+
+function configError(problems: Problem[], file: string): ConfigError {
+  // File problems in line order, then command-line ones in the order given.
+  const ordered = problems
+    .map((problem, index) => ({ problem, index }))
+    .sort((a, b) =>
+      Number(b.problem.source.fromFile) - Number(a.problem.source.fromFile) ||
+      (a.problem.source.line ?? 0) - (b.problem.source.line ?? 0) || a.index - b.index
+    )
+    .map(({ problem }) => problem);
+  const message = ordered
+    .map(({ source, key, message }) =>
+      `Cannot load ${source.where}: ${key ? `${key}: ` : ""}${message}`
+    )
+    .join("\n");
+  const first = ordered[0];
+  return new ConfigError(message, {
+    file: first?.source.file ?? file,
+    key: first?.key,
+    line: first?.source.line,
+    column: first?.source.column,
+  });
+}
