@@ -333,6 +333,81 @@ export function formatPrompt(
   );
 }
 
+/** Incremental detokenizer; see {@linkcode createDecodeStream}. */
+export interface DecodeStream {
+  /** Adds one id; returns the text it completes ("" while a UTF-8 character is still partial). */
+  step(id: number): string;
+  /** Returns text still held back (a trailing incomplete character, as U+FFFD) and ends the stream. */
+  flush(): string;
+  /** Everything returned by `step` so far. */
+  readonly text: string;
+}
+
+/**
+ * Decodes a growing id sequence in O(window) per token instead of re-decoding everything, for
+ * stop-string checks in the sampler. Port of HF tokenizers' `DecodeStream::step`
+ * (tokenizers/src/tokenizer/mod.rs, v0.21): decode the ids since the last emitted chunk together
+ * with that chunk's ids as context, and emit the new suffix once it does not end in U+FFFD.
+ * `text + flush()` equals `decode(allIds)` for byte-level BPE and char tokenizers.
+ *
+ * @param tokenizer Anything with `decode`.
+ * @param options `skipSpecialTokens` as in `decode` (default false).
+ * @returns A fresh stream.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { createDecodeStream, createTokenizer, buildCharTokenizer } from "./tokenizer.ts";
+ * const tokenizer = createTokenizer(
+ *   buildCharTokenizer({ chars: "ab", specialTokens: ["<|endoftext|>", "<|im_end|>"] }),
+ * );
+ * const stream = createDecodeStream(tokenizer);
+ * assert.equal(stream.step(0) + stream.step(1), "ab");
+ * assert.equal(stream.text, "ab");
+ * ```
+ */
+export function createDecodeStream(
+  tokenizer: Pick<Tokenizer, "decode">,
+  options?: { skipSpecialTokens?: boolean },
+): DecodeStream {
+  const decodeOptions = { skipSpecialTokens: options?.skipSpecialTokens ?? false };
+  let ids: number[] = []; // context ids (last emitted chunk) + pending ids
+  let prefix = ""; // decode(ids[0:prefixIndex])
+  let prefixIndex = 0;
+  let text = "";
+  return {
+    step(id: number): string {
+      ids.push(id);
+      const decoded = tokenizer.decode(ids, decodeOptions);
+      if (decoded.length <= prefix.length || decoded.endsWith("\uFFFD")) return "";
+      // subtle: for byte-level BPE the context decodes to the same text on its own, so the
+      // new text is a plain suffix; other decoders may not guarantee that.
+      if (!decoded.startsWith(prefix)) {
+        throw new RangeError(
+          `Cannot decode incrementally: ${JSON.stringify(decoded)} does not extend ` +
+            `${JSON.stringify(prefix)}`,
+        );
+      }
+      const newText = decoded.slice(prefix.length);
+      ids = ids.slice(prefixIndex);
+      prefixIndex = ids.length;
+      prefix = tokenizer.decode(ids, decodeOptions);
+      text += newText;
+      return newText;
+    },
+    flush(): string {
+      const rest = tokenizer.decode(ids, decodeOptions).slice(prefix.length);
+      ids = [];
+      prefix = "";
+      prefixIndex = 0;
+      text += rest;
+      return rest;
+    },
+    get text(): string {
+      return text;
+    },
+  };
+}
+
 /** Options of {@linkcode buildCharTokenizer}. */
 export interface CharTokenizerOptions {
   /** The vocabulary: each character (code point) once; ids 0.. in this order. */

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { CheckpointError } from "../lib/errors.ts";
 import {
   buildCharTokenizer,
+  createDecodeStream,
   createTokenizer,
   formatPrompt,
   loadTokenizer,
@@ -192,6 +193,39 @@ Deno.test("decode() handles a batch of 64 sequences of 200 ids quickly", async (
   assert.equal(tokenizer.encode(texts[0]).length <= 200, true);
   // ~7 ms on a 2-core dev box; the bound only catches an accidental O(vocab) per call.
   assert.ok(ms < 1000, `64x200 decode took ${ms.toFixed(1)} ms`);
+});
+
+Deno.test("createDecodeStream() emits exactly decode(ids), one token at a time", async () => {
+  const tokenizer = await qwen();
+  const lines = (await Deno.readTextFile("data/gsm8k/test.jsonl")).trim().split("\n");
+  // Qwen splits the emoji, CJK and accented characters into several byte-level tokens.
+  const texts = [
+    "Café ∑ 🙂🙂 数学 naïve <|im_end|> tail",
+    ...lines.slice(0, 40).map((line) => (JSON.parse(line) as { answer: string }).answer),
+  ];
+  let held = 0;
+  for (const text of texts) {
+    const ids = tokenizer.encode(text);
+    for (const skipSpecialTokens of [false, true]) {
+      const stream = createDecodeStream(tokenizer, { skipSpecialTokens });
+      let joined = "";
+      for (const id of ids) {
+        const chunk = stream.step(id);
+        if (chunk === "") held++;
+        assert.ok(!chunk.includes("\uFFFD"), `partial character emitted: ${JSON.stringify(chunk)}`);
+        joined += chunk;
+      }
+      assert.equal(stream.text, joined);
+      assert.equal(joined + stream.flush(), tokenizer.decode(ids, { skipSpecialTokens }));
+    }
+  }
+  assert.ok(held > 0, "the byte-split characters should hold back some steps");
+  // A truncated 4-byte character stays held back until flush().
+  const fixture = await loadTokenizer(FIXTURE_DIR);
+  const stream = createDecodeStream(fixture);
+  assert.deepEqual([72, 240, 159, 153].map((id) => stream.step(id)), ["H", "", "", ""]);
+  assert.equal(stream.flush(), "\uFFFD");
+  assert.equal(stream.text, "H\uFFFD");
 });
 
 Deno.test("loadTokenizer() matches every qwen2-tiny fixture tokenizer case exactly", async () => {
