@@ -1,0 +1,168 @@
+/**
+ * LoRA against the fixture (tests/fixtures/README.md "lora"): PEFT's adapter on the tiny Qwen2,
+ * logits within 1e-4; PEFT's parameter lines verbatim.
+ */
+import assert from "node:assert/strict";
+import { tf } from "../lib/tf.ts";
+import { forward, loadModel, parseQwen2Config } from "../lib/model.ts";
+import {
+  countLoraParameters,
+  createLora,
+  loadLora,
+  parameterCounts,
+  saveLora,
+  saveMerged,
+  trainableParametersLine,
+} from "../lib/lora.ts";
+import { assertAllClose } from "./_assert.ts";
+import { BACKENDS, useTestBackend } from "./_backend.ts";
+
+const DIR = new URL("./fixtures/qwen2-tiny", import.meta.url).pathname;
+const expected = JSON.parse(await Deno.readTextFile(`${DIR}/expected.json`));
+const LORA = {
+  lora_r: 4,
+  lora_alpha: 8,
+  lora_dropout: 0,
+  target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"],
+};
+
+async function logitsOf(
+  model: Awaited<ReturnType<typeof loadModel>>,
+  ids: number[],
+  adapter: Parameters<typeof forward>[2],
+) {
+  const x = tf.tensor2d([ids], [1, ids.length], "int32");
+  const y = forward(model, x, adapter);
+  const out = await y.data();
+  tf.dispose([x, y]);
+  return out;
+}
+
+for (const backend of BACKENDS) {
+  Deno.test(`loadLora() reproduces PEFT's adapter-on logits (${backend})`, async () => {
+    await useTestBackend(backend);
+    const model = await loadModel(DIR);
+    const lora = await loadLora(model, `${DIR}/adapter`);
+    const before = tf.memory().numTensors;
+    for (const seq of expected.lora.sequences) {
+      const got = await logitsOf(model, seq.input_ids, { adapter: lora });
+      assertAllClose(got, seq.logits.flat(), 1e-4, "adapter-on logits");
+    }
+    // The adapter off is the base model: the GRPO reference.
+    const seq0 = expected.forward.sequences[0];
+    assertAllClose(
+      await logitsOf(model, seq0.input_ids, { adapter: null }),
+      seq0.logits.flat(),
+      1e-4,
+    );
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    lora.dispose();
+    model.dispose();
+  });
+}
+
+Deno.test("createLora() starts at B = 0, so logits equal the base model's exactly", async () => {
+  await useTestBackend("cpu");
+  const model = await loadModel(DIR);
+  const lora = createLora(model, LORA, { seed: 1 });
+  const ids = expected.forward.sequences[1].input_ids;
+  assert.deepEqual(await logitsOf(model, ids, { adapter: lora }), await logitsOf(model, ids, {}));
+  // A is Kaiming-uniform with bound 1/sqrt(in) = 1/sqrt(32), and not all zero.
+  const a = await lora.variables.get(
+    "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+  )!.data();
+  assert.ok(a.every((v) => Math.abs(v) <= 1 / Math.sqrt(32)));
+  assert.ok(a.some((v) => Math.abs(v) > 0.05));
+  lora.dispose();
+  model.dispose();
+});
+
+Deno.test("saveLora() then loadLora() round-trips bit-exactly in PEFT format", async () => {
+  await useTestBackend("cpu");
+  const model = await loadModel(DIR);
+  const lora = await loadLora(model, `${DIR}/adapter`);
+  const dir = await Deno.makeTempDir();
+  await saveLora(lora, dir, { baseModel: "qwen2-tiny" });
+  const config = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
+  assert.equal(config.peft_type, "LORA");
+  assert.equal(config.r, 4);
+  assert.equal(config.lora_alpha, 8);
+  assert.deepEqual(config.target_modules, LORA.target_modules);
+  // Same bytes as the PEFT-written fixture file: same names, order, header and data.
+  assert.deepEqual(
+    await Deno.readFile(`${dir}/adapter_model.safetensors`),
+    await Deno.readFile(`${DIR}/adapter/adapter_model.safetensors`),
+  );
+  const again = await loadLora(model, dir);
+  for (const [name, v] of lora.variables) {
+    assert.deepEqual(await again.variables.get(name)!.data(), await v.data(), name);
+  }
+  again.dispose();
+  lora.dispose();
+  model.dispose();
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("saveMerged() exports an HF checkpoint whose logits equal adapter-on", async () => {
+  await useTestBackend("cpu");
+  const model = await loadModel(DIR);
+  const lora = await loadLora(model, `${DIR}/adapter`);
+  const dir = await Deno.makeTempDir();
+  await saveMerged(model, lora, dir);
+  const merged = await loadModel(dir);
+  for (const seq of expected.lora.sequences) {
+    assertAllClose(
+      await logitsOf(merged, seq.input_ids, {}),
+      await logitsOf(model, seq.input_ids, { adapter: lora }),
+      1e-4,
+      "merged vs adapter-on",
+    );
+  }
+  await Deno.stat(`${dir}/tokenizer.json`);
+  merged.dispose();
+  lora.dispose();
+  model.dispose();
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("trainableParametersLine() prints PEFT's lines for the tiny model and Qwen2.5-Math-1.5B", async () => {
+  await useTestBackend("cpu");
+  const model = await loadModel(DIR);
+  const lora = createLora(model, LORA, { seed: 0 });
+  const counts = parameterCounts(model, lora);
+  assert.equal(
+    trainableParametersLine(counts.trainable, counts.all),
+    expected.lora.param_counts_tiny.peft_line,
+  );
+  lora.dispose();
+  model.dispose();
+  const big = expected.lora.param_counts_qwen2_5_math_1_5b;
+  const config = parseQwen2Config({ model_type: "qwen2", ...big.config }, "qwen2.5-math-1.5b");
+  const cases: [string, string[]][] = [
+    ["r16_q_k_v_o", ["q_proj", "k_proj", "v_proj", "o_proj"]],
+    ["r16_q_v", ["q_proj", "v_proj"]],
+    ["r16_all_linear", [
+      "q_proj",
+      "k_proj",
+      "v_proj",
+      "o_proj",
+      "gate_proj",
+      "up_proj",
+      "down_proj",
+    ]],
+  ];
+  for (const [key, targets] of cases) {
+    const c = countLoraParameters(config, { lora_r: 16, target_modules: targets });
+    assert.equal(trainableParametersLine(c.trainable, c.all), big.by_target_modules[key].peft_line);
+  }
+});
+
+Deno.test("createLora() rejects an unknown target module with the known ones", async () => {
+  await useTestBackend("cpu");
+  const model = await loadModel(DIR);
+  assert.throws(() => createLora(model, { ...LORA, target_modules: ["qkv_proj"] }), {
+    name: "RangeError",
+    message: /Unknown LoRA target module "qkv_proj".*q_proj/,
+  });
+  model.dispose();
+});
