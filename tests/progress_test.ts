@@ -182,5 +182,5 @@ Deno.test("ProgressBar cuts TTY lines to columns - 1 and draws once on done() wh
   const { writer, text } = capture(true);
   const bar = new ProgressBar({ label: "train", total: 10, writer, now: () => 0, columns: 12 });
   bar.done();
-  assert.equal(text(), "\r\x1b[Ktrain   0%\n");
+  assert.equal(text(), "\r\x1b[Ktrain   0%|\n", "11 characters");
 });
