@@ -779,8 +779,22 @@ function suggestKey(key: string, section: ConfigSection | null): string | null {
   return nearest(key, flatNames);
 }
 
-/** The candidate closest to `word` by optimal-string-alignment distance, if close enough. */
-function nearest(word: string, candidates: string[]): string | null {
+/**
+ * The candidate closest to `word` by edit distance (adjacent swaps cost 1), when at most
+ * max(1, floor(word.length / 3)) edits away: the "did you mean" of keys and flags.
+ *
+ * @param word The unknown name.
+ * @param candidates The known names.
+ * @returns The closest known name, or null when none is close.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { nearest } from "./config.ts";
+ * assert.equal(nearest("lora_aplha", ["lora_r", "lora_alpha"]), "lora_alpha");
+ * assert.equal(nearest("xyz", ["lora_r"]), null);
+ * ```
+ */
+export function nearest(word: string, candidates: string[]): string | null {
   let best: string | null = null;
   let bestDistance = Math.max(1, Math.floor(word.length / 3)) + 1;
   for (const candidate of candidates) {
