@@ -1,0 +1,277 @@
+/**
+ * The "rollout" phase: batched sampling with the KV cache (HF `generate` with `do_sample`,
+ * `temperature`, `top_p`, `top_k`), groups of `num_return_sequences` completions per prompt in
+ * one batch, and the padded batch GRPO trains on (TRL: prompts left-padded, completions
+ * right-padded, completion mask up to and including the first EOS).
+ *
+ * Sampling runs on the device; per token only the B sampled ids come back to the CPU (they are
+ * needed to stop at EOS). Randomness comes from a seeded PRNG on the CPU (B uniforms per step),
+ * so a run repeats exactly on any backend.
+ *
+ * @module
+ */
+import { tf } from "./tf.ts";
+import type { Config } from "./config.ts";
+import type { LinearAdapter, Qwen2Model } from "./model.ts";
+import { decodeStep, disposeCache, prefill } from "./model.ts";
+import type { Tokenizer } from "./tokenizer.ts";
+import { createDecodeStream } from "./tokenizer.ts";
+
+/** Why a completion ended. */
+export type FinishReason = "eos" | "length" | "stop";
+
+/** Sampling settings: the `generation` section plus what the caller decides. */
+export interface SamplingOptions
+  extends
+    Pick<Config["generation"], "max_new_tokens" | "temperature" | "top_p" | "top_k" | "stop"> {
+  /** Argmax instead of sampling (temperature, top_p and top_k are then ignored). */
+  greedy?: boolean;
+  /** PRNG seed: the same seed, model and prompts give the same completions. */
+  seed: number;
+}
+
+/** What {@linkcode rollout} returns: plain arrays, no tensors. */
+export interface Rollout {
+  /** Prompt ids per row (unpadded). Rows of one group are contiguous. */
+  promptIds: number[][];
+  /** Completion ids per row: up to and including the first EOS, or up to a stop string. */
+  completionIds: number[][];
+  /** Decoded completion text (special tokens skipped). */
+  texts: string[];
+  /** Why each row ended. */
+  finishReasons: FinishReason[];
+  /** Generated tokens over all rows (for tokens/s). */
+  numTokens: number;
+}
+
+/** splitmix32-style PRNG: floats in [0, 1) from a 32-bit seed; state advances per call. */
+export function seededUniform(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Picks one token per row from `logits` [B, V] on the device: HF's `TopKLogitsWarper` then
+ * `TopPLogitsWarper` (keep the smallest set of most likely tokens whose probability reaches
+ * `top_p`, always at least one), then inverse-CDF sampling with the given uniforms.
+ *
+ * @param logits [B, V] raw logits (temperature is applied here).
+ * @param uniforms B numbers in [0, 1).
+ * @param options temperature, top_p, top_k (0 = off), greedy.
+ * @returns [B] int32 token ids. The caller disposes it.
+ * @example Usage
+ * ```ts
+ * import { tf } from "./tf.ts";
+ * import { sampleTokens } from "./rollout.ts";
+ * const logits = tf.tensor2d([[0, 5, 0]]);
+ * const ids = sampleTokens(logits, [0.5], { temperature: 1, top_p: 0.5, top_k: 0 });
+ * console.assert(ids.dataSync()[0] === 1);
+ * ```
+ */
+export function sampleTokens(
+  logits: tf.Tensor2D,
+  uniforms: number[],
+  options: Pick<SamplingOptions, "temperature" | "top_p" | "top_k" | "greedy">,
+): tf.Tensor1D {
+  return tf.tidy(() => {
+    if (options.greedy) return tf.cast(tf.argMax(logits, 1), "int32") as tf.Tensor1D;
+    const [B, V] = logits.shape;
+    const k = options.top_k > 0 ? Math.min(options.top_k, V) : V;
+    const { values, indices } = tf.topk(tf.div(logits, options.temperature), k); // [B, k] desc
+    const probs = tf.softmax(values, -1); // [B, k]
+    // Keep token i while the mass before it is < top_p: the first token is always kept.
+    const before = tf.cumsum(probs, 1, true); // exclusive cumsum, [B, k]
+    const kept = tf.where(tf.less(before, options.top_p), probs, tf.zerosLike(probs));
+    const cdf = tf.cumsum(kept, 1); // [B, k]
+    const total = cdf.slice([0, k - 1], [B, 1]); // [B, 1]
+    const u = tf.mul(tf.tensor2d(uniforms, [B, 1]), total); // [B, 1]
+    // index = number of cdf entries <= u, clipped to the kept range.
+    let pick = tf.sum(tf.cast(tf.lessEqual(cdf, u), "int32"), 1); // [B]
+    const lastKept = tf.sub(
+      tf.sum(tf.cast(tf.greater(kept, 0), "int32"), 1),
+      tf.scalar(1, "int32"),
+    );
+    pick = tf.minimum(pick, lastKept);
+    const flat = tf.add(tf.mul(tf.range(0, B, 1, "int32"), tf.scalar(k, "int32")), pick);
+    return tf.gather(indices.reshape([B * k]), flat) as tf.Tensor1D; // [B]
+  });
+}
+
+/** Left-pads rows to one length: ids with `pad`, mask with 0. */
+export function leftPad(rows: number[][], pad: number): { ids: number[][]; mask: number[][] } {
+  const T = Math.max(...rows.map((r) => r.length));
+  return {
+    ids: rows.map((r) => [...new Array(T - r.length).fill(pad), ...r]),
+    mask: rows.map((r) => [...new Array(T - r.length).fill(0), ...new Array(r.length).fill(1)]),
+  };
+}
+
+/**
+ * Samples completions for a batch of prompts (each row one completion; repeat a prompt G times
+ * for a group, see {@linkcode repeatGroups}).
+ *
+ * @param model The model.
+ * @param prompts Prompt ids per row.
+ * @param options Sampling settings, the tokenizer (EOS/pad ids, decoding) and the adapter.
+ * @returns Completions, texts and finish reasons.
+ * @example Usage
+ * ```ts ignore
+ * const out = await rollout(model, repeatGroups(promptIds, 8), {
+ *   tokenizer, adapter: lora, sampling: { ...config.generation, seed: 1 } });
+ * ```
+ */
+export async function rollout(
+  model: Qwen2Model,
+  prompts: number[][],
+  options: {
+    tokenizer: Pick<Tokenizer, "decode" | "eosTokenIds" | "padTokenId">;
+    sampling: SamplingOptions;
+    adapter?: LinearAdapter | null;
+    /** Called after every token with (tokens done, max_new_tokens). */
+    onToken?: (step: number, total: number) => void;
+  },
+): Promise<Rollout> {
+  const { tokenizer, sampling } = options;
+  if (prompts.length === 0) throw new RangeError("Expected at least one prompt");
+  if (prompts.some((p) => p.length === 0)) throw new RangeError("Expected non-empty prompts");
+  if (!sampling.greedy && !(sampling.temperature > 0)) {
+    throw new RangeError(`Expected temperature > 0, got ${sampling.temperature}`);
+  }
+  const B = prompts.length;
+  const eos = new Set(tokenizer.eosTokenIds);
+  const random = seededUniform(sampling.seed);
+  const { ids, mask } = leftPad(prompts, tokenizer.padTokenId);
+  const idsT = tf.tensor2d(ids, [B, ids[0].length], "int32");
+  const maskT = tf.tensor2d(mask, [B, ids[0].length], "int32");
+  let { logits, cache } = prefill(model, idsT, {
+    attentionMask: maskT,
+    adapter: options.adapter,
+  });
+  tf.dispose([idsT, maskT]);
+  const completions: number[][] = prompts.map(() => []);
+  const finish: (FinishReason | null)[] = prompts.map(() => null);
+  const stops = sampling.stop.filter((s) => s.length > 0);
+  // Incremental decoding keeps stop-string checks O(1) per token instead of re-decoding.
+  const streams = stops.length > 0
+    ? prompts.map(() => createDecodeStream(tokenizer, { skipSpecialTokens: true }))
+    : [];
+  let numTokens = 0;
+  try {
+    for (let step = 0; step < sampling.max_new_tokens; step++) {
+      const uniforms = Array.from({ length: B }, () => random());
+      const next = sampleTokens(logits, uniforms, sampling);
+      logits.dispose();
+      const picked = await next.data(); // sync point: B ids per token
+      const feed: number[] = [];
+      for (let b = 0; b < B; b++) {
+        if (finish[b] !== null) {
+          feed.push(tokenizer.padTokenId);
+          continue;
+        }
+        const id = picked[b];
+        completions[b].push(id);
+        numTokens++;
+        feed.push(id);
+        if (eos.has(id)) finish[b] = "eos";
+        else if (stops.length > 0) {
+          streams[b].step(id);
+          if (stops.some((stop) => streams[b].text.includes(stop))) finish[b] = "stop";
+        }
+      }
+      next.dispose();
+      options.onToken?.(step + 1, sampling.max_new_tokens);
+      if (finish.every((f) => f !== null) || step === sampling.max_new_tokens - 1) {
+        logits = tf.zeros([0, 0]);
+        break;
+      }
+      const feedT = tf.tensor1d(feed, "int32");
+      ({ logits, cache } = decodeStep(model, cache, feedT, { adapter: options.adapter }));
+      feedT.dispose();
+    }
+  } finally {
+    logits.dispose();
+    disposeCache(cache);
+  }
+  return {
+    promptIds: prompts.map((p) => [...p]),
+    completionIds: completions,
+    texts: completions.map((c) => tokenizer.decode(c, { skipSpecialTokens: true })),
+    finishReasons: finish.map((f) => f ?? "length"),
+    numTokens,
+  };
+}
+
+/** Repeats each prompt `g` times, contiguously (TRL's `RepeatSampler` order). */
+export function repeatGroups<T>(items: T[], g: number): T[] {
+  if (!Number.isInteger(g) || g < 1) throw new RangeError(`Expected a group size >= 1, got ${g}`);
+  return items.flatMap((item) => new Array(g).fill(item));
+}
+
+/** The padded tensors of a rollout that the GRPO update consumes. */
+export interface TrainingBatch {
+  /** [B, P+C] int32: prompt left-padded, completion right-padded. */
+  inputIds: tf.Tensor2D;
+  /** [B, P+C] int32. */
+  attentionMask: tf.Tensor2D;
+  /** [B, C] float32: 1 up to and including the first EOS. */
+  completionMask: tf.Tensor2D;
+  /** C: the padded completion width. */
+  completionLength: number;
+}
+
+/**
+ * Builds the padded batch TRL builds in `_generate_and_score_completions`.
+ *
+ * @param rollout Prompt and completion ids per row.
+ * @param padTokenId Pad id.
+ * @param options `maskTruncated`: zero the mask of rows that did not end with EOS
+ *   (TRL `mask_truncated_completions`).
+ * @returns Tensors; the caller disposes them (`disposeBatch`).
+ * @example Usage
+ * ```ts
+ * import { toTrainingBatch, disposeBatch } from "./rollout.ts";
+ * const batch = toTrainingBatch({ promptIds: [[1, 2], [3]], completionIds: [[4], [5, 6]],
+ *   finishReasons: ["eos", "length"] }, 0);
+ * console.assert(batch.completionLength === 2);
+ * disposeBatch(batch);
+ * ```
+ */
+export function toTrainingBatch(
+  rollout: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
+  padTokenId: number,
+  options: { maskTruncated?: boolean } = {},
+): TrainingBatch {
+  const { ids: p, mask: pm } = leftPad(rollout.promptIds, padTokenId);
+  const C = Math.max(1, ...rollout.completionIds.map((c) => c.length));
+  const B = p.length;
+  const ids: number[][] = [];
+  const am: number[][] = [];
+  const cm: number[][] = [];
+  for (let b = 0; b < B; b++) {
+    const c = rollout.completionIds[b];
+    const truncated = options.maskTruncated && rollout.finishReasons[b] !== "eos";
+    ids.push([...p[b], ...c, ...new Array(C - c.length).fill(padTokenId)]);
+    am.push([...pm[b], ...new Array(c.length).fill(1), ...new Array(C - c.length).fill(0)]);
+    cm.push(
+      [...new Array(c.length).fill(truncated ? 0 : 1), ...new Array(C - c.length).fill(0)],
+    );
+  }
+  const T = ids[0].length;
+  return {
+    inputIds: tf.tensor2d(ids, [B, T], "int32"),
+    attentionMask: tf.tensor2d(am, [B, T], "int32"),
+    completionMask: tf.tensor2d(cm, [B, C], "float32"),
+    completionLength: C,
+  };
+}
+
+/** Frees a {@linkcode TrainingBatch}. */
+export function disposeBatch(batch: TrainingBatch): void {
+  tf.dispose([batch.inputIds, batch.attentionMask, batch.completionMask]);
+}
