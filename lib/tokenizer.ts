@@ -29,7 +29,8 @@ export interface Tokenizer {
   encode(text: string): number[];
   /**
    * Ids → text, like HF `tokenizer.decode`. A truncated UTF-8 sequence decodes to U+FFFD
-   * (`errors="replace"`). Throws a RangeError for an id outside `[0, vocabSize)`.
+   * (`errors="replace"`). Ids >= vocabSize (padding rows of the embedding) are skipped, as
+   * HF does; a negative or non-integer id is a RangeError.
    */
   decode(ids: number[], options?: { skipSpecialTokens?: boolean }): string;
   /**
@@ -246,10 +247,13 @@ export function createTokenizer(files: TokenizerFiles, options?: { source?: stri
     },
     decode(ids: number[], options?: { skipSpecialTokens?: boolean }): string {
       for (const id of ids) {
-        if (!Number.isInteger(id) || id < 0 || id >= vocabSize) {
-          throw new RangeError(`Cannot decode id ${id}: expected an integer in [0, ${vocabSize})`);
+        if (!Number.isInteger(id) || id < 0) {
+          throw new RangeError(`Cannot decode id ${id}: expected a non-negative integer`);
         }
       }
+      // subtle: a model's embedding may have more rows than the vocabulary (Qwen2.5: 151936 vs
+      // 151665), so a sampler can emit an id with no token. HF's decode skips such ids; so do we.
+      if (ids.some((id) => id >= vocabSize)) ids = ids.filter((id) => id < vocabSize);
       // subtle: @huggingface/tokenizers throws on an empty list; HF returns "".
       if (ids.length === 0) return "";
       return hf.decode(ids, { skip_special_tokens: options?.skipSpecialTokens ?? false });
