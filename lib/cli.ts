@@ -161,8 +161,9 @@ export function parseCommandLine(args: string[], options: CommandLineOptions = {
   }
   let values: Record<string, FlagValue>;
   try {
-    values = parseArgs({ args, options: parseOptions, strict: true, allowPositionals: false })
-      .values as Record<string, FlagValue>;
+    values = {
+      ...parseArgs({ args, options: parseOptions, strict: true, allowPositionals: false }).values,
+    } as Record<string, FlagValue>;
   } catch (error) {
     throw commandLineError(error as Error & { code?: string }, Object.keys(flags));
   }

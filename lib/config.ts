@@ -153,7 +153,10 @@ const trainingSection = z.object({
   num_epochs: z.number({ error: "expected an integer >= 1" }).int().min(1).default(3)
     .describe("Passes over the training prompts (TRL/HF `num_train_epochs`)."),
   max_steps: z.number({ error: "expected -1 or an integer >= 1" }).int().min(-1)
-    .refine((steps) => steps !== 0, { error: "expected -1 or an integer >= 1" })
+    .refine((steps) => steps !== 0, {
+      error: "expected -1 or an integer >= 1",
+      params: { showValue: true },
+    })
     .default(-1)
     .describe("Stop after this many optimizer steps (HF `max_steps`); -1 runs num_epochs."),
   per_device_train_batch_size: z.number({ error: "expected an integer >= 1" }).int().min(1)
@@ -869,7 +872,8 @@ function issueMessage(issue: z.core.$ZodIssue, value: unknown): string {
   if (issue.code === "invalid_type" && issue.expected === "object") {
     return `expected a mapping, got ${describeValue(value)}`;
   }
-  if (issue.code === "custom") return issue.message;
+  // Cross-field messages name the other field; a one-field refine shows the value.
+  if (issue.code === "custom" && issue.params?.showValue !== true) return issue.message;
   return `${issue.message}, got ${describeValue(value)}`;
 }
 
