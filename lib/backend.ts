@@ -97,7 +97,9 @@ export async function setupBackend(options: RuntimeOptions): Promise<BackendInfo
         );
       }
       if (!adapter.hardware) {
-        notes.push(`webgpu adapter ${adapter.label} is a software fallback; wasm is faster`);
+        notes.push(
+          `webgpu adapter ${adapter.label} is a software fallback; wasm with BLAS is much faster`,
+        );
       }
       info = await setupWebgpu(adapter.label, notes);
       break;
