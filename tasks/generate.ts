@@ -1,0 +1,149 @@
+/**
+ * Try a model from the terminal: one prompt in, one completion out.
+ *
+ *   deno task generate --model_path DIR [--adapter DIR] --prompt TEXT [--max_new_tokens N]
+ *                      [--greedy] [--temperature T --top_p P --seed S] [--chat] [--json]
+ *
+ * The prompt is formatted "plain" (`Question: ...\nAnswer:`) unless `--chat` (the tokenizer's
+ * chat template with the config's system prompt). The backend line goes to stderr, the completion
+ * to stdout; `--json` prints `{prompt_ids, completion_ids, text, finish_reason}` only.
+ *
+ * @module
+ */
+import { describeBackend, setupBackend } from "../lib/backend.ts";
+import { type FlagSpec, formatHelp, parseCommandLine, resolveConfig } from "../lib/cli.ts";
+import { COMMAND_LINE, formatConfig } from "../lib/config.ts";
+import { ConfigError, isUserError } from "../lib/errors.ts";
+import { loadLora } from "../lib/lora.ts";
+import { loadModel } from "../lib/model.ts";
+import { rollout } from "../lib/rollout.ts";
+import { formatPrompt, loadTokenizer } from "../lib/tokenizer.ts";
+
+const DEFAULT_CONFIG = "configs/demo.yaml";
+
+const FLAGS: Record<string, FlagSpec> = {
+  prompt: { type: "string", valueName: "text", description: "The question to answer (required)" },
+  adapter: {
+    type: "string",
+    valueName: "dir",
+    description: "PEFT LoRA adapter directory (sets model.adapter_path)",
+    configKey: "model.adapter_path",
+  },
+  max_new_tokens: {
+    type: "string",
+    valueName: "n",
+    description: "Most tokens to generate (sets generation.max_new_tokens)",
+    configKey: "generation.max_new_tokens",
+  },
+  greedy: { type: "boolean", description: "Argmax decoding (ignores temperature and top_p)" },
+  temperature: {
+    type: "string",
+    valueName: "t",
+    description: "Sampling temperature (sets generation.temperature)",
+    configKey: "generation.temperature",
+  },
+  top_p: {
+    type: "string",
+    valueName: "p",
+    description: "Nucleus sampling mass (sets generation.top_p)",
+    configKey: "generation.top_p",
+  },
+  seed: { type: "string", valueName: "n", description: "Sampling seed (default: training.seed)" },
+  chat: { type: "boolean", description: "Use the chat template and the config's system prompt" },
+  json: {
+    type: "boolean",
+    description: "Print {prompt_ids, completion_ids, text, finish_reason} as JSON only",
+  },
+};
+
+/** An integer flag value, or `fallback` when the flag is absent. */
+function intFlag(value: unknown, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!/^-?\d+$/.test(String(value))) {
+    throw new ConfigError(
+      `Cannot parse ${COMMAND_LINE}: --${name}: expected an integer, got ${value}`,
+      { file: COMMAND_LINE, key: name },
+    );
+  }
+  return Number(value);
+}
+
+async function main(): Promise<void> {
+  const commandLine = parseCommandLine(Deno.args, { extra: FLAGS });
+  const defaultConfigPath = await exists(DEFAULT_CONFIG) ? DEFAULT_CONFIG : null;
+  if (commandLine.help) {
+    console.log(formatHelp({
+      command: "deno task generate",
+      summary: "Generates one completion for --prompt and prints it.",
+      defaultConfigPath: `${DEFAULT_CONFIG} if it exists, else schema defaults`,
+      extra: FLAGS,
+    }));
+    return;
+  }
+  const config = await resolveConfig(commandLine, { defaultConfigPath });
+  if (commandLine.printConfig) {
+    console.log(formatConfig(config));
+    return;
+  }
+  const { values } = commandLine;
+  if (typeof values.prompt !== "string") {
+    throw new ConfigError(`Cannot parse ${COMMAND_LINE}: --prompt is required; see --help`, {
+      file: COMMAND_LINE,
+      key: "prompt",
+    });
+  }
+  const seed = intFlag(values.seed, "seed", config.training.seed);
+
+  const backend = await setupBackend(config.runtime);
+  console.error(describeBackend(backend));
+  for (const note of backend.notes) console.error(`note: ${note}`);
+
+  const model = await loadModel(config.model.path);
+  const tokenizer = await loadTokenizer(config.model.path);
+  const adapter = config.model.adapter_path === null
+    ? null
+    : await loadLora(model, config.model.adapter_path);
+  const format = values.chat === true ? "chat" : "plain";
+  const promptText = formatPrompt(tokenizer, values.prompt, {
+    prompt_format: format,
+    system_prompt: config.generation.system_prompt,
+  });
+  const out = await rollout(model, [tokenizer.encode(promptText)], {
+    tokenizer,
+    adapter,
+    sampling: { ...config.generation, greedy: values.greedy === true, seed },
+  });
+  adapter?.dispose();
+  model.dispose();
+
+  if (values.json === true) {
+    console.log(JSON.stringify({
+      prompt_ids: out.promptIds[0],
+      completion_ids: out.completionIds[0],
+      text: out.texts[0],
+      finish_reason: out.finishReasons[0],
+    }));
+    return;
+  }
+  console.log(out.texts[0]);
+  console.error(`[${out.completionIds[0].length} tokens, finish_reason ${out.finishReasons[0]}]`);
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (error) {
+    if (!isUserError(error)) throw error;
+    console.error(`error: ${error.message}`);
+    Deno.exit(2);
+  }
+}
