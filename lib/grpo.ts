@@ -9,20 +9,19 @@
  * @module
  */
 import { tf } from "./tf.ts";
+import type { Config } from "./config.ts";
 
 /** How rewards are scaled after the group mean is subtracted (TRL ≥ 0.22 `scale_rewards`). */
-export type ScaleRewards = "group" | "batch" | "none";
+export type ScaleRewards = Config["grpo"]["scale_rewards"];
 
 /** TRL `GRPOConfig.loss_type` values we implement. */
-export type LossType = "grpo" | "bnpo" | "dr_grpo" | "dapo";
+export type LossType = Config["grpo"]["loss_type"];
 
-/** The slice of the `grpo` config section that advantages need. */
-export interface AdvantageOptions {
-  /** Completions per prompt (TRL `num_generations`); groups are contiguous. */
-  num_return_sequences: number;
-  /** "group": divide by the group's std; "batch": by the whole batch's std; "none": don't. */
-  scale_rewards: ScaleRewards;
-}
+/**
+ * The slice of the `grpo` config section that advantages need: `num_return_sequences`
+ * (TRL `num_generations`; groups are contiguous) and `scale_rewards`.
+ */
+export type AdvantageOptions = Pick<Config["grpo"], "num_return_sequences" | "scale_rewards">;
 
 /**
  * Group-relative advantages A_i = (r_i - mean(r_group)) / std,
@@ -251,16 +250,13 @@ export interface GrpoLossInputs {
   completion_mask: tf.Tensor2D;
 }
 
-/** Loss settings: the `grpo` config keys plus what the trainer knows about the batch. */
-export interface GrpoLossOptions {
-  /** Aggregation (TRL `loss_type`). */
-  loss_type: LossType;
-  /** Lower clip range ε_low (TRL `epsilon`). */
-  epsilon: number;
-  /** Upper clip range; null → `epsilon` (TRL `epsilon_high`, DAPO arXiv:2503.14476 clip-higher). */
-  epsilon_high: number | null;
-  /** KL coefficient β (TRL `beta`). 0 leaves KL out of the loss. */
-  kl_coef: number;
+/**
+ * Loss settings: the `grpo` config keys `loss_type`, `epsilon` (ε_low), `epsilon_high` (null →
+ * epsilon; DAPO arXiv:2503.14476 clip-higher) and `kl_coef` (β; 0 leaves KL out of the loss),
+ * plus what the trainer knows about the batch.
+ */
+export interface GrpoLossOptions
+  extends Pick<Config["grpo"], "loss_type" | "epsilon" | "epsilon_high" | "kl_coef"> {
   /** dr_grpo's constant normaliser per row (TRL `max_completion_length` = our max_new_tokens). */
   max_completion_length?: number;
   /**
@@ -461,6 +457,55 @@ export function grpoLoss(inputs: GrpoLossInputs, options: GrpoLossOptions): Grpo
   };
   for (const m of Object.values(metrics)) if (m !== null) tf.keep(m);
   return { loss: parts.loss, metrics };
+}
+
+/**
+ * One backward pass of the GRPO loss: runs `perTokenLogps` (the policy forward, which must read
+ * the variables) inside `tf.variableGrads`, aggregates with {@linkcode grpoLoss}, and returns the
+ * loss, d loss / d each variable and the metrics. Everything the forward pass allocates is freed.
+ *
+ * @param perTokenLogps Computes [B, C] log-probs from the variables (e.g. model + tokenLogProbs).
+ * @param batch The other loss inputs (old/ref log-probs, advantages, completion_mask).
+ * @param options Loss options plus `varList`, the variables to differentiate (the LoRA weights).
+ * @returns Loss, gradients keyed by variable name, and metrics. The caller disposes them all.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { tf } from "./tf.ts";
+ * import { grpoLossAndGrads, tokenLogProbs } from "./grpo.ts";
+ * const w = tf.variable(tf.zeros([1, 2, 3]), true, "doc/grpo/logits");
+ * const ids = tf.tensor2d([[0, 2]], [1, 2], "int32");
+ * const mask = tf.tensor2d([[1, 1]]);
+ * const advantages = tf.tensor1d([1]);
+ * const { loss, grads, metrics } = grpoLossAndGrads(
+ *   () => tokenLogProbs(w as tf.Variable<tf.Rank.R3>, ids, { temperature: 1 }),
+ *   { old_per_token_logps: null, ref_per_token_logps: null, advantages, completion_mask: mask },
+ *   { loss_type: "bnpo", epsilon: 0.2, epsilon_high: null, kl_coef: 0, varList: [w] },
+ * );
+ * assert.equal(loss.dataSync()[0], -1); // -A · coef_1 with coef_1 = 1
+ * assert.deepEqual(grads["doc/grpo/logits"].shape, [1, 2, 3]);
+ * tf.dispose([loss, ...Object.values(grads), ...Object.values(metrics).filter((m) => m !== null)]);
+ * tf.dispose([w, ids, mask, advantages]);
+ * ```
+ */
+export function grpoLossAndGrads(
+  perTokenLogps: () => tf.Tensor2D,
+  batch: Omit<GrpoLossInputs, "per_token_logps">,
+  options: GrpoLossOptions & { varList: tf.Variable[] },
+): { loss: tf.Scalar; grads: tf.NamedTensorMap; metrics: GrpoMetrics } {
+  let metrics: GrpoMetrics | undefined;
+  try {
+    const { value, grads } = tf.variableGrads(() => {
+      const out = grpoLoss({ ...batch, per_token_logps: perTokenLogps() }, options);
+      metrics = out.metrics;
+      return out.loss;
+    }, options.varList);
+    return { loss: value, grads, metrics: metrics! };
+  } catch (error) {
+    // grpoLoss keeps its metrics; don't leak them when the backward pass fails.
+    if (metrics !== undefined) tf.dispose(Object.values(metrics).filter((m) => m !== null));
+    throw error;
+  }
 }
 
 /** Reduces a [B, C] per-token loss to a scalar per `loss_type` (TRL `_compute_loss`). */

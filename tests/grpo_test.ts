@@ -7,6 +7,7 @@ import {
   groupRelativeAdvantages,
   groupStats,
   grpoLoss,
+  grpoLossAndGrads,
   type GrpoLossInputs,
   type GrpoLossOptions,
   grpoPerToken,
@@ -408,4 +409,70 @@ Deno.test("tokenLogProbs() rejects mismatched shapes and temperature <= 0", () =
     { name: "RangeError", message: /temperature/ },
   );
   tf.dispose([logits, ids]);
+});
+
+Deno.test("grpoLossAndGrads() differentiates through tokenLogProbs to the variables", async () => {
+  const before = tf.memory().numTensors;
+  // A tiny "policy": logits = hidden @ W, W [H, V] the only variable.
+  const [b, c, h, v] = [6, 6, 4, 9];
+  const hidden = tf.randomNormal([b * c, h], 0, 1, "float32", 1);
+  const w = tf.tidy(() => tf.variable(tf.randomNormal([h, v], 0, 0.5, "float32", 2), true, "fd/W"));
+  const ids = tf.tidy(() =>
+    tf.cast(tf.randomUniform([b, c], 0, v, "float32", 3), "int32")
+  ) as tf.Tensor2D;
+  const temperature = 0.7;
+  const logpsOf = (weights: tf.Tensor) =>
+    tokenLogProbs(tf.reshape(tf.matMul(hidden, weights), [b, c, v]) as tf.Tensor3D, ids, {
+      temperature,
+    });
+  const c0 = fixture.cases[0];
+  // Central differences see old_per_token_logps as a constant, so pass the current log-probs
+  // explicitly: at this point the gradient equals the detached (null) one, checked below.
+  const batch = {
+    old_per_token_logps: tf.tidy(() => logpsOf(w)) as tf.Tensor2D,
+    // a reference close to the policy so the KL is small but nonzero
+    ref_per_token_logps: tf.tidy(() =>
+      tf.add(logpsOf(w), tf.randomNormal([b, c], 0, 0.1, "float32", 4))
+    ) as tf.Tensor2D,
+    advantages: tf.tensor1d(c0.advantages),
+    completion_mask: tf.tensor2d(fixture.completion_mask),
+  } as const;
+  const options = { ...optionsOf(c0), varList: [w] };
+  const { loss, grads, metrics } = grpoLossAndGrads(() => logpsOf(w), batch, options);
+  const got = await grads["fd/W"].data();
+  // Central differences in float32 on every entry of W.
+  const base = await w.data();
+  const eps = 1e-2;
+  const want: number[] = [];
+  for (let i = 0; i < base.length; i++) {
+    const values = tf.tidy(() => {
+      const at = (d: number) => {
+        const x = Float32Array.from(base);
+        x[i] += d;
+        const r = grpoLoss({ ...batch, per_token_logps: logpsOf(tf.tensor2d(x, [h, v])) }, options);
+        tf.dispose(Object.values(r.metrics).filter((m): m is tf.Scalar => m !== null));
+        return r.loss;
+      };
+      return tf.stack([at(eps), at(-eps)]);
+    });
+    const [up, down] = await values.data();
+    values.dispose();
+    want.push((up - down) / (2 * eps));
+  }
+  const scale = Math.max(...want.map(Math.abs));
+  assert.ok(scale > 1e-3, "the check is not vacuous");
+  assertAllClose(got, want, 2e-3 * scale);
+  assert.ok((await metrics.kl!.data())[0] > 0);
+  const detached = grpoLossAndGrads(
+    () => logpsOf(w),
+    { ...batch, old_per_token_logps: null },
+    options,
+  );
+  assertAllClose(await detached.grads["fd/W"].data(), got, 1e-7, "old = null");
+  for (const r of [{ loss, grads, metrics }, detached]) {
+    tf.dispose([r.loss, ...Object.values(r.grads)]);
+    tf.dispose(Object.values(r.metrics).filter((m): m is tf.Scalar => m !== null));
+  }
+  tf.dispose([hidden, w, ids, ...Object.values(batch)]);
+  assert.equal(tf.memory().numTensors, before, "leaked tensors");
 });
