@@ -279,11 +279,11 @@ const runtimeSection = z.object({
   backend: z.enum(["auto", "wasm", "webgpu", "cpu", "tensorflow"], {
     error: "expected one of auto, wasm, webgpu, cpu, tensorflow",
   }).default("auto")
-    .describe("TensorFlow.js backend; auto picks webgpu when an adapter exists, else wasm."),
+    .describe("TensorFlow.js backend; auto picks webgpu on a hardware GPU adapter, else wasm."),
   blas: z.string({ error: "expected auto, off or a library path" }).min(1).default("auto")
     .describe(
       "matMul on the wasm backend through OpenBLAS FFI: auto = use libopenblas when found, " +
-        "off = wasm kernels, or a path to a libopenblas shared library.",
+        "off = wasm kernels, or the path of a shared library exporting cblas_sgemm.",
     ),
   num_threads: z.number({ error: "expected an integer >= 1" }).int().min(1).default(2)
     .describe("Threads for the wasm backend and OpenBLAS."),
