@@ -217,12 +217,20 @@ function openAuto(notes: string[]): ReturnType<typeof openBlas> | null {
     try {
       return openBlas(path);
     } catch (error) {
-      failures.push(`${path}: ${errorText(error)}`);
+      if (
+        error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
+      ) {
+        notes.push(
+          "runtime.blas auto: FFI not allowed (run with --allow-ffi); stock wasm matMul used (~35× slower)",
+        );
+        return null;
+      }
+      failures.push(`${path} (${errorText(error)})`);
     }
   }
   notes.push(
-    `runtime.blas auto: no BLAS could be opened, stock wasm matMul used (~35× slower; on Debian ` +
-      `apt-get install libopenblas0-pthread). Tried ${failures.join("; ")}`,
+    `runtime.blas auto: no BLAS opened, stock wasm matMul used (~35× slower; Debian: apt-get ` +
+      `install libopenblas0-pthread). Tried ${failures.join(", ")}`,
   );
   return null;
 }

@@ -154,6 +154,18 @@ Deno.test("tf.grads() through a matMul chain on wasm matches cpu", async () => {
   await assertParity(fn, ["wasm+blas", "wasm"], "grads");
 });
 
+Deno.test("setupBackend() auto takes wasm unless Deno offers a hardware WebGPU adapter", async () => {
+  const adapter = await navigator.gpu?.requestAdapter();
+  const info = adapter?.info as (GPUAdapterInfo & { isFallbackAdapter?: boolean }) | undefined;
+  const software = info === undefined || info.isFallbackAdapter === true ||
+    /llvmpipe|lavapipe|swiftshader/i.test(info.description);
+  const got = await setupBackend({ backend: "auto", blas: "auto", num_threads: 2 });
+  if (software) {
+    assert.equal(got.name, "wasm");
+    if (info !== undefined) assert.match(got.notes.join("\n"), /software fallback; using wasm/);
+  } else assert.equal(got.name, "webgpu");
+});
+
 Deno.test("setupBackend() with blas off keeps the stock matMul and says so", async () => {
   const info = await setupBackend({ backend: "wasm", blas: "off", num_threads: 2 });
   assert.equal(info.name, "wasm");
