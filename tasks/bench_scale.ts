@@ -7,7 +7,10 @@
  *   deno task bench:scale [--batch 4] [--seq 256] [--new_tokens 16] [--layers 28] [--set runtime.blas=off]
  *
  * NOTE: tfjs-backend-wasm is wasm32: its heap stops at 4 GiB, and every weight and activation
- * lives there. The 28-layer model is 6.2 GB as float32, so only `--layers` ≤ 17 can load at all.
+ * lives there. The 28-layer model is 6.2 GB as float32, so only `--layers` ≤ 17 can load at all,
+ * and `forward` keeps every layer's intermediates until its outer tidy ends (~0.35 GB per layer
+ * at 4 × 256 tokens): measured on a 2-core box, `--layers 4` runs at 4 × 256 and `--layers 6`
+ * aborts with the heap exhausted.
  *
  * @module
  */
@@ -121,7 +124,8 @@ async function main(): Promise<void> {
   if (weightBytes > WASM_HEAP_BYTES) {
     throw new BackendError(
       `${layers} layers need ${(weightBytes / GB).toFixed(2)} GB of f32 weights, more than the ` +
-        `wasm32 heap of ${(WASM_HEAP_BYTES / GB).toFixed(2)} GB; pass --layers 17 or fewer`,
+        `wasm32 heap of ${(WASM_HEAP_BYTES / GB).toFixed(2)} GB; pass --layers 17 or fewer ` +
+        `(activations need room too: 4 layers is the most that ran at --batch 4 --seq 256)`,
     );
   }
 
