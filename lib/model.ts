@@ -528,7 +528,10 @@ function layerStack(
     if (options.gradientCheckpointing && !cache) {
       out = checkpointedLayer(model, i, h, bias, cos, sin, options.adapter);
     } else {
-      out = decoderLayer(model, i, h, bias, cos, sin, options.adapter, past);
+      // A tidy per layer frees its intermediates as soon as the layer is done (under a
+      // gradient tape, tfjs keeps what the backward pass needs regardless).
+      const hIn = h;
+      out = tf.tidy(() => decoderLayer(model, i, hIn, bias, cos, sin, options.adapter, past));
     }
     h = out.h;
     keys.push(out.k);
@@ -555,29 +558,43 @@ function checkpointedLayer(
   const vars = adapterVariablesOfLayer(adapter, layer);
   // The adapter reads these variables by name; during recomputation we swap in the tensors
   // tf.grads differentiates (same values), so the gradient flows to them.
-  const run = (hIn: tf.Tensor3D, varTensors: tf.Tensor[]) => {
-    const override = overrideAdapter(adapter, vars.map((v) => v.name), varTensors);
-    return decoderLayer(model, layer, hIn, bias, cos, sin, override, null);
+  const run = (hIn: tf.Tensor3D, b: tf.Tensor, c: tf.Tensor4D, s: tf.Tensor4D, vs: tf.Tensor[]) => {
+    const override = overrideAdapter(adapter, vars.map((v) => v.name), vs);
+    return decoderLayer(model, layer, hIn, b, c, s, override, null);
   };
+  // NOTE: mask and RoPE tables are inputs (not closure captures) so that the tape saves them:
+  // the caller's tidy disposes them before the backward pass runs.
   const f = tf.customGrad((...args: (tf.Tensor | ((tensors: tf.Tensor[]) => void))[]) => {
     const save = args[args.length - 1] as (tensors: tf.Tensor[]) => void;
     const inputs = args.slice(0, -1) as tf.Tensor[];
-    const [hIn, ...varTensors] = inputs;
-    const out = run(hIn as tf.Tensor3D, varTensors);
-    save([hIn, ...varTensors]);
+    const [hIn, b, c, s, ...varTensors] = inputs;
+    const out = run(hIn as tf.Tensor3D, b, c as tf.Tensor4D, s as tf.Tensor4D, varTensors);
+    save(inputs);
     return {
       value: out.h,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [hSaved, ...varSaved] = saved;
+        const [hS, bS, cS, sS, ...varS] = saved;
         const g = tf.grads((...xs: tf.Tensor[]) => {
           const [hx, ...vx] = xs;
-          return run(hx as tf.Tensor3D, vx).h;
+          return run(hx as tf.Tensor3D, bS, cS as tf.Tensor4D, sS as tf.Tensor4D, vx).h;
         });
-        return g([hSaved, ...varSaved], dy);
+        // NOTE: tfjs does not nest tapes: an inner tf.grads run during the outer backward pass
+        // (gradientDepth 0) replaces the engine's active tape and nulls it when done, and the
+        // outer gradients() then fails cleaning up. Keep the outer tape aside and restore it.
+        const state = (tf.engine() as unknown as { state: { activeTape: unknown } }).state;
+        const outerTape = state.activeTape;
+        let dh: tf.Tensor;
+        let dvars: tf.Tensor[];
+        try {
+          [dh, ...dvars] = g([hS, ...varS], dy);
+        } finally {
+          state.activeTape = outerTape;
+        }
+        return [dh, tf.zerosLike(bS), tf.zerosLike(cS), tf.zerosLike(sS), ...dvars];
       },
     };
   });
-  const hOut = f(h, ...vars.map((v) => v.value)) as tf.Tensor3D;
+  const hOut = f(h, bias, cos, sin, ...vars.map((v) => v.value)) as tf.Tensor3D;
   // Keys/values are not needed for training (no cache); return empty placeholders cheaply.
   const empty = tf.zeros([0, 0, 0, 0]) as tf.Tensor4D;
   return { h: hOut, k: empty, v: empty };
@@ -820,12 +837,15 @@ export function completionLogProbs(
   });
 }
 
-/** `m[i, ids[i]]` for each row i. m: [N, V], ids: [N] → [N]. */
+/**
+ * `m[i, ids[i]]` for each row i. m: [N, V], ids: [N] → [N].
+ *
+ * NOTE: a one-hot product, not tf.gather: gather's gradient (UnsortedSegmentSum) has no wasm
+ * kernel, and the one-hot costs no more than the [N, V] logits already there.
+ */
 export function gatherRows(m: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor1D {
   return tf.tidy(() => {
-    const [N, V] = m.shape;
-    const rowStart = tf.mul(tf.range(0, N, 1, "int32"), tf.scalar(V, "int32"));
-    const flat = tf.add(rowStart, tf.cast(ids, "int32"));
-    return tf.gather(m.reshape([N * V]), flat) as tf.Tensor1D;
+    const oneHot = tf.oneHot(tf.cast(ids, "int32"), m.shape[1]); // [N, V]
+    return tf.sum(tf.mul(m, oneHot), 1) as tf.Tensor1D;
   });
 }
