@@ -1,0 +1,145 @@
+/**
+ * `deno task train [--config FILE] [--model_path DIR] [--output_dir DIR] [--max_samples N]
+ * [--resume DIR|latest] [--set section.key=value ...]`: GRPO + LoRA training, end to end.
+ * Without --config it runs configs/demo.yaml on the small model and data the repo ships.
+ */
+import { tf } from "../lib/tf.ts";
+import { describeBackend, setupBackend } from "../lib/backend.ts";
+import { formatHelp, parseCommandLine, resolveConfig } from "../lib/cli.ts";
+import { formatConfig } from "../lib/config.ts";
+import { loadDataset } from "../lib/data.ts";
+import { BackendError, ConfigError, isUserError } from "../lib/errors.ts";
+import { createLora, loadLora, parameterCounts, trainableParametersLine } from "../lib/lora.ts";
+import { loadModel } from "../lib/model.ts";
+import { AdamW } from "../lib/optim.ts";
+import { ProgressBar } from "../lib/progress.ts";
+import { loadTokenizer } from "../lib/tokenizer.ts";
+import { configWarnings, formatEval, latestCheckpoint, train } from "../lib/trainer.ts";
+
+const DEFAULT_CONFIG = "configs/demo.yaml";
+
+async function main(): Promise<void> {
+  const commandLine = parseCommandLine(Deno.args);
+  if (commandLine.help) {
+    console.log(formatHelp({
+      command: "deno task train",
+      summary: `GRPO + LoRA training. Default config: ${DEFAULT_CONFIG}.`,
+    }));
+    return;
+  }
+  const config = await resolveConfig(commandLine, { defaultConfigPath: DEFAULT_CONFIG });
+  if (commandLine.printConfig) {
+    console.log(formatConfig(config));
+    return;
+  }
+  const backend = await setupBackend(config.runtime);
+  console.error(describeBackend(backend));
+  for (const note of backend.notes) console.error(`  ${note}`);
+  if (config.training.fp16 || config.training.bf16) {
+    const which = config.training.fp16 ? "fp16" : "bf16";
+    throw new BackendError(
+      `training.${which}: true cannot be honoured on the ${backend.name} backend (TensorFlow.js ` +
+        `computes in float32 there); set training.${which}: false`,
+    );
+  }
+  for (const w of configWarnings(config)) console.error(`warning: ${w}`);
+
+  let outputDir = config.training.output_dir ??
+    `results/rl_grpo_${
+      new Date().toISOString().replace(/[-:]/g, "").replace("T", "_").slice(0, 15)
+    }`;
+  let resumeFrom: string | null = null;
+  if (commandLine.resume === "latest") {
+    if (config.training.output_dir === null) {
+      throw new ConfigError(
+        "Cannot parse <command line>: --resume latest needs --output_dir (the run to continue)",
+        { file: "<command line>", key: "resume" },
+      );
+    }
+    resumeFrom = await latestCheckpoint(outputDir);
+    if (!resumeFrom) {
+      throw new ConfigError(
+        `Cannot resume: no checkpoint-*/ directory in ${outputDir}`,
+        { file: "<command line>", key: "resume" },
+      );
+    }
+  } else if (commandLine.resume) {
+    resumeFrom = commandLine.resume.replace(/\/$/, "");
+    if (config.training.output_dir === null) outputDir = resumeFrom.replace(/\/[^/]*$/, "");
+  }
+
+  const model = await loadModel(config.model.path);
+  const tokenizer = await loadTokenizer(config.model.path);
+  const adapter = config.model.adapter_path
+    ? await loadLora(model, config.model.adapter_path)
+    : createLora(model, config.lora, { seed: config.training.seed });
+  const counts = parameterCounts(model, adapter);
+  console.error(trainableParametersLine(counts.trainable, counts.all));
+  const optimizer = new AdamW([...adapter.variables.values()], config.training);
+  const trainSet = await loadDataset(config.data.train_file, {
+    format: config.data.format,
+    max_samples: config.data.max_samples,
+    on_bad_row: config.data.on_bad_row,
+  });
+  if (trainSet.skipped > 0) {
+    console.error(`skipped ${trainSet.skipped} bad rows of ${config.data.train_file}`);
+  }
+  const evalSet = config.eval.eval_file
+    ? (await loadDataset(config.eval.eval_file, {
+      format: config.data.format,
+      max_samples: config.eval.eval_max_samples,
+      on_bad_row: config.data.on_bad_row,
+    })).examples
+    : [];
+  console.error(
+    `${trainSet.examples.length} training prompts, ${evalSet.length} held-out; output ${outputDir}`,
+  );
+
+  let bar: ProgressBar | null = null;
+  let barKind = "";
+  const summary = await train(
+    { config, model, tokenizer, adapter, optimizer },
+    { train: trainSet.examples, eval: evalSet },
+    {
+      outputDir,
+      resumeFrom,
+      callbacks: {
+        log: (line) => bar ? bar.log(line) : console.error(line),
+        progress: ({ phase, step, totalSteps, done, total }) => {
+          const kind = phase === "eval" ? "eval" : "train";
+          if (barKind !== kind || !bar) {
+            bar?.done();
+            barKind = kind;
+            bar = new ProgressBar({
+              label: kind,
+              total: kind === "eval" ? total : totalSteps,
+              writer: Deno.stderr,
+              unit: kind === "eval" ? "problems" : "steps",
+            });
+          }
+          if (kind === "eval") bar.update(done);
+          else bar.update(phase === "step" ? done : step, { phase });
+        },
+      },
+    },
+  );
+  (bar as ProgressBar | null)?.done();
+  console.log(
+    `\nRun finished in ${summary.seconds.toFixed(0)} s, ${summary.steps} steps → ${outputDir}`,
+  );
+  if (summary.before) console.log(`before: ${formatEval(summary.before)}`);
+  if (summary.after) console.log(`after:  ${formatEval(summary.after)}`);
+  console.log(`KL to the reference at the last step: ${summary.kl.toFixed(4)}`);
+  adapter.dispose();
+  optimizer.dispose();
+  model.dispose();
+  void tf;
+}
+
+try {
+  await main();
+} catch (error) {
+  if (!isUserError(error)) throw error;
+  console.error(`error: ${error.message}`);
+  Deno.exit(2);
+}

@@ -1,0 +1,224 @@
+/**
+ * The update phase against the fixture's GRPO cases (TRL's loss on PEFT's LoRA, see
+ * tests/fixtures/README.md): loss within 1e-5 and every LoRA gradient within 1e-4 of the
+ * tensor's max |value|; then the trainer loop: files, exact resume, flat tensor count.
+ */
+import assert from "node:assert/strict";
+import { tf } from "../lib/tf.ts";
+import { completionLogProbs, loadModel } from "../lib/model.ts";
+import { loadLora } from "../lib/lora.ts";
+import { grpoLoss } from "../lib/grpo.ts";
+import { loadConfig } from "../lib/config.ts";
+import type { Config } from "../lib/config.ts";
+import type { Example } from "../lib/data.ts";
+import { AdamW } from "../lib/optim.ts";
+import { loadTokenizer } from "../lib/tokenizer.ts";
+import { train, trainStep } from "../lib/trainer.ts";
+import type { TrainerContext } from "../lib/trainer.ts";
+import { assertCloseToMax } from "./_assert.ts";
+import { BACKENDS, useTestBackend } from "./_backend.ts";
+
+const DIR = new URL("./fixtures/qwen2-tiny", import.meta.url).pathname;
+const expected = JSON.parse(await Deno.readTextFile(`${DIR}/expected.json`));
+const g = expected.grpo;
+
+for (const backend of BACKENDS) {
+  for (const checkpointing of [false, true]) {
+    Deno.test(`LoRA gradients of all 12 GRPO cases match TRL (${backend}, gradient_checkpointing ${checkpointing})`, async () => {
+      await useTestBackend(backend);
+      const model = await loadModel(DIR);
+      const lora = await loadLora(model, `${DIR}/adapter`);
+      const [B, T] = [g.input_ids.length, g.input_ids[0].length];
+      const C = g.completion_ids[0].length;
+      const inputIds = tf.tensor2d(g.input_ids, [B, T], "int32");
+      const attentionMask = tf.tensor2d(g.attention_mask, [B, T], "int32");
+      const positionIds = tf.tensor2d(g.position_ids, [B, T], "int32");
+      const mask = tf.tensor2d(g.completion_mask, [B, C]);
+      const old = tf.tensor2d(g.old_per_token_logps, [B, C]);
+      const ref = tf.tensor2d(g.ref_per_token_logps, [B, C]);
+      const before = tf.memory().numTensors;
+      const vars = [...lora.variables.values()];
+      for (const c of g.cases) {
+        const advantages = tf.tensor1d(c.advantages);
+        let kl: tf.Scalar | null = null;
+        const { value, grads } = tf.variableGrads(() => {
+          const logps = completionLogProbs(model, {
+            inputIds,
+            attentionMask,
+            positionIds,
+            completionLength: C,
+            temperature: g.temperature,
+          }, { adapter: lora, gradientCheckpointing: checkpointing });
+          const out = grpoLoss({
+            per_token_logps: logps,
+            old_per_token_logps: old,
+            ref_per_token_logps: c.beta === 0 ? null : ref,
+            advantages,
+            completion_mask: mask,
+          }, {
+            loss_type: c.loss_type,
+            epsilon: c.epsilon_low,
+            epsilon_high: c.epsilon_high,
+            kl_coef: c.beta,
+            max_completion_length: c.max_completion_length,
+          });
+          tf.dispose([
+            out.metrics.clipLow,
+            out.metrics.clipHigh,
+            out.metrics.clipRegion,
+            out.metrics.policyLoss,
+          ]);
+          kl = out.metrics.kl;
+          return out.loss;
+        }, vars);
+        const loss = (await value.data())[0];
+        assert.ok(Math.abs(loss - c.loss) <= 1e-5, `${c.name}: loss ${loss} vs ${c.loss}`);
+        for (const [key, v] of lora.variables) {
+          assertCloseToMax(
+            await grads[v.name].data(),
+            c.grads[key].flat(),
+            1e-4,
+            `${c.name} ${key}`,
+          );
+        }
+        tf.dispose([value, advantages, ...Object.values(grads), ...(kl ? [kl] : [])]);
+      }
+      assert.equal(tf.memory().numTensors, before, "leaked tensors");
+      tf.dispose([inputIds, attentionMask, positionIds, mask, old, ref]);
+      lora.dispose();
+      model.dispose();
+    });
+  }
+}
+
+async function testConfig(outputDir: string, extra: string[] = []): Promise<Config> {
+  return await loadConfig("configs/rl_grpo_config_test.yaml", {
+    flags: { output_dir: outputDir },
+    set: [
+      "model.adapter_path=tests/fixtures/qwen2-tiny/adapter",
+      "generation.prompt_format=plain",
+      "generation.max_new_tokens=8",
+      "training.learning_rate=0.01",
+      "training.lr_scheduler_type=constant",
+      "training.gradient_checkpointing=false",
+      "runtime.backend=wasm",
+      ...extra,
+    ],
+  });
+}
+
+async function context(config: Config): Promise<TrainerContext> {
+  const model = await loadModel(config.model.path);
+  const tokenizer = await loadTokenizer(config.model.path);
+  const adapter = await loadLora(model, config.model.adapter_path!);
+  const optimizer = new AdamW([...adapter.variables.values()], config.training);
+  return { config, model, tokenizer, adapter, optimizer };
+}
+
+function disposeContext(ctx: TrainerContext): void {
+  ctx.adapter.dispose();
+  ctx.optimizer.dispose();
+  ctx.model.dispose();
+}
+
+/** Short prompts keep the byte-level fixture model fast. */
+const EXAMPLES: Example[] = Array.from({ length: 10 }, (_, i) => ({
+  id: `t${i}`,
+  question: `${i} + ${i + 1} = ?`,
+  answer: String(2 * i + 1),
+  source: `test:${i}`,
+}));
+
+Deno.test("trainStep() changes every LoRA tensor and no base weight; tensors stay flat over 20 steps", async () => {
+  await useTestBackend("wasm+blas");
+  const config = await testConfig("/tmp/unused");
+  const ctx = await context(config);
+  const examples = EXAMPLES;
+  const base = new Map<string, Float32Array>();
+  for (const [k, w] of ctx.model.weights) base.set(k, (await w.data()) as Float32Array);
+  const start = new Map<string, Float32Array>();
+  for (const [k, v] of ctx.adapter.variables) start.set(k, (await v.data()) as Float32Array);
+  let afterStep2 = 0;
+  for (let step = 0; step < 20; step++) {
+    const { metrics } = await trainStep(ctx, examples.slice(0, 2), { step, totalSteps: 20 });
+    assert.ok(
+      Number.isFinite(metrics.loss) && metrics.kl > 0,
+      `step ${step}: ${JSON.stringify(metrics)}`,
+    );
+    if (step === 1) afterStep2 = tf.memory().numTensors;
+  }
+  assert.equal(tf.memory().numTensors, afterStep2, "tensor count grew between step 2 and step 20");
+  for (const [k, v] of ctx.adapter.variables) {
+    const now = await v.data();
+    assert.ok(now.some((x, i) => x !== start.get(k)![i]), `${k} did not change`);
+  }
+  for (const [k, w] of ctx.model.weights) {
+    assert.deepEqual(await w.data(), base.get(k), `${k} changed`);
+  }
+  disposeContext(ctx);
+});
+
+async function readMetrics(dir: string): Promise<Record<string, number>[]> {
+  const text = await Deno.readTextFile(`${dir}/metrics.jsonl`);
+  return text.trim().split("\n").map((l) => JSON.parse(l));
+}
+
+Deno.test("train() writes the seed's outputs and a resumed run repeats the uninterrupted one exactly", async () => {
+  await useTestBackend("wasm+blas");
+  const root = await Deno.makeTempDir();
+  const full = `${root}/full`;
+  const cut = `${root}/cut`;
+  const run = async (outputDir: string, maxSteps: number, resumeFrom: string | null) => {
+    const config = await testConfig(outputDir, [
+      `training.max_steps=${maxSteps}`,
+      "training.save_steps=2",
+    ]);
+    const ctx = await context(config);
+    await train(ctx, { train: EXAMPLES, eval: [] }, { outputDir, resumeFrom });
+    disposeContext(ctx);
+  };
+  await run(full, 4, null);
+  for (const f of ["training.log", "metrics.jsonl", "summary.json", "config.yaml"]) {
+    await Deno.stat(`${full}/${f}`);
+  }
+  for (
+    const f of [
+      "adapter_model.safetensors",
+      "adapter_config.json",
+      "optimizer.safetensors",
+      "trainer_state.json",
+      "config.yaml",
+    ]
+  ) {
+    await Deno.stat(`${full}/checkpoint-2/${f}`);
+  }
+  const fullMetrics = await readMetrics(full);
+  assert.deepEqual(fullMetrics.map((m) => m.step), [1, 2, 3, 4]);
+  for (
+    const key of [
+      "reward",
+      "accuracy",
+      "kl_penalty",
+      "loss",
+      "grad_norm",
+      "learning_rate",
+      "clip_ratio/region_mean",
+    ]
+  ) {
+    assert.ok(key in fullMetrics[0], `metrics.jsonl lacks ${key}`);
+  }
+  // Interrupted after checkpoint-2 (a 2-step run), then resumed to step 4.
+  await run(cut, 2, null);
+  await run(cut, 4, `${cut}/checkpoint-2`);
+  const resumed = (await readMetrics(cut)).filter((m) => m.step > 2);
+  const strip = (m: Record<string, number>) => {
+    const { step_time: _a, rollout_time: _b, tokens_per_second: _c, ...rest } = m;
+    return rest;
+  };
+  assert.deepEqual(resumed.map(strip), fullMetrics.filter((m) => m.step > 2).map(strip));
+  assert.deepEqual(
+    await Deno.readFile(`${cut}/checkpoint-4/adapter_model.safetensors`),
+    await Deno.readFile(`${full}/checkpoint-4/adapter_model.safetensors`),
+  );
+  await Deno.remove(root, { recursive: true });
+});
