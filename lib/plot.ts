@@ -516,7 +516,7 @@ export function trainingCurves(
 // before / after
 
 /** Evaluation numbers for one model (summary.json's `before` / `after`). */
-export interface EvalSummary {
+export interface EvalScores {
   /** Fraction of correct answers in [0, 1]. */
   accuracy: number;
   /** Fraction of completions with no extractable answer in [0, 1]. */
@@ -546,14 +546,14 @@ export interface EvalSummary {
  * ```
  */
 export function beforeAfterChart(
-  before: EvalSummary,
-  after: EvalSummary,
+  before: EvalScores,
+  after: EvalScores,
   options: { title?: string } = {},
 ): Chart {
   const metrics = ["accuracy", "no_answer_rate"] as const;
   const bars = metrics.flatMap((metric) =>
     [["before", before], ["after", after]].map(([phase, summary]) => {
-      const value = (summary as EvalSummary)[metric];
+      const value = (summary as EvalScores)[metric];
       if (!isFiniteNumber(value)) {
         throw new RangeError(
           `Expected ${phase}.${metric} to be a finite number but found ${value}`,

@@ -17,7 +17,7 @@ import { DataError } from "./errors.ts";
 import {
   beforeAfterChart,
   type Chart,
-  type EvalSummary,
+  type EvalScores,
   type MetricsRow,
   trainingCurves,
 } from "./plot.ts";
@@ -34,9 +34,9 @@ export interface CompletionRecord {
 }
 
 /** summary.json as the trainer writes it; every field is optional here. */
-export interface RunSummary {
-  before?: EvalSummary;
-  after?: EvalSummary;
+export interface RunSummaryFile {
+  before?: EvalScores;
+  after?: EvalScores;
   kl?: number;
   steps?: number;
   seconds?: number;
@@ -48,7 +48,7 @@ export interface RunData {
   /** The run directory as given. */
   dir: string;
   metrics: MetricsRow[] | null;
-  summary: RunSummary | null;
+  summary: RunSummaryFile | null;
   /** config.yaml verbatim. */
   config: string | null;
   completions: CompletionRecord[] | null;
@@ -155,7 +155,7 @@ export async function loadRun(dir: string): Promise<RunData> {
     readOptional(join(dir, RUN_FILES.config)),
     readOptional(completionsPath),
   ]);
-  let summary: RunSummary | null = null;
+  let summary: RunSummaryFile | null = null;
   if (summaryText !== null) {
     try {
       summary = JSON.parse(summaryText);
@@ -263,9 +263,9 @@ function figure(chart: Chart): string {
   return `<figure aria-label="${escapeHtml(chart.title)}">${chart.svg}</figure>`;
 }
 
-function evalSection(summary: RunSummary): string {
+function evalSection(summary: RunSummaryFile): string {
   const { before, after } = summary;
-  const rows: [string, keyof EvalSummary, "percent" | "number" | "int"][] = [
+  const rows: [string, keyof EvalScores, "percent" | "number" | "int"][] = [
     ["accuracy", "accuracy", "percent"],
     ["no-answer rate", "no_answer_rate", "percent"],
     ["mean reward", "mean_reward", "number"],

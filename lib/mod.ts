@@ -1,0 +1,30 @@
+/**
+ * grpo-deno: GRPO + LoRA fine-tuning of Qwen2 math models on TensorFlow.js.
+ *
+ * The public API, one module per phase: config and data (load), model, LoRA and tokenizer,
+ * rollout, reward (score), grpo and optim (update), trainer (all phases), evaluate, plot and
+ * report. Notebooks import this file; tasks import the modules they use.
+ *
+ * @module
+ */
+export * from "./tf.ts";
+export * from "./errors.ts";
+export * from "./config.ts";
+export * from "./cli.ts";
+export * from "./backend.ts";
+export * from "./data.ts";
+export * from "./synthetic.ts";
+export * from "./safetensors.ts";
+export * from "./model.ts";
+export * from "./lora.ts";
+export * from "./tokenizer.ts";
+export * from "./rollout.ts";
+export * from "./reward.ts";
+export * from "./grpo.ts";
+export * from "./optim.ts";
+export * from "./trainer.ts";
+export * from "./evaluate.ts";
+export * from "./plot.ts";
+export * from "./progress.ts";
+export * from "./report.ts";
+export * from "./sft.ts";
