@@ -371,15 +371,34 @@ export interface TrainerState {
   log_history: Record<string, number>[];
 }
 
-/** Prompts per optimizer step: per_device_train_batch_size × gradient_accumulation_steps. */
-export function promptsPerStep(training: Config["training"]): number {
-  return training.per_device_train_batch_size * training.gradient_accumulation_steps;
+/**
+ * Prompts per optimizer step. As in TRL (and the seed's arithmetic: 18,946 prompts × 2
+ * generations / 16 = ~2,370 steps per epoch), per_device_train_batch_size counts completions:
+ * a step sees per_device_train_batch_size × gradient_accumulation_steps completions, that is
+ * that many / num_return_sequences prompts.
+ */
+export function promptsPerStep(
+  config: { training: Config["training"]; grpo: Pick<Config["grpo"], "num_return_sequences"> },
+): number {
+  const completions = config.training.per_device_train_batch_size *
+    config.training.gradient_accumulation_steps;
+  const g = config.grpo.num_return_sequences;
+  if (completions % g !== 0) {
+    throw new RangeError(
+      `per_device_train_batch_size * gradient_accumulation_steps (${completions}) must be a ` +
+        `multiple of num_return_sequences (${g})`,
+    );
+  }
+  return completions / g;
 }
 
 /** Total optimizer steps of a run on `n` prompts. */
-export function totalSteps(n: number, training: Config["training"]): number {
-  if (training.max_steps > 0) return training.max_steps;
-  return Math.ceil(n / promptsPerStep(training)) * training.num_epochs;
+export function totalSteps(
+  n: number,
+  config: { training: Config["training"]; grpo: Pick<Config["grpo"], "num_return_sequences"> },
+): number {
+  if (config.training.max_steps > 0) return config.training.max_steps;
+  return Math.ceil(n / promptsPerStep(config)) * config.training.num_epochs;
 }
 
 /**
@@ -422,17 +441,16 @@ export async function trainStep(
 ): Promise<{ metrics: StepMetrics; groups: GroupRollout[]; scores: Scores }> {
   const { config } = ctx;
   const seed = config.training.seed;
-  const perMicro = config.training.per_device_train_batch_size;
+  const perMicro = config.training.per_device_train_batch_size; // completions
   const t0 = performance.now();
-  const groups: GroupRollout[] = [];
-  for (let start = 0, m = 0; start < examples.length; start += perMicro, m++) {
-    groups.push(
-      await generatePhase(ctx, examples.slice(start, start + perMicro), {
-        seed: deriveSeed(seed, options.step, m, 1),
-        onToken: (d, t) => options.onPhase?.("rollout", d, t),
-      }),
-    );
-  }
+  // One generation batch for the whole step (TRL's generation_batch_size), so every group is
+  // scored and normalised together; the update then walks it in micro-batches of completions.
+  const groups = [
+    await generatePhase(ctx, examples, {
+      seed: deriveSeed(seed, options.step, 1),
+      onToken: (d, t) => options.onPhase?.("rollout", d, t),
+    }),
+  ];
   const tGen = performance.now();
   const texts = groups.flatMap((x) => x.texts);
   const answers = groups.flatMap((x) => x.answers);
@@ -441,11 +459,14 @@ export async function trainStep(
   const prepared: PreparedBatch[] = [];
   let metrics: StepMetrics = {};
   try {
-    let row = 0;
-    for (const x of groups) {
-      const n = x.completionIds.length;
-      prepared.push(prepareBatch(ctx, x, advantages.slice(row, row + n)));
-      row += n;
+    const all = groups[0];
+    for (let row = 0; row < texts.length; row += perMicro) {
+      const end = Math.min(row + perMicro, texts.length);
+      prepared.push(prepareBatch(ctx, {
+        promptIds: all.promptIds.slice(row, end),
+        completionIds: all.completionIds.slice(row, end),
+        finishReasons: all.finishReasons.slice(row, end),
+      }, advantages.slice(row, end)));
     }
     const updates: StepMetrics[] = [];
     for (let it = 0; it < config.grpo.num_iterations; it++) {
@@ -714,7 +735,7 @@ export async function train(
     await saveLine(`${out}/metrics.jsonl`, JSON.stringify(record));
   };
   await Deno.writeTextFile(`${out}/config.yaml`, formatConfig(config));
-  const steps = totalSteps(data.train.length, config.training);
+  const steps = totalSteps(data.train.length, config);
   let state: TrainerState = {
     global_step: 0,
     epoch: 0,
@@ -741,7 +762,7 @@ export async function train(
   let lastKl = 0;
   for (let step = state.global_step; step < steps; step++) {
     const batch = promptsForStep(data.train, step, {
-      perStep: promptsPerStep(config.training),
+      perStep: promptsPerStep(config),
       seed: config.training.seed,
       shuffle: config.data.shuffle,
     });
