@@ -9,7 +9,7 @@
  * 13536" without any tolerance; doubles are compared with the tolerances in {@linkcode numbersEqual}.
  *
  * Everything here is bounded: the parser caps its recursion depth, rationals that outgrow
- * {@linkcode MAX_BITS} bits fall back to doubles, and overflow becomes NaN ("unknown"), never a
+ * {@linkcode MAX_BITS} bits fall back to doubles (or NaN), and overflow becomes NaN ("unknown"), never a
  * spurious Infinity that would compare equal to another overflow.
  *
  * @module
@@ -24,7 +24,11 @@ export class Exact {
 export type Value = Exact | number;
 
 /** Exact rationals larger than 2^MAX_BITS (numerator or denominator) fall back to doubles. */
-export const MAX_BITS = 4096;
+// 1024 bits (~308 digits) is the double range: an exact value too big to keep is also too big for
+// a double, so it becomes NaN (unknown), never a rounded value that could match a neighbour.
+// subtle: it also bounds the cost of the gcd in every operation (Euclid on 4096-bit numbers made
+// a 1000-character product like `x9x9x9...` take 0.3 s).
+export const MAX_BITS = 1024;
 const LIMIT = 1n << BigInt(MAX_BITS);
 
 /** Relative tolerance for comparing non-integer values (see `isEquivalent` in lib/reward.ts). */
@@ -56,7 +60,7 @@ export function exact(n: bigint, d: bigint = 1n): Value {
     n = -n;
     d = -d;
   }
-  const g = gcd(n, d);
+  const g = d === 1n ? 1n : gcd(n, d);
   if (g !== 1n) {
     n /= g;
     d /= g;

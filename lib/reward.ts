@@ -49,6 +49,8 @@ export const REWARD_RELATIVE_TOLERANCE: number = RELATIVE_TOLERANCE;
 
 /** Answers longer than this (after normalisation) are compared as strings only. */
 const MAX_PARSE_CHARS = 1000;
+/** Answers longer than this are not even normalised: compared verbatim (no real answer is). */
+const MAX_RAW_CHARS = 4096;
 /** At most this many `\pm` are expanded (2^n alternatives). */
 const MAX_PM = 3;
 /** At most this many items in a list, tuple, set or matrix. */
@@ -93,7 +95,7 @@ function lastBox(text: string): BoxSpan | null | "unclosed" {
   if (i === start + (start === boxed ? 6 : 5)) return null; // `\boxedfoo` is another command
   let j = i;
   while (j < text.length && !/[\s$]/.test(text[j])) j++;
-  return { start, content: text.slice(i, j).replace(/[.,]+$/, ""), end: j };
+  return { start, content: trimEnd(text.slice(i, j), ".,"), end: j };
 }
 
 /**
@@ -173,10 +175,18 @@ function normalize(raw: string): Normalized {
     s = s.replace(/\\?%/g, "");
   }
   s = s.replace(/\\\$|\$/g, "").replace(/\s+/g, " ").trim();
-  // Sentence punctuation after the answer: `5.`, `\text{Evelyn}.`
-  s = s.replace(/(?<![.\d])[.;]+$/, "").replace(/\\\\$/, "").trim();
-  if (s.endsWith(".") && !/\d\.$/.test(s)) s = s.slice(0, -1).trim();
+  // Sentence punctuation after the answer: `5.`, `\text{Evelyn}.`, and a stray `\\`.
+  s = trimEnd(s, ".; ");
+  if (s.endsWith("\\\\")) s = trimEnd(s.slice(0, -2), ".; ");
   return { text: s, percent };
+}
+
+// Drops trailing characters from `chars`. A loop, not /[.;]+$/: that regex is quadratic on a long
+// run of dots followed by something else.
+function trimEnd(s: string, chars: string): string {
+  let end = s.length;
+  while (end > 0 && chars.includes(s[end - 1])) end--;
+  return s.slice(0, end);
 }
 
 function squash(s: string): string {
@@ -576,7 +586,8 @@ function groundTruthAnswer(groundTruth: string): string {
  * 1e-6 ({@linkcode REWARD_RELATIVE_TOLERANCE}): |a - b| <= 1e-6 * max(|a|, |b|). A percent answer
  * also matches its value divided by 100 (`50\%` vs `0.5`).
  *
- * Never throws; time is bounded (answers over 1,000 characters compare as strings only).
+ * Never throws; time is bounded: answers over 1,000 characters after normalisation compare as
+ * strings only, and over 4,096 characters verbatim.
  *
  * @param predicted The extracted answer (see {@linkcode extractAnswer}).
  * @param truth The reference answer.
@@ -592,6 +603,9 @@ function groundTruthAnswer(groundTruth: string): string {
  * ```
  */
 export function isEquivalent(predicted: string, truth: string): boolean {
+  if (predicted.length > MAX_RAW_CHARS || truth.length > MAX_RAW_CHARS) {
+    return predicted.trim() === truth.trim() && predicted.trim() !== "";
+  }
   const p = normalize(predicted), t = normalize(truth);
   if (p.text === "" || t.text === "") return false;
   if (squash(p.text) === squash(t.text)) return true;
@@ -771,6 +785,7 @@ export const REWARD_SELF_TEST_CASES: readonly RewardSelfTestCase[] = Object.free
   { generated: "Total: \\boxed{1,000}", truth: "1000", expected: 1.0 },
   { generated: "Half is \\boxed{0.5}", truth: "\\frac{1}{2}", expected: 1.0 },
   { generated: "\\boxed{\\dfrac{1}{2}}", truth: "0.5", expected: 1.0 },
+  { generated: "\\boxed{0.33}", truth: "\\frac{1}{3}", expected: -1.0 },
   { generated: "It costs \\boxed{\\$18.00}", truth: "18", expected: 1.0 },
   { generated: "Truncated \\boxed{\\frac{1}{2}", truth: "\\frac{1}{2}", expected: -0.5 },
   { generated: "First \\boxed{3}, finally \\boxed{4}", truth: "4", expected: 1.0 },

@@ -661,6 +661,9 @@ Deno.test("hostile inputs finish quickly and never throw", () => {
     `\\boxed{${"}{".repeat(100_000)}}`,
     `${"\\boxed{1}".repeat(100_000)}`,
     `\\boxed{${"😀é\u0000".repeat(100_000)}}`,
+    `\\boxed ${".".repeat(200_000)}x`, // once quadratic: /[.,]+$/ on a long run of dots
+    `\\boxed{${";.".repeat(200_000)}x}`,
+    `\\boxed{${"x9".repeat(495)}}`, // 495-factor product: gcd cost once made this 0.3 s
     "\\boxed{10^{10^{10}}}",
     "\\boxed{2^{2^{2^{2^{2^{2^{2}}}}}}}",
     "\\boxed{999999!}",
