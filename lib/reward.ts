@@ -321,19 +321,10 @@ function parseAnswer(s: string, nesting: number): Answer {
   }
   const sides = splitTopLevel(s, "=");
   if (sides !== null && sides.length >= 2) {
-    const lhs = sides[0].trim();
-    if (SIMPLE_VARIABLE.test(lhs)) {
+    if (SIMPLE_VARIABLE.test(sides[0].trim())) {
       return { kind: "assign", src: s, value: parseAnswer(sides[sides.length - 1], nesting + 1) };
     }
-    if (sides.length !== 2) return raw;
-    const left = parseExpression(stripUnits(lhs)), right = parseExpression(stripUnits(sides[1]));
-    if (left === null || right === null) return raw;
-    return {
-      kind: "equation",
-      src: s,
-      diff: { t: "sub", a: left.node, b: right.node },
-      vars: new Set([...left.vars, ...right.vars]),
-    };
+    return equationOf(s, sides) ?? raw;
   }
 
   const matrix = MATRIX.exec(s);
@@ -384,14 +375,29 @@ function parseAnswer(s: string, nesting: number): Answer {
 
   const text = /^\\text\{([^{}]*)\}$/.exec(s);
   if (text !== null) {
-    // `\text{5}` is a number; `\text{Evelyn}` and `\text{(C)}` are text.
-    if (!/[a-zA-Z]/.test(text[1])) return parseAnswer(text[1], nesting + 1);
+    // `\text{5}` and `\text{18 dollars}` are numbers; `\text{Evelyn}` and `\text{(C)}` are text.
+    const number = stripUnits(text[1].trim());
+    if (!/[a-zA-Z]/.test(number)) return parseAnswer(number, nesting + 1);
     return { kind: "text", src: s, value: textKey(s) };
   }
   return parseLeaf(stripUnits(s));
 }
 
 // `\{1 \pm \sqrt5, -2\}` has three elements: sets made by expanding `\pm` are flattened.
+// lhs = rhs as `lhs - rhs`, when both sides are expressions.
+function equationOf(src: string, sides: string[]): (Answer & { kind: "equation" }) | null {
+  if (sides.length !== 2) return null;
+  const left = parseExpression(stripUnits(sides[0].trim()));
+  const right = parseExpression(stripUnits(sides[1].trim()));
+  if (left === null || right === null) return null;
+  return {
+    kind: "equation",
+    src,
+    diff: { t: "sub", a: left.node, b: right.node },
+    vars: new Set([...left.vars, ...right.vars]),
+  };
+}
+
 function makeSet(src: string, items: Answer[], plusMinus = false): Answer {
   const flat = items.flatMap((x) => (x.kind === "set" && x.plusMinus ? x.items : [x]));
   return flat.length === 1 ? flat[0] : { kind: "set", src, items: flat, plusMinus };
@@ -503,9 +509,21 @@ function vectorItems(m: Answer & { kind: "matrix" }): Answer[] | null {
   return null;
 }
 
+// `y = 2x + 3` against `2x - y + 3 = 0`: compare as equations.
+function assignmentMatches(
+  a: Answer & { kind: "assign" },
+  b: Answer & { kind: "equation" },
+): boolean {
+  const sides = splitTopLevel(a.src, "=");
+  const e = sides === null ? null : equationOf(a.src, [sides[0], sides[sides.length - 1]]);
+  return e !== null && equationsEqual(e, b);
+}
+
 function answersEqual(a: Answer, b: Answer): boolean {
   if (squash(a.src) === squash(b.src)) return true;
   if (a.kind === "text" || b.kind === "text") return textKey(a.src) === textKey(b.src);
+  if (a.kind === "assign" && b.kind === "equation") return assignmentMatches(a, b);
+  if (b.kind === "assign" && a.kind === "equation") return assignmentMatches(b, a);
   if (a.kind === "assign" && b.kind === "assign") return answersEqual(a.value, b.value);
   if (a.kind === "assign" && b.kind !== "equation") return answersEqual(a.value, b);
   if (b.kind === "assign" && a.kind !== "equation") return answersEqual(a, b.value);
@@ -539,11 +557,6 @@ function answersEqual(a: Answer, b: Answer): boolean {
       return b.kind === "tuple" && answersEqual(b, a);
     case "assign":
     case "raw":
-      if (a.kind === "assign" && b.kind === "equation") {
-        // `y = 2x + 3` against `2x - y + 3 = 0`: compare as equations
-        const e = parseAnswer(a.src.replace(/\\in.*$/, ""), MAX_NESTING);
-        return e.kind === "equation" && equationsEqual(e, b);
-      }
       if (b.kind === "base") return answersEqual(b, a);
       return false;
   }

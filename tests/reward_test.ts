@@ -85,6 +85,10 @@ const CASES: Record<string, [string, string, Status][]> = {
     ["20 \\text{ minutes}", "20", C],
     ["20 minutes", "20", C],
     ["21 minutes", "20", W],
+    ["\\text{18 dollars}", "18", C],
+    ["\\text{19 dollars}", "18", W],
+    ["5\\,\\mathrm{cm}", "5", C],
+    ["5 \\mathrm{~cm}^{2}", "5", C],
   ],
   "percent": [
     ["25\\%", "25", C],
@@ -316,6 +320,11 @@ const CASES: Record<string, [string, string, Status][]> = {
     ["5x-7y+11z-4=0", "5x - 7y + 11z + 4 = 0", W],
     ["y=-2x", "y = -2x", C],
     ["y=2x", "y = -2x", W],
+    ["2x - y + 3 = 0", "y = 2x + 3", C],
+    ["y = 2x + 3", "2x-y+3=0", C],
+    ["2x - y + 4 = 0", "y = 2x + 3", W],
+    ["5 = x", "x = 5", C],
+    ["6 = x", "x = 5", W],
   ],
   "polynomials and expressions": [
     ["3x+x^3-6", "x^3+3x-6", C],
