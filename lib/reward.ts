@@ -44,7 +44,18 @@ import {
   type Value,
 } from "./_reward_latex.ts";
 
-/** Relative tolerance for comparing non-integer values (integers always compare exactly). */
+/**
+ * Relative tolerance (1e-6) for comparing non-integer values; integers always compare exactly.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { isEquivalent, REWARD_RELATIVE_TOLERANCE } from "./reward.ts";
+ * assert.equal(REWARD_RELATIVE_TOLERANCE, 1e-6);
+ * assert.ok(isEquivalent("1.41421356", "\\sqrt2")); // off by 2e-9 relative
+ * assert.ok(!isEquivalent("1.4142", "\\sqrt2")); // off by 1e-5 relative
+ * ```
+ */
 export const REWARD_RELATIVE_TOLERANCE: number = RELATIVE_TOLERANCE;
 
 /** Answers longer than this (after normalisation) are compared as strings only. */
@@ -644,7 +655,16 @@ export interface RewardValues {
   noAnswer: number;
 }
 
-/** The seed's default rewards: +1 correct, -1 wrong, -0.5 no answer. */
+/**
+ * The seed's default rewards: +1 correct, -1 wrong, -0.5 no answer.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { DEFAULT_REWARDS } from "./reward.ts";
+ * assert.deepEqual(DEFAULT_REWARDS, { correct: 1, wrong: -1, noAnswer: -0.5 });
+ * ```
+ */
 export const DEFAULT_REWARDS: Readonly<RewardValues> = Object.freeze({
   correct: 1.0,
   wrong: -1.0,
