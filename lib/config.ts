@@ -141,8 +141,8 @@ const generationSection = z.object({
     .describe("Extra stop strings; generation always stops at the tokenizer's EOS tokens."),
   prompt_format: z.enum(["chat", "plain"], { error: "expected chat or plain" }).default("chat")
     .describe(
-      "chat = the tokenizer's chat template with system_prompt; plain = the question text " +
-        "followed by a newline.",
+      "chat = the tokenizer's chat template with system_prompt; plain = " +
+        "`Question: <question>\\nAnswer:` (lib/tokenizer.ts PLAIN_PROMPT_TEMPLATE).",
     ),
   system_prompt: z.string({ error: "expected a string" })
     .default("Please reason step by step, and put your final answer within \\boxed{}.")
@@ -234,10 +234,10 @@ const dataSection = z.object({
   max_samples: z.number({ error: "expected an integer >= 1 or null" }).int().min(1).nullable()
     .default(null)
     .describe(
-      "Use only the first max_samples rows (after shuffling); null uses all. Flag: --max_samples.",
+      "Use only the first max_samples rows of the file; null uses all. Flag: --max_samples.",
     ),
   shuffle: z.boolean({ error: "expected true or false" }).default(true)
-    .describe("Shuffle the rows with training.seed before taking max_samples and batching."),
+    .describe("Walk the prompts in a seeded shuffle (training.seed), reshuffled each epoch."),
   on_bad_row: z.enum(["error", "skip"], { error: "expected error or skip" }).default("error")
     .describe(
       "What a malformed row does: error stops with its file:line; skip counts and drops it.",
@@ -271,7 +271,7 @@ const loggingSection = z.object({
     ),
   log_completions: z.boolean({ error: "expected true or false" }).default(false)
     .describe(
-      "Also write each logged step's prompts, completions and rewards (TRL `log_completions`).",
+      "Also write every step's prompts, completions and rewards to completions.jsonl (TRL `log_completions`).",
     ),
 }).strict();
 
@@ -286,7 +286,7 @@ const runtimeSection = z.object({
         "off = wasm kernels, or the path of a shared library exporting cblas_sgemm.",
     ),
   num_threads: z.number({ error: "expected an integer >= 1" }).int().min(1).default(2)
-    .describe("Threads for the wasm backend and OpenBLAS."),
+    .describe("OpenBLAS threads behind the matMuls (the wasm backend itself runs one thread)."),
 }).strict();
 
 /**

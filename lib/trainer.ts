@@ -22,7 +22,7 @@ import type { LoraAdapter } from "./lora.ts";
 import { loadLora, saveLora } from "./lora.ts";
 import type { Qwen2Model } from "./model.ts";
 import { completionLogProbs } from "./model.ts";
-import { accumulateGrads, AdamW, clipGradNorm, learningRateAt } from "./optim.ts";
+import { accumulateGrads, AdamW, clipGradNorm, globalGradNorm, learningRateAt } from "./optim.ts";
 import type { AdamWState } from "./optim.ts";
 import { accuracyReward, computeReward, formatReward } from "./reward.ts";
 import type { Rollout } from "./rollout.ts";
@@ -332,8 +332,11 @@ export async function updatePhase(
   } finally {
     ctx.adapter.dropoutSeed = null;
   }
-  const { grads: clipped, norm } = clipGradNorm(sum!, config.training.max_grad_norm);
-  tf.dispose(Object.values(sum!));
+  // max_grad_norm 0 turns clipping off (HF); the norm is still logged.
+  const { grads: clipped, norm } = config.training.max_grad_norm > 0
+    ? clipGradNorm(sum!, config.training.max_grad_norm)
+    : { grads: sum!, norm: globalGradNorm(sum!) };
+  if (clipped !== sum) tf.dispose(Object.values(sum!));
   ctx.optimizer.step(clipped, options.learningRate);
   tf.dispose(Object.values(clipped));
   // Sync point: one read of the step's scalars.

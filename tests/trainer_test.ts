@@ -222,3 +222,11 @@ Deno.test("train() writes the seed's outputs and a resumed run repeats the unint
   );
   await Deno.remove(root, { recursive: true });
 });
+
+Deno.test("trainStep() with max_grad_norm 0 skips clipping and still logs the norm", async () => {
+  await useTestBackend("wasm+blas");
+  const ctx = await context(await testConfig("/tmp/unused", ["training.max_grad_norm=0"]));
+  const { metrics } = await trainStep(ctx, EXAMPLES.slice(0, 1), { step: 0, totalSteps: 1 });
+  assert.ok(metrics.grad_norm > 0, `grad_norm ${metrics.grad_norm}`);
+  disposeContext(ctx);
+});
