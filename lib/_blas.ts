@@ -1,7 +1,10 @@
 /**
  * The CPU fast path behind `lib/backend.ts`: a native BLAS `cblas_sgemm` opened through Deno FFI,
- * and wasm kernels for `BatchMatMul` and `_FusedMatMul` that call it on the operands where they lie
- * in the wasm heap (no copies). Private to lib; `setupBackend()` is the way in.
+ * and `BatchMatMul` / `_FusedMatMul` kernels that call it on the operands where they lie, for two
+ * tfjs backends: wasm (views into the wasm heap) and cpu (the backend's own Float32Arrays, which
+ * are not bound by wasm32's 4 GiB). Both share one sgemm plan (batch broadcasting, transposes)
+ * and one bias/activation epilogue; only the `Host` (how a view is taken) differs. No copies either way. Private
+ * to lib; `setupBackend()` is the way in.
  *
  * @module
  */
@@ -134,6 +137,9 @@ export function openBlas(path: string): Blas {
 // ---------------------------------------------------------------------------------------------
 // Kernels
 
+/** The tfjs backends whose matMul kernels `setKernelMode()` can point at a BLAS. */
+export type BlasBackend = "wasm" | "cpu";
+
 type Activation = "linear" | "relu" | "relu6" | "prelu" | "leakyrelu" | "sigmoid" | "elu";
 const ACTIVATIONS = new Set(["linear", "relu", "relu6", "prelu", "leakyrelu", "sigmoid", "elu"]);
 
@@ -143,14 +149,80 @@ interface KernelArgs {
   attrs?: tf.NamedAttrMap;
 }
 
-/** What the kernels read at call time; `setKernelMode()` changes it. */
-const mode: { blas: Blas | null; notes: string[] } = { blas: null, notes: [] };
-let stock: { batchMatMul: tf.KernelConfig; fusedMatMul: tf.KernelConfig } | null = null;
+/**
+ * How a kernel reaches one backend's tensor memory: float32 views it reads and writes in place.
+ * The sgemm planning and the epilogues below see only this, so wasm and cpu share them.
+ */
+interface Host {
+  /** Allocates a float32 tensor of `shape` (contents unspecified). */
+  alloc(shape: number[]): tf.TensorInfo;
+  /**
+   * The float32 values of `info`, in place. NOTE: on wasm a view dies at the next `alloc` (a
+   * growing heap replaces its buffer), so take views after allocating.
+   */
+  view(info: tf.TensorInfo): Float32Array;
+}
+
+/** The parts of tfjs-backend-cpu's `MathBackendCPU` used here (its tensors are JS typed arrays). */
+interface CpuBackend {
+  data: { get(dataId: object): { values?: unknown } };
+  makeTensorInfo(shape: number[], dtype: "float32", values: Float32Array): tf.TensorInfo;
+}
+
+function wasmHost(backend: BackendWasm): Host {
+  return {
+    alloc(shape) {
+      return backend.makeOutput(shape, "float32");
+    },
+    view(info) {
+      return backend.typedArrayFromHeap(info) as Float32Array;
+    },
+  };
+}
+
+function cpuHost(backend: CpuBackend): Host {
+  return {
+    alloc(shape) {
+      // The cpu backend keeps this very array as the tensor's storage (no copy).
+      return backend.makeTensorInfo(shape, "float32", new Float32Array(sizeOf(shape)));
+    },
+    view(info) {
+      const values = backend.data.get(info.dataId).values;
+      if (!(values instanceof Float32Array)) {
+        throw new Error(`cpu tensor of shape [${info.shape}] has no Float32Array values`);
+      }
+      return values;
+    },
+  };
+}
+
+function hostOf(backendName: BlasBackend, backend: object): Host {
+  return backendName === "wasm"
+    ? wasmHost(backend as BackendWasm)
+    : cpuHost(backend as unknown as CpuBackend);
+}
+
+function sizeOf(shape: number[]): number {
+  return shape.reduce((p, d) => p * d, 1);
+}
+
+/** What one backend's kernels read at call time; `setKernelMode()` changes it. */
+interface KernelState {
+  blas: Blas | null;
+  notes: string[];
+  stock: { batchMatMul: tf.KernelConfig; fusedMatMul: tf.KernelConfig };
+  /** Whether the kernels of this module, not tfjs's, are the registered ones. */
+  installed: boolean;
+}
+const states = new Map<BlasBackend, KernelState>();
 
 /**
- * Replaces the wasm `BatchMatMul` and `_FusedMatMul` kernels (once; the wasm backend must already be
- * initialised so the stock kernels' setup has run) and points them at `blas`, or with `blas = null`
- * at the stock matMul plus a bias/activation epilogue done here.
+ * Points the `BatchMatMul` and `_FusedMatMul` kernels of `backendName` at `blas`.
+ *
+ * On wasm the replacements are registered once and stay (the wasm backend must already be
+ * initialised, so that the stock kernels' setup has run); with `blas = null` they run the stock
+ * matMul plus a bias/activation epilogue done here. On cpu, `blas = null` registers tfjs's own
+ * kernels again, so stock `cpu` stays the untouched reference that parity tests compare against.
  *
  * NOTE: the stock wasm `_FusedMatMul` adds the bias at wrong offsets when `a` is batched or
  * `transposeB` is set (measured ~20% of the output scale off on tfjs-backend-wasm 4.22), so it is
@@ -158,39 +230,52 @@ let stock: { batchMatMul: tf.KernelConfig; fusedMatMul: tf.KernelConfig } | null
  *
  * @param notes Where a kernel appends one line the first time it falls back to a stock kernel.
  */
-export function setKernelMode(blas: Blas | null, notes: string[]): void {
-  if (stock === null) {
-    const batchMatMul = tf.getKernel(tf.BatchMatMul, "wasm");
-    const fusedMatMul = tf.getKernel(tf._FusedMatMul, "wasm");
+export function setKernelMode(backendName: BlasBackend, blas: Blas | null, notes: string[]): void {
+  let state = states.get(backendName);
+  if (state === undefined) {
+    const batchMatMul = tf.getKernel(tf.BatchMatMul, backendName);
+    const fusedMatMul = tf.getKernel(tf._FusedMatMul, backendName);
     if (!batchMatMul || !fusedMatMul) {
-      throw new Error("Cannot replace the wasm matMul kernels: the wasm backend is not registered");
+      throw new Error(
+        `Cannot replace the ${backendName} matMul kernels: the ${backendName} backend is not registered`,
+      );
     }
-    stock = { batchMatMul, fusedMatMul };
-    tf.unregisterKernel(tf.BatchMatMul, "wasm");
-    tf.unregisterKernel(tf._FusedMatMul, "wasm");
+    state = { blas, notes, stock: { batchMatMul, fusedMatMul }, installed: false };
+    states.set(backendName, state);
+  }
+  state.blas = blas;
+  state.notes = notes;
+  const install = backendName === "wasm" || blas !== null;
+  if (install === state.installed) return;
+  tf.unregisterKernel(tf.BatchMatMul, backendName);
+  tf.unregisterKernel(tf._FusedMatMul, backendName);
+  if (install) {
+    // The stock BatchMatMul's setup (wasm only): the BLAS-off path runs that kernel.
+    const setupFunc = state.stock.batchMatMul.setupFunc;
     tf.registerKernel({
       kernelName: tf.BatchMatMul,
-      backendName: "wasm",
-      setupFunc: batchMatMul.setupFunc,
-      kernelFunc: batchMatMulKernel as unknown as tf.KernelFunc,
+      backendName,
+      setupFunc,
+      kernelFunc: batchMatMulKernel(backendName),
     });
     tf.registerKernel({
       kernelName: tf._FusedMatMul,
-      backendName: "wasm",
-      // The stock BatchMatMul's setup: the BLAS-off path runs that kernel.
-      setupFunc: batchMatMul.setupFunc,
-      kernelFunc: fusedMatMulKernel as unknown as tf.KernelFunc,
+      backendName,
+      setupFunc,
+      kernelFunc: fusedMatMulKernel(backendName),
     });
+  } else {
+    tf.registerKernel(state.stock.batchMatMul);
+    tf.registerKernel(state.stock.fusedMatMul);
   }
-  mode.blas = blas;
-  mode.notes = notes;
+  state.installed = install;
 }
 
-function note(line: string): void {
-  if (!mode.notes.includes(line)) mode.notes.push(line);
+function note(state: KernelState, line: string): void {
+  if (!state.notes.includes(line)) state.notes.push(line);
 }
 
-/** The operand geometry shared by both kernels, following tfjs-core's matMul op. */
+/** The sgemm plan shared by both kernels and backends, following tfjs-core's matMul op. */
 interface Geometry {
   m: number;
   n: number;
@@ -217,7 +302,7 @@ function geometry(a: tf.TensorInfo, b: tf.TensorInfo, transA: boolean, transB: b
   const aOuter = a.shape.slice(0, -2);
   const bOuter = b.shape.slice(0, -2);
   const outBatchShape = tf.broadcast_util.assertAndGetBroadcastShape(aOuter, bOuter);
-  const batch = outBatchShape.reduce((p, d) => p * d, 1);
+  const batch = sizeOf(outBatchShape);
   const aIndex = new Int32Array(batch);
   const bIndex = new Int32Array(batch);
   // Row-major strides of each operand's batch dims, aligned right, 0 where broadcast.
@@ -294,62 +379,45 @@ function blasMatMul(
   }
 }
 
-function batchMatMulKernel(args: KernelArgs): tf.TensorInfo {
-  const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
-  const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
-  const blas = mode.blas;
-  if (blas === null) return stock!.batchMatMul.kernelFunc(args) as tf.TensorInfo;
-  if (a.dtype !== "float32" || b.dtype !== "float32") {
-    note(`BatchMatMul on ${a.dtype}/${b.dtype}: not float32, stock wasm kernel used`);
-    return stock!.batchMatMul.kernelFunc(args) as tf.TensorInfo;
-  }
-  const backend = args.backend as BackendWasm;
-  const g = geometry(a, b, transposeA, transposeB);
-  const outShape = [...g.outBatchShape, g.m, g.n];
-  // subtle: allocate first, then take heap views; the allocation may grow (replace) the heap.
-  const out = backend.makeOutput(outShape, "float32");
-  if (g.aIndex.length * g.m * g.n === 0) return out;
-  const ov = backend.typedArrayFromHeap(out) as Float32Array;
-  if (g.k === 0) {
-    ov.fill(0);
+function batchMatMulKernel(backendName: BlasBackend): tf.KernelFunc {
+  return function batchMatMul(args: KernelArgs): tf.TensorInfo {
+    const state = states.get(backendName)!;
+    const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+    const blas = state.blas;
+    if (blas === null) return state.stock.batchMatMul.kernelFunc(args) as tf.TensorInfo;
+    if (a.dtype !== "float32" || b.dtype !== "float32") {
+      note(
+        state,
+        `BatchMatMul on ${a.dtype}/${b.dtype}: not float32, stock ${backendName} kernel used`,
+      );
+      return state.stock.batchMatMul.kernelFunc(args) as tf.TensorInfo;
+    }
+    const host = hostOf(backendName, args.backend);
+    const g = geometry(a, b, transposeA, transposeB);
+    // subtle: allocate first, then take views; on wasm the allocation may grow (replace) the heap.
+    const out = host.alloc([...g.outBatchShape, g.m, g.n]);
+    if (g.aIndex.length * g.m * g.n === 0) return out;
+    const ov = host.view(out);
+    if (g.k === 0) ov.fill(0);
+    else blasMatMul(blas, g, host.view(a), host.view(b), ov, transposeA, transposeB, false);
     return out;
-  }
-  const av = backend.typedArrayFromHeap(a) as Float32Array;
-  const bv = backend.typedArrayFromHeap(b) as Float32Array;
-  blasMatMul(blas, g, av, bv, ov, transposeA, transposeB, false);
-  return out;
+  } as unknown as tf.KernelFunc;
 }
 
 /** How an auxiliary tensor (bias, prelu weights) of rank <= 3 broadcasts over [batch, M, N]. */
-interface Aux {
-  data: Float32Array;
+interface AuxStrides {
   batchStride: number;
   rowStride: number;
   colStride: number;
 }
 
-function auxLayout(
-  info: tf.TensorInfo,
-  data: Float32Array,
-  batch: number,
-  m: number,
-  n: number,
-  what: string,
-): Aux {
-  const shape = info.shape;
-  if (shape.length > 3) {
-    throw new Error(
-      `_FusedMatMul: ${what} of shape [${shape}] has rank > 3; the kernel output is [${batch},${m},${n}]`,
-    );
-  }
+/** The strides of `shape` broadcast over [batch, m, n], or null when it does not broadcast. */
+function auxStrides(shape: number[], batch: number, m: number, n: number): AuxStrides | null {
+  if (shape.length > 3) return null;
   const [eb, em, en] = [...new Array<number>(3 - shape.length).fill(1), ...shape];
-  if ((eb !== 1 && eb !== batch) || (em !== 1 && em !== m) || (en !== 1 && en !== n)) {
-    throw new Error(
-      `_FusedMatMul: ${what} of shape [${shape}] does not broadcast to [${batch},${m},${n}]`,
-    );
-  }
+  if ((eb !== 1 && eb !== batch) || (em !== 1 && em !== m) || (en !== 1 && en !== n)) return null;
   return {
-    data,
     batchStride: eb === 1 ? 0 : em * en,
     rowStride: em === 1 ? 0 : en,
     colStride: en === 1 ? 0 : 1,
@@ -357,24 +425,26 @@ function auxLayout(
 }
 
 /** out[b, i, :] = aux row (broadcast), via memcpy-speed `set`/`fill`. */
-function fillRows(out: Float32Array, aux: Aux, batch: number, m: number, n: number): void {
-  for (let bi = 0; bi < batch; bi++) {
+function fillRows(out: Float32Array, aux: Float32Array, s: AuxStrides, g: Geometry): void {
+  const { m, n } = g;
+  for (let bi = 0; bi < g.aIndex.length; bi++) {
     for (let i = 0; i < m; i++) {
-      const src = bi * aux.batchStride + i * aux.rowStride;
+      const src = bi * s.batchStride + i * s.rowStride;
       const dst = (bi * m + i) * n;
-      if (aux.colStride === 0) out.fill(aux.data[src], dst, dst + n);
-      else out.set(aux.data.subarray(src, src + n), dst);
+      if (s.colStride === 0) out.fill(aux[src], dst, dst + n);
+      else out.set(aux.subarray(src, src + n), dst);
     }
   }
 }
 
-function addRows(out: Float32Array, aux: Aux, batch: number, m: number, n: number): void {
-  for (let bi = 0; bi < batch; bi++) {
+function addRows(out: Float32Array, aux: Float32Array, s: AuxStrides, g: Geometry): void {
+  const { m, n } = g;
+  for (let bi = 0; bi < g.aIndex.length; bi++) {
     for (let i = 0; i < m; i++) {
-      const src = bi * aux.batchStride + i * aux.rowStride;
+      const src = bi * s.batchStride + i * s.rowStride;
       const dst = (bi * m + i) * n;
-      const cs = aux.colStride;
-      for (let j = 0; j < n; j++) out[dst + j] += aux.data[src + j * cs];
+      const cs = s.colStride;
+      for (let j = 0; j < n; j++) out[dst + j] += aux[src + j * cs];
     }
   }
 }
@@ -384,10 +454,8 @@ function activate(
   out: Float32Array,
   activation: Activation,
   alpha: number,
-  prelu: Aux | null,
-  batch: number,
-  m: number,
-  n: number,
+  prelu: { data: Float32Array; strides: AuxStrides } | null,
+  g: Geometry,
 ): void {
   const len = out.length;
   switch (activation) {
@@ -409,14 +477,15 @@ function activate(
       for (let i = 0; i < len; i++) if (out[i] < 0) out[i] = Math.expm1(out[i]);
       return;
     case "prelu": {
-      const w = prelu!;
-      for (let bi = 0; bi < batch; bi++) {
+      const { data: w, strides: s } = prelu!;
+      const { m, n } = g;
+      for (let bi = 0; bi < g.aIndex.length; bi++) {
         for (let i = 0; i < m; i++) {
-          const src = bi * w.batchStride + i * w.rowStride;
+          const src = bi * s.batchStride + i * s.rowStride;
           const dst = (bi * m + i) * n;
           for (let j = 0; j < n; j++) {
             const v = out[dst + j];
-            if (v < 0) out[dst + j] = v * w.data[src + j * w.colStride];
+            if (v < 0) out[dst + j] = v * w[src + j * s.colStride];
           }
         }
       }
@@ -425,78 +494,90 @@ function activate(
   }
 }
 
-function fusedMatMulKernel(args: KernelArgs): tf.TensorInfo {
-  const { a, b, bias, preluActivationWeights } = args.inputs as {
-    a: tf.TensorInfo;
-    b: tf.TensorInfo;
-    bias?: tf.TensorInfo;
-    preluActivationWeights?: tf.TensorInfo;
-  };
-  const attrs = args.attrs as {
-    transposeA: boolean;
-    transposeB: boolean;
-    activation: string;
-    leakyreluAlpha?: number;
-  };
-  const { transposeA, transposeB } = attrs;
-  if (!ACTIVATIONS.has(attrs.activation)) {
-    throw new Error(`_FusedMatMul: activation ${attrs.activation} is not supported on wasm`);
-  }
-  const activation = attrs.activation as Activation;
-  if (activation === "prelu" && preluActivationWeights == null) {
-    throw new Error("_FusedMatMul: activation prelu needs preluActivationWeights");
-  }
-  const dtypes = [a, b, bias, preluActivationWeights].filter((t) => t != null).map((t) => t!.dtype);
-  if (dtypes.some((d) => d !== "float32")) {
-    throw new Error(`_FusedMatMul for non-float32 tensors is not supported (got ${dtypes})`);
-  }
-  const backend = args.backend as BackendWasm;
-  const g = geometry(a, b, transposeA, transposeB);
-  const { m, n } = g;
-  const batch = g.aIndex.length;
-  const blas = mode.blas;
+interface FusedInputs {
+  a: tf.TensorInfo;
+  b: tf.TensorInfo;
+  bias?: tf.TensorInfo;
+  preluActivationWeights?: tf.TensorInfo;
+}
 
-  let out: tf.TensorInfo;
-  let ov: Float32Array;
-  if (blas !== null) {
-    out = backend.makeOutput([...g.outBatchShape, m, n], "float32");
-    if (batch * m * n === 0) return out;
-    // Views after makeOutput: it may grow the heap.
-    ov = backend.typedArrayFromHeap(out) as Float32Array;
-    const accumulate = bias != null;
-    if (bias != null) {
-      const biasView = backend.typedArrayFromHeap(bias) as Float32Array;
-      fillRows(ov, auxLayout(bias, biasView, batch, m, n, "bias"), batch, m, n);
-    } else if (g.k === 0) ov.fill(0);
-    if (g.k > 0) {
-      const av = backend.typedArrayFromHeap(a) as Float32Array;
-      const bv = backend.typedArrayFromHeap(b) as Float32Array;
-      blasMatMul(blas, g, av, bv, ov, transposeA, transposeB, accumulate);
+interface FusedAttrs {
+  transposeA: boolean;
+  transposeB: boolean;
+  activation: string;
+  leakyreluAlpha?: number;
+}
+
+/** Why these inputs cannot take the kernels' own path, or null when they can. */
+function fusedUnsupported(inputs: FusedInputs, attrs: FusedAttrs): string | null {
+  const { a, b, bias, preluActivationWeights: prelu } = inputs;
+  if (!ACTIVATIONS.has(attrs.activation)) return `activation ${attrs.activation}`;
+  if (attrs.activation === "prelu" && prelu == null) return "prelu without preluActivationWeights";
+  const dtypes = [a, b, bias, prelu].filter((t) => t != null).map((t) => t!.dtype);
+  if (dtypes.some((d) => d !== "float32")) return `non-float32 tensors (${dtypes})`;
+  return null;
+}
+
+function fusedMatMulKernel(backendName: BlasBackend): tf.KernelFunc {
+  return function fusedMatMul(args: KernelArgs): tf.TensorInfo {
+    const state = states.get(backendName)!;
+    const inputs = args.inputs as unknown as FusedInputs;
+    const attrs = args.attrs as unknown as FusedAttrs;
+    const { a, b, bias, preluActivationWeights } = inputs;
+    const { transposeA, transposeB } = attrs;
+    const blas = state.blas;
+    // cpu: stock tfjs kernels whenever BLAS is off or the inputs need what only they do.
+    const stockFused = (why: string) => {
+      if (backendName === "wasm") throw new Error(`_FusedMatMul on wasm: ${why} is not supported`);
+      note(state, `_FusedMatMul: ${why}, stock cpu kernel used`);
+      return state.stock.fusedMatMul.kernelFunc(args) as tf.TensorInfo;
+    };
+    if (blas === null && backendName === "cpu") {
+      return state.stock.fusedMatMul.kernelFunc(args) as tf.TensorInfo;
     }
-  } else {
-    // BLAS off: stock BatchMatMul (correct), then the bias add the stock fused kernel gets wrong.
-    out = stock!.batchMatMul.kernelFunc({
-      inputs: { a, b },
-      backend: args.backend,
-      attrs: { transposeA, transposeB },
-    }) as tf.TensorInfo;
-    if (batch * m * n === 0) return out;
-    ov = backend.typedArrayFromHeap(out) as Float32Array;
-    if (bias != null) {
-      const biasView = backend.typedArrayFromHeap(bias) as Float32Array;
-      addRows(ov, auxLayout(bias, biasView, batch, m, n, "bias"), batch, m, n);
+    const why = fusedUnsupported(inputs, attrs);
+    if (why !== null) return stockFused(why);
+    const g = geometry(a, b, transposeA, transposeB);
+    const { m, n } = g;
+    const batch = g.aIndex.length;
+    const biasStrides = bias == null ? null : auxStrides(bias.shape, batch, m, n);
+    const preluStrides = preluActivationWeights == null
+      ? null
+      : auxStrides(preluActivationWeights.shape, batch, m, n);
+    if (bias != null && biasStrides === null) {
+      return stockFused(`bias of shape [${bias.shape}] over output [${batch},${m},${n}]`);
     }
-  }
-  // Views again: nothing allocated since, but keep the rule simple.
-  ov = backend.typedArrayFromHeap(out) as Float32Array;
-  const prelu = preluActivationWeights == null ? null : auxLayout(
-    preluActivationWeights,
-    backend.typedArrayFromHeap(preluActivationWeights) as Float32Array,
-    batch,
-    m,
-    n,
-    "preluActivationWeights",
-  );
-  activate(ov, activation, attrs.leakyreluAlpha ?? 0.2, prelu, batch, m, n);
-  return out;
+    if (preluActivationWeights != null && preluStrides === null) {
+      const shape = preluActivationWeights.shape;
+      return stockFused(`prelu weights of shape [${shape}] over output [${batch},${m},${n}]`);
+    }
+    const host = hostOf(backendName, args.backend);
+    let out: tf.TensorInfo;
+    if (blas !== null) {
+      out = host.alloc([...g.outBatchShape, m, n]);
+      if (batch * m * n === 0) return out;
+      // Views after alloc: on wasm it may grow the heap.
+      const ov = host.view(out);
+      if (bias != null) fillRows(ov, host.view(bias), biasStrides!, g);
+      else if (g.k === 0) ov.fill(0);
+      if (g.k > 0) {
+        blasMatMul(blas, g, host.view(a), host.view(b), ov, transposeA, transposeB, bias != null);
+      }
+    } else {
+      // wasm, BLAS off: stock BatchMatMul (correct), then the bias add the stock fused kernel
+      // gets wrong.
+      out = state.stock.batchMatMul.kernelFunc({
+        inputs: { a, b },
+        backend: args.backend,
+        attrs: { transposeA, transposeB },
+      }) as tf.TensorInfo;
+      if (batch * m * n === 0) return out;
+      if (bias != null) addRows(host.view(out), host.view(bias), biasStrides!, g);
+    }
+    const prelu = preluActivationWeights == null
+      ? null
+      : { data: host.view(preluActivationWeights), strides: preluStrides! };
+    activate(host.view(out), attrs.activation as Activation, attrs.leakyreluAlpha ?? 0.2, prelu, g);
+    return out;
+  } as unknown as tf.KernelFunc;
 }

@@ -1,24 +1,32 @@
 /**
- * Picks the TensorFlow.js backend (`runtime.backend`) and wires the CPU fast path: on `wasm`, the
- * `BatchMatMul` and `_FusedMatMul` kernels call a native BLAS `cblas_sgemm` through Deno FFI,
- * reading and writing the operands in place in wasm memory (see `lib/_blas.ts`).
+ * Picks the TensorFlow.js backend (`runtime.backend`) and wires the CPU fast path: on `wasm` and
+ * `cpu`, the `BatchMatMul` and `_FusedMatMul` kernels call a native BLAS `cblas_sgemm` through
+ * Deno FFI, reading and writing the operands in place (wasm heap views, or the cpu backend's
+ * Float32Arrays; see `lib/_blas.ts`).
+ *
+ * wasm + BLAS is the default CPU path; cpu + BLAS is for models past wasm32's 4 GiB heap (the
+ * cpu backend keeps tensors in ordinary typed arrays), at the price of tfjs's plain-JS kernels
+ * for everything but matMul.
  *
  * Measured on a 2-core x86 box, 16×96×256 → 704 → 256 linear block, forward + backward: stock
- * wasm 844 ms, wasm + OpenBLAS (2 threads) 24 ms (`deno task bench:blas`).
+ * wasm 844 ms, wasm + OpenBLAS (2 threads) 24 ms (`deno task bench:blas`). Another run, on the
+ * same box under load from other jobs: stock wasm 2394 ms, wasm + OpenBLAS 74 ms, cpu + OpenBLAS
+ * 401 ms (its elementwise ops are plain JS), stock cpu 6200 ms; one 1024² matMul: cpu + OpenBLAS
+ * 35 ms, stock cpu 3407 ms.
  *
- * Needs `--allow-ffi` for BLAS (tasks run with `-A`); without it the wasm kernels stay stock.
+ * Needs `--allow-ffi` for BLAS (tasks run with `-A`); without it the kernels stay stock.
  *
  * @module
  */
 import { BackendError } from "./errors.ts";
 import { tf } from "./tf.ts";
-import { blasCandidates, openBlas, setKernelMode } from "./_blas.ts";
+import { type BlasBackend, blasCandidates, openBlas, setKernelMode } from "./_blas.ts";
 
 /** The `runtime` options this module reads (the same keys as `Config["runtime"]`). */
 export interface RuntimeOptions {
   /** `auto` is webgpu on a hardware adapter, else wasm. */
   backend: "auto" | "wasm" | "webgpu" | "cpu" | "tensorflow";
-  /** `auto`, `off`, or the path of a library exporting `cblas_sgemm`. Used on wasm only. */
+  /** `auto`, `off`, or the path of a library exporting `cblas_sgemm`. Used on wasm and cpu. */
   blas: string;
   /** BLAS threads (OpenBLAS `openblas_set_num_threads`). */
   num_threads: number;
@@ -28,7 +36,7 @@ export interface RuntimeOptions {
 export interface BackendInfo {
   /** The tfjs backend now active: "wasm", "webgpu", "cpu" or "tensorflow". */
   name: string;
-  /** The BLAS behind the wasm matMul kernels, or null (stock kernels, or not wasm). */
+  /** The BLAS behind the wasm or cpu matMul kernels, or null (stock kernels, or neither). */
   blas: { library: string; threads: number; vendor: string } | null;
   /** The WebGPU adapter's description, or null. */
   adapter: string | null;
@@ -52,9 +60,10 @@ let current: { key: string; info: BackendInfo } | null = null;
  * re-point the wasm matMul kernels (BLAS on/off, thread count).
  *
  * `auto` picks webgpu when Deno offers a hardware adapter (not a software fallback such as
- * llvmpipe), else wasm. On wasm, `blas: auto` opens Debian's OpenBLAS (openblas-pthread) or macOS
- * Accelerate; when none opens, the stock kernels stay and a note says so. An explicit library
- * path that cannot be opened is an error. `tensorflow` needs `@tensorflow/tfjs-node-gpu` or
+ * llvmpipe), else wasm. On wasm and cpu, `blas: auto` opens Debian's OpenBLAS (openblas-pthread)
+ * or macOS Accelerate; when none opens, the stock kernels stay and a note says so; `blas: off`
+ * keeps tfjs's stock cpu kernels untouched. An explicit library path that cannot be opened is an
+ * error. `tensorflow` needs `@tensorflow/tfjs-node-gpu` or
  * `@tensorflow/tfjs-node` in deno.json's imports.
  *
  * @param options `runtime` section of the config, or a literal.
@@ -84,7 +93,7 @@ export async function setupBackend(options: RuntimeOptions): Promise<BackendInfo
       // NOTE: tfjs-backend-cpu prints a "looks like you are running TensorFlow.js in Node.js"
       // banner on its first write under Deno; lib prints nothing, so mark it as already shown.
       (tf.backend() as unknown as { firstUse?: boolean }).firstUse = false;
-      info = { name: "cpu", blas: null, adapter: null, notes };
+      info = attachBlas("cpu", blas, num_threads, notes);
       break;
     case "wasm":
       info = await setupWasm(blas, num_threads, notes);
@@ -128,7 +137,7 @@ export async function setupBackend(options: RuntimeOptions): Promise<BackendInfo
           `expected auto, wasm, webgpu, cpu or tensorflow`,
       );
   }
-  if (info.name !== "wasm" && blas !== "auto" && blas !== "off") {
+  if (info.name !== "wasm" && info.name !== "cpu" && blas !== "auto" && blas !== "off") {
     notes.push(`runtime.blas ${blas} is ignored on backend ${info.name}`);
   }
   current = { key, info };
@@ -137,7 +146,8 @@ export async function setupBackend(options: RuntimeOptions): Promise<BackendInfo
 
 /**
  * One line naming the backend, e.g. `backend wasm + OpenBLAS 0.3.21 (/usr/lib/x86_64-linux-gnu/
- * openblas-pthread/libopenblas.so.0, 2 threads)` or `backend webgpu (adapter: NVIDIA ...)`.
+ * openblas-pthread/libopenblas.so.0, 2 threads)`, `backend cpu + OpenBLAS 0.3.21 (...)` or
+ * `backend webgpu (adapter: NVIDIA ...)`.
  *
  * @param info What {@linkcode setupBackend} returned.
  * @returns The line, without notes.
@@ -150,19 +160,20 @@ export async function setupBackend(options: RuntimeOptions): Promise<BackendInfo
  * ```
  */
 export function describeBackend(info: BackendInfo): string {
-  if (info.name === "wasm") {
-    if (info.blas === null) return "backend wasm (stock kernels, no BLAS)";
+  if (info.blas !== null) {
     const vendor = info.blas.vendor.split(" ").slice(0, 2).join(" ");
     const threads = info.blas.threads > 0 ? `${info.blas.threads} threads` : "library threads";
-    return `backend wasm + ${vendor} (${info.blas.library}, ${threads})`;
+    return `backend ${info.name} + ${vendor} (${info.blas.library}, ${threads})`;
   }
+  if (info.name === "wasm") return "backend wasm (stock kernels, no BLAS)";
   if (info.adapter !== null) return `backend ${info.name} (adapter: ${info.adapter})`;
   return `backend ${info.name}`;
 }
 
 /**
- * Shorthand for tests and notebooks: `wasm` is stock wasm (BLAS off, with the corrected fused
- * matMul), `wasm+blas` is wasm with `blas: auto` on 2 threads.
+ * Shorthand for tests and notebooks: `cpu` is stock tfjs cpu (BLAS off: the parity reference),
+ * `wasm` is stock wasm (BLAS off, with the corrected fused matMul), and `cpu+blas` / `wasm+blas`
+ * are those backends with `blas: auto` on 2 threads.
  *
  * @param name The backend to switch to.
  * @returns What {@linkcode setupBackend} returned.
@@ -173,9 +184,12 @@ export function describeBackend(info: BackendInfo): string {
  * console.log(info.name); // cpu
  * ```
  */
-export function useBackend(name: "cpu" | "wasm" | "wasm+blas" | "webgpu"): Promise<BackendInfo> {
-  const backend = name === "wasm+blas" ? "wasm" : name;
-  return setupBackend({ backend, blas: name === "wasm+blas" ? "auto" : "off", num_threads: 2 });
+export function useBackend(
+  name: "cpu" | "cpu+blas" | "wasm" | "wasm+blas" | "webgpu",
+): Promise<BackendInfo> {
+  const blas = name.endsWith("+blas");
+  const backend = blas ? name.slice(0, -"+blas".length) as "cpu" | "wasm" : name as "webgpu";
+  return setupBackend({ backend, blas: blas ? "auto" : "off", num_threads: 2 });
 }
 
 async function activate(name: string): Promise<void> {
@@ -193,25 +207,41 @@ async function setupWasm(blas: string, threads: number, notes: string[]): Promis
   }
   // The stock kernels' setup must run before their replacements are registered.
   await activate("wasm");
+  return attachBlas("wasm", blas, threads, notes);
+}
+
+/** Opens `blas` (unless off) and points the active backend's matMul kernels at it. */
+function attachBlas(
+  name: BlasBackend,
+  blas: string,
+  threads: number,
+  notes: string[],
+): BackendInfo {
   let library = null;
   if (blas !== "off") {
-    library = blas === "auto" ? openAuto(notes) : openExplicit(blas);
+    library = blas === "auto" ? openAuto(name, notes) : openExplicit(blas);
   }
-  setKernelMode(library, notes);
-  if (library === null) return { name: "wasm", blas: null, adapter: null, notes };
+  setKernelMode(name, library, notes);
+  if (library === null) return { name, blas: null, adapter: null, notes };
   const actual = library.setThreads(threads);
   if (actual === 0) {
     notes.push(`${library.library} has no openblas_set_num_threads; threads not set`);
   }
   return {
-    name: "wasm",
+    name,
     blas: { library: library.library, threads: actual, vendor: library.vendor },
     adapter: null,
     notes,
   };
 }
 
-function openAuto(notes: string[]): ReturnType<typeof openBlas> | null {
+/** How much slower the stock matMul is, for the notes (bench:blas, 2-core x86). */
+const STOCK_SLOWDOWN: Record<BlasBackend, string> = {
+  wasm: "~35× slower",
+  cpu: "~100× slower",
+};
+
+function openAuto(name: BlasBackend, notes: string[]): ReturnType<typeof openBlas> | null {
   const failures: string[] = [];
   for (const path of blasCandidates()) {
     try {
@@ -221,7 +251,8 @@ function openAuto(notes: string[]): ReturnType<typeof openBlas> | null {
         error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied
       ) {
         notes.push(
-          "runtime.blas auto: FFI not allowed (run with --allow-ffi); stock wasm matMul used (~35× slower)",
+          `runtime.blas auto: FFI not allowed (run with --allow-ffi); stock ${name} matMul used ` +
+            `(${STOCK_SLOWDOWN[name]})`,
         );
         return null;
       }
@@ -229,7 +260,8 @@ function openAuto(notes: string[]): ReturnType<typeof openBlas> | null {
     }
   }
   notes.push(
-    `runtime.blas auto: no BLAS opened, stock wasm matMul used (~35× slower; Debian: apt-get ` +
+    `runtime.blas auto: no BLAS opened, stock ${name} matMul used (${STOCK_SLOWDOWN[name]}; ` +
+      `Debian: apt-get ` +
       `install libopenblas0-pthread). Tried ${failures.join(", ")}`,
   );
   return null;

@@ -4,7 +4,8 @@
  * Workloads: a linear block like one Qwen2 MLP at toy width, x[16,96,256] @ W1[704,256]^T → silu →
  * @ W2[256,704]^T, forward + backward w.r.t. x, W1 and W2 (tf.grads); and one transposed 1024²
  * matMul (a @ b^T, the layout of every HF weight). Backends: stock wasm, wasm + BLAS on 1 and 2
- * threads, optionally tfjs cpu and webgpu (any adapter, llvmpipe included); PyTorch
+ * threads, cpu + BLAS on 2 threads (the path for models past the 4 GiB wasm heap), optionally
+ * stock tfjs cpu (`--cpu`) and webgpu (any adapter, llvmpipe included); PyTorch
  * (torch.set_num_threads(2)) when `/usr/bin/python3` has torch.
  * Each line names the device and backend next to its number. Median of `--runs`.
  *
@@ -166,6 +167,7 @@ async function main(): Promise<void> {
     { options: { backend: "wasm", blas: "off", num_threads: 1 }, slow: true },
     { options: { backend: "wasm", blas: "auto", num_threads: 1 }, slow: false },
     { options: { backend: "wasm", blas: "auto", num_threads: 2 }, slow: false },
+    { options: { backend: "cpu", blas: "auto", num_threads: 2 }, slow: false },
   ];
   if (args.cpu) {
     setups.push({ options: { backend: "cpu", blas: "off", num_threads: 1 }, slow: true });

@@ -1,12 +1,16 @@
-// Parity of the wasm matMul kernels (BLAS through FFI, and BLAS off) with the tfjs cpu backend.
-// Needs --allow-ffi (deno task test runs with -A). Shapes are tiny: these check indexing, not speed.
+// Parity of the BLAS matMul kernels (wasm and cpu, through FFI) and of wasm with BLAS off with the
+// stock tfjs cpu backend. Needs --allow-ffi (deno task test runs with -A). Shapes are tiny: these
+// check indexing, not speed.
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
 import { describeBackend, setupBackend, useBackend } from "../lib/backend.ts";
 import { BackendError } from "../lib/errors.ts";
 import { assertCloseToMax } from "./_assert.ts";
 
-type Mode = "cpu" | "wasm" | "wasm+blas";
+type Mode = "cpu" | "cpu+blas" | "wasm" | "wasm+blas";
+
+/** Every mode checked against stock cpu. */
+const MODES: Mode[] = ["cpu+blas", "wasm+blas", "wasm"];
 
 function seeded(shape: number[], seed: number): Float32Array {
   const data = new Float32Array(shape.reduce((p, d) => p * d, 1));
@@ -53,7 +57,7 @@ Deno.test("setupBackend() opens a BLAS for wasm when blas is auto", async () => 
   assert.equal(tf.getBackend(), "wasm");
 });
 
-Deno.test("BatchMatMul on wasm matches cpu: transposes, batches, broadcast batch dims", async () => {
+Deno.test("BatchMatMul on wasm and cpu+blas matches stock cpu: transposes, batches, broadcast batch dims", async () => {
   // [aShape, bShape, transposeA, transposeB]
   const cases: [number[], number[], boolean, boolean][] = [
     [[5, 7], [7, 3], false, false],
@@ -72,11 +76,43 @@ Deno.test("BatchMatMul on wasm matches cpu: transposes, batches, broadcast batch
   ];
   for (const [aShape, bShape, ta, tb] of cases) {
     const fn = () => tf.tidy(() => tf.matMul(tensor(aShape, 1), tensor(bShape, 2), ta, tb));
-    await assertParity(fn, ["wasm+blas", "wasm"], `matMul [${aShape}] [${bShape}] ${ta} ${tb}`);
+    await assertParity(fn, MODES, `matMul [${aShape}] [${bShape}] ${ta} ${tb}`);
   }
 });
 
-Deno.test("BatchMatMul on wasm+blas broadcasts batch dims both ways like numpy", async () => {
+Deno.test("setupBackend() opens a BLAS for cpu when blas is auto, and off restores stock cpu", async () => {
+  const stock = (await useBackend("cpu"), tf.getKernel(tf.BatchMatMul, "cpu")!.kernelFunc);
+  const stockFused = tf.getKernel(tf._FusedMatMul, "cpu")!.kernelFunc;
+  const info = await useBackend("cpu+blas");
+  assert.equal(info.name, "cpu");
+  assert.ok(info.blas !== null, `no BLAS opened: ${info.notes.join("; ")}`);
+  assert.equal(info.blas.threads, 2);
+  assert.match(describeBackend(info), /^backend cpu \+ .+ \(.+, 2 threads\)$/);
+  assert.equal(tf.getBackend(), "cpu");
+  assert.notEqual(tf.getKernel(tf.BatchMatMul, "cpu")!.kernelFunc, stock);
+  const off = await setupBackend({ backend: "cpu", blas: "off", num_threads: 2 });
+  assert.equal(off.blas, null);
+  assert.equal(describeBackend(off), "backend cpu");
+  assert.equal(tf.getKernel(tf.BatchMatMul, "cpu")!.kernelFunc, stock, "stock BatchMatMul back");
+  assert.equal(tf.getKernel(tf._FusedMatMul, "cpu")!.kernelFunc, stockFused, "stock fused back");
+});
+
+Deno.test("BatchMatMul on cpu+blas reads tensors that view a buffer at a byteOffset", async () => {
+  // The cpu backend keeps the caller's typed array as the tensor's storage, offset and all.
+  const buffer = seeded([3 + 5 * 7 + 7 * 3], 7);
+  const fn = () =>
+    tf.tidy(() =>
+      tf.matMul(
+        tf.tensor2d(buffer.subarray(3, 3 + 35), [5, 7]),
+        tf.tensor2d(buffer.subarray(38), [7, 3]),
+      )
+    );
+  const [expected] = await valuesOn("cpu", fn);
+  const [got] = await valuesOn("cpu+blas", fn);
+  assertCloseToMax(got, expected, 1e-5, "offset operands");
+});
+
+Deno.test("BatchMatMul on wasm+blas and cpu+blas broadcasts batch dims both ways like numpy", async () => {
   // [2,1,5,7] @ [1,3,7,4] → [2,3,5,4]; tfjs's own cpu/wasm kernels get this shape wrong, so the
   // reference tiles both operands to [2,3,...] first.
   const fn = () =>
@@ -90,12 +126,14 @@ Deno.test("BatchMatMul on wasm+blas broadcasts batch dims both ways like numpy",
         .reshape([-1])
     );
   const [expected] = await valuesOn("cpu", tiled);
-  const [got] = await valuesOn("wasm+blas", fn);
-  assert.equal(got.length, 2 * 3 * 5 * 4);
-  assertCloseToMax(got, expected, 1e-5, "4-D broadcast");
+  for (const mode of ["wasm+blas", "cpu+blas"] as const) {
+    const [got] = await valuesOn(mode, fn);
+    assert.equal(got.length, 2 * 3 * 5 * 4);
+    assertCloseToMax(got, expected, 1e-5, `4-D broadcast on ${mode}`);
+  }
 });
 
-Deno.test("_FusedMatMul on wasm matches cpu with bias and activation, 3-D a and transposeB", async () => {
+Deno.test("_FusedMatMul on wasm and cpu+blas matches stock cpu with bias and activation, 3-D a and transposeB", async () => {
   // The stock wasm _FusedMatMul is off by the bias scale on every one of these (3-D a or transposeB).
   // [aShape, bShape, transposeB, biasShape, activation]
   const cases: [number[], number[], boolean, number[], tf.fused.Activation][] = [
@@ -122,11 +160,11 @@ Deno.test("_FusedMatMul on wasm matches cpu with bias and activation, 3-D a and 
         })
       );
     const what = `fused [${aShape}] [${bShape}] ${tb} bias [${biasShape}] ${activation}`;
-    await assertParity(fn, ["wasm+blas", "wasm"], what);
+    await assertParity(fn, MODES, what);
   }
 });
 
-Deno.test("_FusedMatMul on wasm matches cpu with prelu weights and no bias", async () => {
+Deno.test("_FusedMatMul on wasm and cpu+blas matches stock cpu with prelu weights and no bias", async () => {
   const fn = () =>
     tf.tidy(() =>
       tf.fused.matMul({
@@ -137,10 +175,31 @@ Deno.test("_FusedMatMul on wasm matches cpu with prelu weights and no bias", asy
         preluActivationWeights: tf.tensor1d([0.1, 0.5, 2]),
       })
     );
-  await assertParity(fn, ["wasm+blas", "wasm"], "fused prelu");
+  await assertParity(fn, MODES, "fused prelu");
 });
 
-Deno.test("tf.grads() through a matMul chain on wasm matches cpu", async () => {
+Deno.test("cpu+blas runs int32 matMul and fused matMul on the stock cpu kernels, noting each once", async () => {
+  const info = await useBackend("cpu+blas");
+  const before = tf.memory().numTensors;
+  const a = tf.tensor2d([1, 2, 3, 4], [2, 2], "int32");
+  const bias = tf.tensor1d([-20, 1], "int32");
+  for (let i = 0; i < 2; i++) {
+    const c = tf.matMul(a, a);
+    const f = tf.fused.matMul({ a, b: a, bias, activation: "relu" });
+    assert.equal(c.dtype, "int32");
+    assert.deepEqual(Array.from(await c.data()), [7, 10, 15, 22]);
+    assert.deepEqual(Array.from(await f.data()), [0, 11, 0, 23]);
+    tf.dispose([c, f]);
+  }
+  tf.dispose([a, bias]);
+  const lines = info.notes.filter((n) => n.includes("int32"));
+  assert.equal(lines.length, 2, info.notes.join("\n"));
+  assert.match(lines[0], /^BatchMatMul on int32\/int32: not float32, stock cpu kernel used$/);
+  assert.match(lines[1], /^_FusedMatMul: non-float32 tensors .*, stock cpu kernel used$/);
+  assert.equal(tf.memory().numTensors, before);
+});
+
+Deno.test("tf.grads() through a matMul chain on wasm and cpu+blas matches stock cpu", async () => {
   const f = (x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, bias: tf.Tensor) => {
     const h = tf.fused.matMul({ a: x, b: w1, transposeB: true, bias, activation: "relu" }); // [6, 8]
     const y = tf.matMul(h, w2, true, false); // [8, 3]
@@ -151,7 +210,7 @@ Deno.test("tf.grads() through a matMul chain on wasm matches cpu", async () => {
     tf.tidy(() =>
       tf.grads(f)([tensor([6, 5], 1), tensor([8, 5], 2), tensor([6, 3], 3), tensor([8], 4)])
     );
-  await assertParity(fn, ["wasm+blas", "wasm"], "grads");
+  await assertParity(fn, MODES, "grads");
 });
 
 Deno.test("setupBackend() auto takes wasm unless Deno offers a hardware WebGPU adapter", async () => {
@@ -188,11 +247,13 @@ Deno.test("wasm+blas falls back to the stock kernel on int32 and notes it once",
 });
 
 Deno.test("setupBackend() rejects a BLAS path that cannot be opened", async () => {
-  await assert.rejects(
-    setupBackend({ backend: "wasm", blas: "/nonexistent/libopenblas.so.0", num_threads: 1 }),
-    (error: Error) =>
-      error instanceof BackendError && /\/nonexistent\/libopenblas/.test(error.message),
-  );
+  for (const backend of ["wasm", "cpu"] as const) {
+    await assert.rejects(
+      setupBackend({ backend, blas: "/nonexistent/libopenblas.so.0", num_threads: 1 }),
+      (error: Error) =>
+        error instanceof BackendError && /\/nonexistent\/libopenblas/.test(error.message),
+    );
+  }
 });
 
 Deno.test("setupBackend() explains what the tensorflow backend needs", async () => {
@@ -226,5 +287,9 @@ Deno.test("describeBackend() names the library, threads and adapter", () => {
   assert.equal(
     describeBackend({ name: "cpu", blas: null, adapter: null, notes: [] }),
     "backend cpu",
+  );
+  assert.equal(
+    describeBackend({ name: "cpu", blas, adapter: null, notes: [] }),
+    "backend cpu + OpenBLAS 0.3.21 (/usr/lib/libopenblas.so.0, 2 threads)",
   );
 });
