@@ -86,9 +86,11 @@ export interface ForwardOptions {
   gradientCheckpointing?: boolean;
 }
 
-// NOTE: HF masks with finfo(float32).min, not -inf: a fully masked (pad) query row then becomes a
-// uniform softmax instead of NaN, and NaN would leak into real rows through 0 * NaN in probs @ v.
-const MASK_VALUE = -3.4028234663852886e38;
+// NOTE: HF masks with finfo(float32).min, not -inf, so that a fully masked (pad) query row
+// becomes a uniform softmax instead of NaN — NaN would leak into real rows through 0 * NaN in
+// probs @ v. We use -1e9: on WebGPU, finfo.min plus a negative score overflows to -inf and brings
+// the NaN back. exp(-1e9 - max) is exactly 0 in float32, so real rows are unchanged.
+const MASK_VALUE = -1e9;
 
 /** The HF files a model directory needs; named in the error when one is missing (seed "Issue 4"). */
 export const MODEL_FILES = [

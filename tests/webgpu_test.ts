@@ -1,0 +1,122 @@
+/**
+ * Parity on the webgpu backend. Here it runs on Mesa's llvmpipe (a software adapter; real GPUs
+ * elsewhere), so it is slow to compile shaders: one test per kind of check, not the full matrix
+ * that tests/model_test.ts and tests/trainer_test.ts run on cpu and wasm.
+ * NOTE: dataSync() fails on webgpu; everything reads back with `await t.data()`.
+ */
+import assert from "node:assert/strict";
+import { tf } from "../lib/tf.ts";
+import { useBackend } from "../lib/backend.ts";
+import { completionLogProbs, forward, loadModel } from "../lib/model.ts";
+import { loadLora } from "../lib/lora.ts";
+import { grpoLoss } from "../lib/grpo.ts";
+import { rollout } from "../lib/rollout.ts";
+import { loadTokenizer } from "../lib/tokenizer.ts";
+import { assertAllClose, assertCloseToMax } from "./_assert.ts";
+
+const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
+
+Deno.test("webgpu: logits, padded batch and greedy ids match the fixture on both models", async () => {
+  await useBackend("webgpu");
+  for (const name of ["qwen2-tiny", "qwen2-tiny-tied-bf16"]) {
+    const dir = `${FIXTURES}${name}`;
+    const exp = JSON.parse(await Deno.readTextFile(`${dir}/expected.json`));
+    const model = await loadModel(dir);
+    for (const seq of exp.forward.sequences) {
+      const ids = tf.tensor2d([seq.input_ids], [1, seq.input_ids.length], "int32");
+      const logits = forward(model, ids);
+      assertAllClose(await logits.data(), seq.logits.flat(), 1e-4, `${name} logits`);
+      tf.dispose([ids, logits]);
+    }
+    const p = exp.padded_batch;
+    const [B, T] = [p.input_ids.length, p.input_ids[0].length];
+    const ids = tf.tensor2d(p.input_ids, [B, T], "int32");
+    const mask = tf.tensor2d(p.attention_mask, [B, T], "int32");
+    const logits = forward(model, ids, { attentionMask: mask });
+    const got = (await logits.array()) as number[][][];
+    for (let b = 0; b < B; b++) {
+      const keep = (_: unknown, t: number) => p.attention_mask[b][t] === 1;
+      assertAllClose(
+        got[b].filter(keep).flat(),
+        p.logits[b].filter(keep).flat(),
+        1e-4,
+        `${name} padded ${b}`,
+      );
+    }
+    tf.dispose([ids, mask, logits]);
+    const tokenizer = await loadTokenizer(dir);
+    const out = await rollout(model, [exp.greedy.prompt_ids], {
+      tokenizer: { ...tokenizer, decode: tokenizer.decode, eosTokenIds: [-1] },
+      sampling: {
+        max_new_tokens: 20,
+        temperature: 1,
+        top_p: 1,
+        top_k: 0,
+        stop: [],
+        seed: 0,
+        greedy: true,
+      },
+    });
+    assert.deepEqual(out.completionIds[0], exp.greedy.generated_ids, `${name} greedy`);
+    model.dispose();
+  }
+});
+
+Deno.test("webgpu: a GRPO case's loss and LoRA gradients match TRL", async () => {
+  await useBackend("webgpu");
+  const dir = `${FIXTURES}qwen2-tiny`;
+  const g = JSON.parse(await Deno.readTextFile(`${dir}/expected.json`)).grpo;
+  const c = g.cases[0];
+  const model = await loadModel(dir);
+  const lora = await loadLora(model, `${dir}/adapter`);
+  const [B, T] = [g.input_ids.length, g.input_ids[0].length];
+  const C = g.completion_ids[0].length;
+  const inputs = {
+    inputIds: tf.tensor2d(g.input_ids, [B, T], "int32"),
+    attentionMask: tf.tensor2d(g.attention_mask, [B, T], "int32"),
+    positionIds: tf.tensor2d(g.position_ids, [B, T], "int32"),
+  };
+  const mask = tf.tensor2d(g.completion_mask, [B, C]);
+  const old = tf.tensor2d(g.old_per_token_logps, [B, C]);
+  const ref = tf.tensor2d(g.ref_per_token_logps, [B, C]);
+  const advantages = tf.tensor1d(c.advantages);
+  const { value, grads } = tf.variableGrads(() => {
+    const logps = completionLogProbs(model, {
+      ...inputs,
+      completionLength: C,
+      temperature: g.temperature,
+    }, {
+      adapter: lora,
+    });
+    const out = grpoLoss({
+      per_token_logps: logps,
+      old_per_token_logps: old,
+      ref_per_token_logps: ref,
+      advantages,
+      completion_mask: mask,
+    }, {
+      loss_type: c.loss_type,
+      epsilon: c.epsilon_low,
+      epsilon_high: c.epsilon_high,
+      kl_coef: c.beta,
+    });
+    tf.dispose(Object.values(out.metrics).filter((t): t is tf.Scalar => t !== null));
+    return out.loss;
+  }, [...lora.variables.values()]);
+  const loss = (await value.data())[0];
+  assert.ok(Math.abs(loss - c.loss) <= 1e-5, `loss ${loss} vs ${c.loss}`);
+  for (const [key, v] of lora.variables) {
+    assertCloseToMax(await grads[v.name].data(), c.grads[key].flat(), 1e-4, key);
+  }
+  tf.dispose([
+    value,
+    ...Object.values(grads),
+    ...Object.values(inputs),
+    mask,
+    old,
+    ref,
+    advantages,
+  ]);
+  lora.dispose();
+  model.dispose();
+});
