@@ -92,6 +92,9 @@ export interface ForwardOptions {
 // the NaN back. exp(-1e9 - max) is exactly 0 in float32, so real rows are unchanged.
 const MASK_VALUE = -1e9;
 
+/** Most logits {@linkcode completionLogProbs} materialises at once (64 MiB of float32). */
+const LOGITS_CHUNK_FLOATS = 1 << 24;
+
 /** The HF files a model directory needs; named in the error when one is missing (seed "Issue 4"). */
 export const MODEL_FILES = [
   "config.json",
@@ -783,8 +786,9 @@ export function disposeCache(cache: KVCache): void {
 /**
  * Per-token log-probabilities of the completion tokens (TRL
  * `_get_per_token_logps_and_entropies`): `log_softmax(logits[:, -C-1:-1] / temperature)`
- * gathered at the completion ids. Only the last C+1 positions reach the LM head, and one
- * row's [C, V] logits exist at a time, so memory stays O(C × V), not O(B × T × V).
+ * gathered at the completion ids. Only the completion positions reach the LM head, in chunks of
+ * rows of at most 2^24 logits (one row at a time for a large vocabulary), so memory stays
+ * O(max(C × V, 2^24)), not O(B × T × V).
  *
  * @param model The model.
  * @param batch `inputIds` [B, P+C] (prompt left-padded, completion right-padded),
@@ -824,18 +828,22 @@ export function completionLogProbs(
     }, null).h; // [B, T, H]
     const targets = batch.inputIds.slice([0, T - C], [B, C]); // [B, C]
     const hs = h.slice([0, T - C - 1, 0], [B, C, -1]); // [B, C, H]: positions predicting targets
-    const rows: tf.Tensor[] = [];
-    for (let b = 0; b < B; b++) {
+    // Rows go through the LM head in chunks of at most LOGITS_CHUNK_FLOATS logits (a 151,936
+    // vocab gets one row at a time; the demo's 63-symbol vocab does the whole batch at once).
+    const V = model.config.vocab_size;
+    const rowsPerChunk = Math.max(1, Math.floor(LOGITS_CHUNK_FLOATS / (C * V)));
+    const chunks: tf.Tensor[] = [];
+    for (let b = 0; b < B; b += rowsPerChunk) {
+      const n = Math.min(rowsPerChunk, B - b);
       const logits = tf.div(
-        lmHead(model, hs.slice([b, 0, 0], [1, C, -1]).reshape([C, -1])),
+        lmHead(model, hs.slice([b, 0, 0], [n, C, -1]).reshape([n * C, -1])),
         batch.temperature,
-      ); // [C, V]
-      const lse = tf.logSumExp(logits, 1); // [C]
-      const ids = targets.slice([b, 0], [1, C]).reshape([C]);
-      const picked = gatherRows(logits as tf.Tensor2D, ids as tf.Tensor1D); // [C]
-      rows.push(tf.sub(picked, lse));
+      ) as tf.Tensor2D; // [n*C, V]
+      const lse = tf.logSumExp(logits, 1); // [n*C]
+      const ids = targets.slice([b, 0], [n, C]).reshape([n * C]) as tf.Tensor1D;
+      chunks.push(tf.sub(gatherRows(logits, ids), lse).reshape([n, C]));
     }
-    return tf.stack(rows) as tf.Tensor2D; // [B, C]
+    return (chunks.length === 1 ? chunks[0] : tf.concat(chunks, 0)) as tf.Tensor2D; // [B, C]
   });
 }
 
