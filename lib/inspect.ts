@@ -11,6 +11,7 @@ import { tf } from "./tf.ts";
 import type { ProblemResult } from "./evaluate.ts";
 import type { LinearAdapter, Qwen2Model } from "./model.ts";
 import { completionLogProbs, forward } from "./model.ts";
+import { jupyterDisplay } from "./plot.ts";
 import type { TokenValue } from "./plot.ts";
 import type { RewardResult } from "./reward.ts";
 import type { FinishReason, Rollout } from "./rollout.ts";
@@ -142,11 +143,11 @@ export interface ScoreRow {
  * import assert from "node:assert/strict";
  * import { verdictReason } from "./inspect.ts";
  * assert.equal(verdictReason("wrong", "12", "13"), "boxed 12 ≠ 13");
- * assert.equal(verdictReason("no_answer", null, "13"), "no closed \\boxed{}");
+ * assert.equal(verdictReason("no_answer", null, "13"), "no boxed answer");
  * ```
  */
 export function verdictReason(status: Verdict, predicted: string | null, truth: string): string {
-  if (status === "no_answer" || predicted === null) return "no closed \\boxed{}";
+  if (status === "no_answer" || predicted === null) return "no boxed answer";
   return status === "correct" ? `boxed ${predicted} = ${truth}` : `boxed ${predicted} ≠ ${truth}`;
 }
 
@@ -484,29 +485,89 @@ export function statusTransitions(
   return rows;
 }
 
+/** A table that a Deno Jupyter cell shows as Markdown (GitHub renders it), or as aligned text. */
+export class Table {
+  /** Column names, in order. */
+  readonly columns: string[];
+  /** Cell texts, one array per row, already formatted. */
+  readonly cells: string[][];
+
+  constructor(columns: string[], cells: string[][]) {
+    this.columns = columns;
+    this.cells = cells;
+  }
+
+  /** GitHub-flavoured Markdown; strings are code spans, so `$`, `*` and `\` stay literal. */
+  markdown(): string {
+    const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
+    return [
+      line(this.columns),
+      line(this.columns.map(() => "---")),
+      ...this.cells.map((row) => line(row.map(markdownCell))),
+    ].join("\n");
+  }
+
+  /** Plain text, columns padded to their widest cell. */
+  toString(): string {
+    const rows = [this.columns, ...this.cells];
+    const widths = this.columns.map((_, j) => Math.max(...rows.map((r) => r[j].length)));
+    return rows.map((r) => r.map((c, j) => c.padEnd(widths[j])).join("  ").trimEnd()).join("\n");
+  }
+
+  /** The mime bundle a Deno Jupyter cell displays. */
+  [jupyterDisplay](): Record<string, string> {
+    return { "text/markdown": this.markdown(), "text/plain": this.toString() };
+  }
+}
+
 /**
- * Picks and rounds metrics for a table: one row per record with `keys` in order (missing → NaN).
+ * Records as a {@linkcode Table}: one row per record, `columns` in order (default: the first
+ * record's keys). Integers print as they are, other numbers with `digits` decimals (default 4),
+ * or in exponent form below 1e-3; null prints as `null`, a missing value as empty.
  *
- * @param records Metrics records (e.g. trainer steps).
- * @param keys The metrics to keep.
- * @param options `digits` after the decimal point (default 4).
- * @returns The rows.
+ * @param records The rows.
+ * @param options `columns` and `digits`.
+ * @returns The table; the last expression of a notebook cell displays it.
  * @example Usage
  * ```ts
  * import assert from "node:assert/strict";
- * import { metricsTable } from "./inspect.ts";
- * assert.deepEqual(metricsTable([{ step: 1, kl: 0.123456 }], ["step", "kl"]), [{ step: 1, kl: 0.1235 }]);
+ * import { table } from "./inspect.ts";
+ * const t = table([{ step: 1, kl: 0.000012, completion: "$3 | 4" }]);
+ * assert.equal(t.toString(), "step  kl       completion\n1     1.20e-5  $3 | 4");
+ * assert.match(t.markdown(), /\| 1 \| 1\.20e-5 \| `\$3 \\| 4` \|$/);
  * ```
  */
-export function metricsTable(
-  records: readonly Record<string, unknown>[],
-  keys: readonly string[],
-  options: { digits?: number } = {},
-): Record<string, number>[] {
+export function table(
+  records: readonly object[],
+  options: { columns?: readonly string[]; digits?: number } = {},
+): Table {
+  const columns = [...(options.columns ?? Object.keys(records[0] ?? {}))];
   const digits = options.digits ?? 4;
-  return records.map((r) =>
-    Object.fromEntries(keys.map((k) => [k, typeof r[k] === "number" ? round(r[k], digits) : NaN]))
+  const cells = records.map((record) =>
+    columns.map((c) => formatValue((record as Record<string, unknown>)[c], digits))
   );
+  return new Table(columns, cells);
+}
+
+function formatValue(value: unknown, digits: number): string {
+  if (value === undefined) return "";
+  if (typeof value === "number") {
+    if (Number.isInteger(value) || !Number.isFinite(value)) return String(value);
+    return Math.abs(value) < 1e-3 ? value.toExponential(2) : value.toFixed(digits);
+  }
+  if (typeof value === "string") return value.replace(/\n/g, "⏎");
+  return JSON.stringify(value) ?? String(value);
+}
+
+function markdownCell(text: string): string {
+  // Numbers and empties stay bare; text goes in a code span (a longer fence when it holds a
+  // backtick). GFM splits cells on | even inside code spans, hence the escape.
+  if (text === "" || /^-?[\d.]+(e[-+]\d+)?$|^(NaN|-?Infinity|null|true|false)$/.test(text)) {
+    return text;
+  }
+  const fence = text.includes("`") ? "``" : "`";
+  const pad = text.startsWith("`") || text.endsWith("`") || text.startsWith(" ") ? " " : "";
+  return `${fence}${pad}${text.replace(/\|/g, "\\|")}${pad}${fence}`;
 }
 
 function round(x: number, digits: number): number {

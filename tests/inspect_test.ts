@@ -4,7 +4,6 @@ import {
   completionTokenLogProbs,
   errorBreakdown,
   logProbChanges,
-  metricsTable,
   nextTokens,
   perTokenChange,
   perTokenKl,
@@ -12,10 +11,12 @@ import {
   scoreRows,
   solutionSteps,
   statusTransitions,
+  table,
   tokenValues,
   verdictReason,
 } from "../lib/inspect.ts";
 import { loadLora } from "../lib/lora.ts";
+import { jupyterDisplay } from "../lib/plot.ts";
 import { completionLogProbs, loadModel } from "../lib/model.ts";
 import { disposeBatch, toTrainingBatch } from "../lib/rollout.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
@@ -130,7 +131,7 @@ Deno.test("rolloutRows() numbers prompts and samples and clips long texts", () =
 Deno.test("scoreRows() and verdictReason() explain each verdict", () => {
   assert.equal(verdictReason("correct", "0.5", "1/2"), "boxed 0.5 = 1/2");
   assert.equal(verdictReason("wrong", "3", "4"), "boxed 3 ≠ 4");
-  assert.equal(verdictReason("no_answer", null, "4"), "no closed \\boxed{}");
+  assert.equal(verdictReason("no_answer", null, "4"), "no boxed answer");
   const rows = scoreRows({
     rewards: [1, -1, -1, -1],
     status: ["correct", "wrong", "no_answer", "wrong"],
@@ -153,7 +154,7 @@ Deno.test("scoreRows() and verdictReason() explain each verdict", () => {
   assert.deepEqual(rows.map((r) => r.why), [
     "boxed 4 = 4",
     "boxed 5 ≠ 4",
-    "no closed \\boxed{}",
+    "no boxed answer",
     "boxed 7 ≠ 6",
   ]);
   assert.deepEqual(rows.map((r) => r.prompt), [0, 0, 1, 1]);
@@ -255,12 +256,42 @@ Deno.test("statusTransitions() matches problems by id", () => {
   });
 });
 
-Deno.test("metricsTable() keeps the keys in order and rounds", () => {
-  const rows = metricsTable(
-    [{ step: 1, reward: -0.123456, kl: 0 }, { step: 2, reward: 0.5 }],
-    ["step", "reward", "kl"],
-    { digits: 2 },
+Deno.test("table() formats numbers and shows as Markdown with code spans", () => {
+  const t = table([
+    { step: 1, reward: -0.123456, kl: 0, text: "$3 * 4 | 5\nok", status: null },
+    { step: 2, reward: 0.5, kl: 2.5e-6, text: " a`b", status: "correct" },
+  ], { digits: 2 });
+  assert.deepEqual(t.columns, ["step", "reward", "kl", "text", "status"]);
+  assert.deepEqual(t.cells, [
+    ["1", "-0.12", "0", "$3 * 4 | 5⏎ok", "null"],
+    ["2", "0.50", "2.50e-6", " a`b", "correct"],
+  ]);
+  assert.equal(
+    t.markdown(),
+    [
+      "| step | reward | kl | text | status |",
+      "| --- | --- | --- | --- | --- |",
+      "| 1 | -0.12 | 0 | `$3 * 4 \\| 5⏎ok` | null |",
+      "| 2 | 0.50 | 2.50e-6 | ``  a`b `` | `correct` |",
+    ].join("\n"),
   );
-  assert.deepEqual(rows, [{ step: 1, reward: -0.12, kl: 0 }, { step: 2, reward: 0.5, kl: NaN }]);
-  assert.deepEqual(Object.keys(rows[0]), ["step", "reward", "kl"]);
+  assert.equal(
+    t.toString(),
+    [
+      "step  reward  kl       text           status",
+      "1     -0.12   0        $3 * 4 | 5⏎ok  null",
+      "2     0.50    2.50e-6   a`b           correct",
+    ].join("\n"),
+  );
+  const bundle = t[jupyterDisplay]();
+  assert.deepEqual(Object.keys(bundle), ["text/markdown", "text/plain"]);
+  // Columns can be picked and ordered; a missing value is an empty cell.
+  assert.deepEqual(table([{ a: 1, b: 2 }, { b: 3 }], { columns: ["b", "a"] }).cells, [
+    ["2", "1"],
+    ["3", ""],
+  ]);
+  // Interfaces without an index signature work.
+  const { bySign } = logProbChanges([[-1]], [[-0.123456]], [1]);
+  assert.deepEqual(table(bySign, { digits: 3 }).cells[0], ["A > 0", "1", "0.877"]);
+  assert.deepEqual(table([]).columns, []);
 });
