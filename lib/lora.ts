@@ -14,6 +14,7 @@ import type { Config } from "./config.ts";
 import { CheckpointError } from "./errors.ts";
 import type { CheckpointableAdapter, LinearAdapter, Qwen2Model } from "./model.ts";
 import { countParameters, expectedWeightShapes } from "./model.ts";
+import { mulberry32 } from "./data.ts";
 import { loadSafetensors, saveSafetensors } from "./safetensors.ts";
 import type { TensorData } from "./safetensors.ts";
 
@@ -46,18 +47,6 @@ export interface LoraAdapter extends CheckpointableAdapter {
 /** PEFT key of a module's A or B matrix. */
 export function peftKey(module: string, which: "A" | "B"): string {
   return `base_model.model.${module}.lora_${which}.weight`;
-}
-
-/** mulberry32: a small seeded PRNG over 32-bit state; returns floats in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**

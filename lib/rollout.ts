@@ -12,6 +12,7 @@
  */
 import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
+import { mulberry32 } from "./data.ts";
 import type { LinearAdapter, Qwen2Model } from "./model.ts";
 import { decodeStep, disposeCache, prefill } from "./model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
@@ -42,18 +43,6 @@ export interface Rollout {
   finishReasons: FinishReason[];
   /** Generated tokens over all rows (for tokens/s). */
   numTokens: number;
-}
-
-/** splitmix32-style PRNG: floats in [0, 1) from a 32-bit seed; state advances per call. */
-export function seededUniform(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**
@@ -145,7 +134,7 @@ export async function rollout(
   }
   const B = prompts.length;
   const eos = new Set(tokenizer.eosTokenIds);
-  const random = seededUniform(sampling.seed);
+  const random = mulberry32(sampling.seed >>> 0);
   const { ids, mask } = leftPad(prompts, tokenizer.padTokenId);
   const idsT = tf.tensor2d(ids, [B, ids[0].length], "int32");
   const maskT = tf.tensor2d(mask, [B, ids[0].length], "int32");

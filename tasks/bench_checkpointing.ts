@@ -17,7 +17,7 @@ import {
 } from "../lib/model.ts";
 import { createLora } from "../lib/lora.ts";
 import { grpoLoss } from "../lib/grpo.ts";
-import { seededUniform } from "../lib/rollout.ts";
+import { mulberry32 } from "../lib/data.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -46,7 +46,7 @@ const config = parseQwen2Config({
   num_key_value_heads: Math.max(1, H / 128),
   tie_word_embeddings: true,
 }, "bench");
-const random = seededUniform(1);
+const random = mulberry32(1);
 const arrays = new Map([...expectedWeightShapes(config)].map(([name, shape]) => {
   const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
   const std = name.includes("norm") ? 0 : 0.02;

@@ -13,11 +13,12 @@
 import { describeBackend, setupBackend } from "../lib/backend.ts";
 import { type FlagSpec, formatHelp, parseCommandLine, resolveConfig } from "../lib/cli.ts";
 import { COMMAND_LINE, formatConfig } from "../lib/config.ts";
-import { ConfigError, isUserError } from "../lib/errors.ts";
+import { ConfigError } from "../lib/errors.ts";
 import { loadLora } from "../lib/lora.ts";
 import { loadModel } from "../lib/model.ts";
 import { rollout } from "../lib/rollout.ts";
 import { formatPrompt, loadTokenizer } from "../lib/tokenizer.ts";
+import { fileExists, runTask } from "./_main.ts";
 
 const DEFAULT_CONFIG = "configs/demo.yaml";
 
@@ -70,7 +71,7 @@ function intFlag(value: unknown, name: string, fallback: number): number {
 
 async function main(): Promise<void> {
   const commandLine = parseCommandLine(Deno.args, { extra: FLAGS });
-  const defaultConfigPath = await exists(DEFAULT_CONFIG) ? DEFAULT_CONFIG : null;
+  const defaultConfigPath = await fileExists(DEFAULT_CONFIG) ? DEFAULT_CONFIG : null;
   if (commandLine.help) {
     console.log(formatHelp({
       command: "deno task generate",
@@ -129,21 +130,6 @@ async function main(): Promise<void> {
   console.error(`[${out.completionIds[0].length} tokens, finish_reason ${out.finishReasons[0]}]`);
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
-
 if (import.meta.main) {
-  try {
-    await main();
-  } catch (error) {
-    if (!isUserError(error)) throw error;
-    console.error(`error: ${error.message}`);
-    Deno.exit(2);
-  }
+  if (import.meta.main) await runTask(main);
 }

@@ -11,7 +11,8 @@
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_RANGES, generateSplits, type SyntheticProblem } from "../lib/synthetic.ts";
-import { ConfigError, isUserError } from "../lib/errors.ts";
+import { ConfigError } from "../lib/errors.ts";
+import { runTask } from "./_main.ts";
 
 function intFlag(values: Record<string, unknown>, key: string): number {
   const text = String(values[key]);
@@ -90,11 +91,5 @@ async function main(): Promise<void> {
 }
 
 if (import.meta.main) {
-  try {
-    await main();
-  } catch (error) {
-    if (!isUserError(error)) throw error;
-    console.error(`error: ${error.message}`);
-    Deno.exit(2);
-  }
+  if (import.meta.main) await runTask(main);
 }

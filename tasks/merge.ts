@@ -8,10 +8,11 @@
  */
 import { type FlagSpec, formatHelp, parseCommandLine, resolveConfig } from "../lib/cli.ts";
 import { COMMAND_LINE } from "../lib/config.ts";
-import { ConfigError, isUserError } from "../lib/errors.ts";
+import { ConfigError } from "../lib/errors.ts";
 import { loadLora, saveMerged } from "../lib/lora.ts";
 import { loadModel } from "../lib/model.ts";
 import { setupBackend } from "../lib/backend.ts";
+import { runTask } from "./_main.ts";
 
 const FLAGS: Record<string, FlagSpec> = {
   adapter: {
@@ -50,11 +51,4 @@ async function main(): Promise<void> {
   adapter.dispose();
   model.dispose();
 }
-
-try {
-  await main();
-} catch (error) {
-  if (!isUserError(error)) throw error;
-  console.error(`error: ${error.message}`);
-  Deno.exit(2);
-}
+await runTask(main);

@@ -8,7 +8,7 @@
 
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { isUserError } from "../lib/errors.ts";
+import { runTask } from "./_main.ts";
 import { buildReport, loadRun, RUN_FILES, saveReport } from "../lib/report.ts";
 
 const USAGE = "usage: deno task report <run_dir> [--out <file>] [--max-completions N]";
@@ -54,11 +54,8 @@ async function main(args: string[]): Promise<number> {
 }
 
 if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (error) {
-    if (!isUserError(error)) throw error;
-    console.error(`error: ${error.message}`);
-    Deno.exit(2);
-  }
+  await runTask(async () => {
+    const code = await main(Deno.args);
+    if (code !== 0) Deno.exit(code);
+  });
 }

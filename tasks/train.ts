@@ -8,13 +8,14 @@ import { describeBackend, setupBackend } from "../lib/backend.ts";
 import { formatHelp, parseCommandLine, resolveConfig } from "../lib/cli.ts";
 import { formatConfig } from "../lib/config.ts";
 import { loadDataset } from "../lib/data.ts";
-import { BackendError, ConfigError, isUserError } from "../lib/errors.ts";
+import { BackendError, ConfigError } from "../lib/errors.ts";
 import { createLora, loadLora, parameterCounts, trainableParametersLine } from "../lib/lora.ts";
 import { loadModel } from "../lib/model.ts";
 import { AdamW } from "../lib/optim.ts";
 import { ProgressBar } from "../lib/progress.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import { configWarnings, formatEval, latestCheckpoint, train } from "../lib/trainer.ts";
+import { runTask } from "./_main.ts";
 
 const DEFAULT_CONFIG = "configs/demo.yaml";
 
@@ -135,11 +136,4 @@ async function main(): Promise<void> {
   model.dispose();
   void tf;
 }
-
-try {
-  await main();
-} catch (error) {
-  if (!isUserError(error)) throw error;
-  console.error(`error: ${error.message}`);
-  Deno.exit(2);
-}
+await runTask(main);

@@ -89,7 +89,7 @@ Deno.test("generate --json --greedy prints the ids and text that rollout() gives
       "--json",
     ]);
     assert.equal(result.code, 0, result.stderr);
-    assert.match(result.stderr, /^backend cpu$/m);
+    assert.match(result.stderr, /^backend cpu( \+ .*)?$/m);
     const got = JSON.parse(result.stdout);
     assert.deepEqual(Object.keys(got), ["prompt_ids", "completion_ids", "text", "finish_reason"]);
 
