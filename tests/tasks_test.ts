@@ -8,7 +8,7 @@ import { useBackend } from "../lib/backend.ts";
 import { loadConfig } from "../lib/config.ts";
 import { loadDataset } from "../lib/data.ts";
 import { evaluate } from "../lib/evaluate.ts";
-import { loadModel } from "../lib/model.ts";
+import { forward, loadModel } from "../lib/model.ts";
 import { rollout } from "../lib/rollout.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import { tf } from "../lib/tf.ts";
@@ -356,3 +356,39 @@ Deno.test("bench_scale --help lists its flags; a bad flag value is an error, exi
 function assertClose(actual: number, expected: number): void {
   assert.ok(Math.abs(actual - expected) < 1e-9, `${actual} != ${expected}`);
 }
+
+Deno.test("merge writes a full checkpoint equal to base + adapter, and needs --adapter and --out", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tasks_test_merge_" });
+  try {
+    const result = await run("merge", [
+      "--model_path",
+      MODEL,
+      "--adapter",
+      `${MODEL}/adapter`,
+      "--out",
+      `${dir}/merged`,
+    ]);
+    assert.equal(result.code, 0, result.stderr);
+    await useBackend("cpu");
+    const merged = await loadModel(`${dir}/merged`);
+    const expected = JSON.parse(await Deno.readTextFile(`${ROOT}${MODEL}/expected.json`));
+    const seq = expected.lora.sequences[0];
+    const ids = tf.tensor2d([seq.input_ids], [1, seq.input_ids.length], "int32");
+    const logits = forward(merged, ids);
+    const got = await logits.data();
+    const want = seq.logits.flat() as number[];
+    assert.ok(
+      want.every((v, i) => Math.abs(v - got[i]) <= 1e-4),
+      "merged logits differ from PEFT's",
+    );
+    tf.dispose([ids, logits]);
+    merged.dispose();
+    await Deno.stat(`${dir}/merged/tokenizer.json`);
+    assertUserError(
+      await run("merge", ["--model_path", MODEL, "--out", `${dir}/x`]),
+      /--adapter and --out/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
