@@ -20,6 +20,8 @@ export interface ProgressState {
   fields?: Record<string, number | string>;
   /** Unit for the rate, default "it" (so "it/s"). */
   unit?: string;
+  /** The step the bar started from (a resumed run); rate and ETA count only steps since. */
+  initial?: number;
 }
 
 const BLOCKS = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];
@@ -105,7 +107,7 @@ export function formatProgress(
   const { label, step, total } = state;
   const unit = state.unit ?? "it";
   const elapsed = Math.max(0, (now - state.startedAt) / 1000);
-  const rate = elapsed > 0 ? step / elapsed : NaN;
+  const rate = elapsed > 0 ? (step - (state.initial ?? 0)) / elapsed : NaN;
   const fields = Object.entries(state.fields ?? {})
     .map(([key, value]) => ` ${key}=${formatValue(value)}`)
     .join("");
@@ -139,6 +141,8 @@ export interface ProgressOptions {
   now?: () => number;
   /** Unit for the rate (default "it"). */
   unit?: string;
+  /** Start at this step (a resumed run): rate and ETA count only the steps done since. */
+  initial?: number;
   /** On a terminal, redraw at most this often (default 100 ms); `done()` always draws. */
   redrawMs?: number;
   /** Not on a terminal and total unknown: print at most this often (default 30 s). */
@@ -173,7 +177,9 @@ export interface ProgressOptions {
  * ```
  */
 export class ProgressBar {
-  #options: Required<Omit<ProgressOptions, "columns" | "isTerminal">> & { columns?: number };
+  #options: Required<Omit<ProgressOptions, "columns" | "isTerminal" | "initial">> & {
+    columns?: number;
+  };
   #tty: boolean;
   #state: ProgressState;
   #lastDraw = -Infinity;
@@ -199,10 +205,11 @@ export class ProgressBar {
     this.#tty = options.isTerminal ?? options.writer.isTerminal?.() ?? false;
     this.#state = {
       label: options.label,
-      step: 0,
+      step: options.initial ?? 0,
       total: options.total,
       startedAt: this.#options.now(),
       unit: this.#options.unit,
+      initial: options.initial ?? 0,
     };
     if (!this.#tty) this.#lastDraw = this.#state.startedAt;
   }

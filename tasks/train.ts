@@ -116,6 +116,7 @@ async function main(): Promise<void> {
               total: kind === "eval" ? total : totalSteps,
               writer: Deno.stderr,
               unit: kind === "eval" ? "problems" : "steps",
+              initial: kind === "eval" ? 0 : step, // a resumed run starts mid-way
             });
           }
           if (kind === "eval") bar.update(done);

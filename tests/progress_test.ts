@@ -184,3 +184,11 @@ Deno.test("ProgressBar cuts TTY lines to columns - 1 and draws once on done() wh
   bar.done();
   assert.equal(text(), "\r\x1b[Ktrain   0%|\n", "11 characters");
 });
+
+Deno.test("formatProgress() of a resumed bar counts the rate from its initial step", () => {
+  const line = formatProgress(
+    { label: "sft", step: 520, total: 1300, startedAt: 0, initial: 500, unit: "step" },
+    10_000,
+  );
+  assert.equal(line, "sft  40%|████████            | 520/1300 [0:10<6:30, 2.00 step/s]");
+});
