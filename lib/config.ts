@@ -282,8 +282,9 @@ const runtimeSection = z.object({
     .describe("TensorFlow.js backend; auto picks webgpu on a hardware GPU adapter, else wasm."),
   blas: z.string({ error: "expected auto, off or a library path" }).min(1).default("auto")
     .describe(
-      "matMul on the wasm backend through OpenBLAS FFI: auto = use libopenblas when found, " +
-        "off = wasm kernels, or the path of a shared library exporting cblas_sgemm.",
+      "matMuls of the wasm and cpu backends through native BLAS (FFI): auto = OpenBLAS when " +
+        "found, off = the stock tfjs kernels, or the path of a shared library exporting " +
+        "cblas_sgemm. cpu + BLAS has no 4 GiB heap limit: use it for models too big for wasm.",
     ),
   num_threads: z.number({ error: "expected an integer >= 1" }).int().min(1).default(2)
     .describe("OpenBLAS threads behind the matMuls (the wasm backend itself runs one thread)."),
