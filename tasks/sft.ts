@@ -50,8 +50,8 @@ const { values: args } = parseArgs({
     work: { type: "string", default: "results/sft-work" },
     train_file: { type: "string", default: "data/demo/train.json" },
     eval_file: { type: "string", default: "data/demo/test.json" },
-    steps: { type: "string", default: "1000" }, // stage 1: ~3.2 epochs of 20k problems at 64
-    stage2_steps: { type: "string", default: "150" }, // format-defect stage
+    steps: { type: "string", default: "1600" }, // stage 1: ~5.1 epochs of 20k problems at 64
+    stage2_steps: { type: "string", default: "100" }, // format-defect stage
     batch_size: { type: "string", default: "64" },
     lr: { type: "string", default: "2e-3" }, // peak; warmup then cosine to 0
     stage2_lr: { type: "string", default: "5e-4" }, // constant after warmup
@@ -170,6 +170,8 @@ async function main(): Promise<void> {
       // Stage 1 is done: a resumed run starts stage 2 with fresh optimizer moments.
       state = { ...state, stage: 2, step: 0, stage1Eval: summary };
       await saveCheckpoint(model, null, state, work);
+      // Kept apart from the rolling checkpoint, so stage 2 can be redone from it.
+      await saveSafetensors(`${work}/stage1.safetensors`, await weightArrays(model));
     } else stage2Eval = summary;
   }
 
@@ -212,13 +214,14 @@ async function trainStage(
   const { state } = o;
   const lengths = examples.map((e) => e.ids.length);
   const perEpoch = Math.ceil(examples.length / o.batchSize);
+  // A resumed run's bar counts from where it resumed, so its rate and ETA are this run's.
+  const startStep = state.step;
   const bar = new ProgressBar({
-    label: `sft stage ${state.stage}`,
-    total: o.steps,
+    label: `sft stage ${state.stage}` + (startStep > 0 ? ` from step ${startStep}` : ""),
+    total: o.steps - startStep,
     writer: Deno.stderr,
     unit: "step",
   });
-  bar.update(state.step);
   let epoch = -1;
   let order: number[][] = [];
   const metrics = await Deno.open(`${o.work}/metrics.jsonl`, { append: true, create: true });
@@ -242,7 +245,7 @@ async function trainStage(
     windowTokens += batch.numTokens;
     state.step += 1;
     const tokensPerSecond = windowTokens / ((performance.now() - windowStart) / 1000);
-    bar.update(state.step, {
+    bar.update(state.step - startStep, {
       loss: lossValue,
       grad_norm: normValue,
       lr,
