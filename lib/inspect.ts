@@ -523,7 +523,8 @@ export class Table {
 /**
  * Records as a {@linkcode Table}: one row per record, `columns` in order (default: the first
  * record's keys). Integers print as they are, other numbers with `digits` decimals (default 4),
- * or in exponent form below 1e-3; null prints as `null`, a missing value as empty.
+ * or in exponent form below 1e-3; null prints as `null`, a missing value as empty, a blank
+ * string (a space token, say) JSON-quoted, and newlines inside text as `⏎`.
  *
  * @param records The rows.
  * @param options `columns` and `digits`.
@@ -555,7 +556,10 @@ function formatValue(value: unknown, digits: number): string {
     if (Number.isInteger(value) || !Number.isFinite(value)) return String(value);
     return Math.abs(value) < 1e-3 ? value.toExponential(2) : value.toFixed(digits);
   }
-  if (typeof value === "string") return value.replace(/\n/g, "⏎");
+  if (typeof value === "string") {
+    // A token like " " or "\n" would be an invisible cell: show it quoted.
+    return value.trim() === "" ? JSON.stringify(value) : value.replace(/\n/g, "⏎");
+  }
   return JSON.stringify(value) ?? String(value);
 }
 

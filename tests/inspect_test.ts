@@ -294,4 +294,10 @@ Deno.test("table() formats numbers and shows as Markdown with code spans", () =>
   const { bySign } = logProbChanges([[-1]], [[-0.123456]], [1]);
   assert.deepEqual(table(bySign, { digits: 3 }).cells[0], ["A > 0", "1", "0.877"]);
   assert.deepEqual(table([]).columns, []);
+  // Blank strings are quoted so that a space or newline token stays visible.
+  assert.deepEqual(table([{ token: " " }, { token: "\n" }, { token: "" }]).cells, [
+    ['" "'],
+    ['"\\n"'],
+    ['""'],
+  ]);
 });
