@@ -207,7 +207,57 @@ async function setupWasm(blas: string, threads: number, notes: string[]): Promis
   }
   // The stock kernels' setup must run before their replacements are registered.
   await activate("wasm");
+  registerWasmSegmentSum();
   return attachBlas("wasm", blas, threads, notes);
+}
+
+/**
+ * Registers an `UnsortedSegmentSum` kernel on the wasm backend, which tfjs-backend-wasm 4.22 lacks
+ * and which `tf.gather`'s gradient needs: full fine-tuning differentiates the embedding lookup
+ * (`model.embed_tokens.weight`), LoRA does not. A plain JS loop over wasm memory: the embedding
+ * gradient is `[B·T, H]` rows summed into `[V, H]`, microseconds next to the matMuls.
+ * Idempotent; {@linkcode setupBackend} calls it whenever it sets up wasm.
+ */
+function registerWasmSegmentSum(): void {
+  if (tf.getKernel("UnsortedSegmentSum", "wasm") !== undefined) return;
+  tf.registerKernel({
+    kernelName: "UnsortedSegmentSum",
+    backendName: "wasm",
+    kernelFunc: ({ inputs, backend, attrs }) => {
+      const wasm = backend as unknown as WasmBackendLike;
+      const x = inputs.x as tf.TensorInfo;
+      const segmentIds = inputs.segmentIds as tf.TensorInfo;
+      const numSegments = (attrs as unknown as { numSegments: number }).numSegments;
+      if (x.dtype !== "float32") {
+        throw new TypeError(
+          `UnsortedSegmentSum (wasm, lib/backend.ts): float32 only, got ${x.dtype}`,
+        );
+      }
+      const n = segmentIds.shape.reduce((a, b) => a * b, 1);
+      const inner = n === 0 ? 0 : x.shape.reduce((a, b) => a * b, 1) / n;
+      const outShape = [numSegments, ...x.shape.slice(segmentIds.shape.length)];
+      const out = wasm.makeOutput(outShape, "float32");
+      // Views after makeOutput: it may grow the heap.
+      const ov = wasm.typedArrayFromHeap(out) as Float32Array;
+      const xv = wasm.typedArrayFromHeap(x) as Float32Array;
+      const ids = wasm.typedArrayFromHeap(segmentIds);
+      ov.fill(0);
+      for (let i = 0; i < n; i++) {
+        const s = ids[i];
+        if (s < 0 || s >= numSegments) continue; // tf drops out-of-range ids
+        const o = s * inner;
+        const xi = i * inner;
+        for (let j = 0; j < inner; j++) ov[o + j] += xv[xi + j];
+      }
+      return out;
+    },
+  });
+}
+
+/** The parts of tfjs-backend-wasm's `BackendWasm` that registerWasmSegmentSum uses. */
+interface WasmBackendLike {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(info: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
 }
 
 /** Opens `blas` (unless off) and points the active backend's matMul kernels at it. */

@@ -191,61 +191,6 @@ export function trainableModel(
   return { model: base, variables };
 }
 
-/**
- * Registers an `UnsortedSegmentSum` kernel on the wasm backend, which tfjs-backend-wasm 4.22 lacks
- * and which `tf.gather`'s gradient needs: full fine-tuning differentiates the embedding lookup
- * (`model.embed_tokens.weight`), LoRA does not. A plain JS loop over wasm memory: the embedding
- * gradient is `[B·T, H]` rows summed into `[V, H]`, microseconds next to the matMuls.
- * Idempotent; does nothing when the wasm backend is not registered.
- * TODO(#5): move into lib/backend.ts with the other wasm kernels.
- *
- * @example Usage
- * ```ts
- * import { ensureWasmSegmentSum } from "./sft.ts";
- * ensureWasmSegmentSum();
- * ```
- */
-export function ensureWasmSegmentSum(): void {
-  if (tf.findBackendFactory("wasm") === null) return;
-  if (tf.getKernel("UnsortedSegmentSum", "wasm") !== undefined) return;
-  tf.registerKernel({
-    kernelName: "UnsortedSegmentSum",
-    backendName: "wasm",
-    kernelFunc: ({ inputs, backend, attrs }) => {
-      const wasm = backend as unknown as WasmBackendLike;
-      const x = inputs.x as tf.TensorInfo;
-      const segmentIds = inputs.segmentIds as tf.TensorInfo;
-      const numSegments = (attrs as unknown as { numSegments: number }).numSegments;
-      if (x.dtype !== "float32") {
-        throw new TypeError(`UnsortedSegmentSum (wasm, lib/sft.ts): float32 only, got ${x.dtype}`);
-      }
-      const n = segmentIds.shape.reduce((a, b) => a * b, 1);
-      const inner = n === 0 ? 0 : x.shape.reduce((a, b) => a * b, 1) / n;
-      const outShape = [numSegments, ...x.shape.slice(segmentIds.shape.length)];
-      const out = wasm.makeOutput(outShape, "float32");
-      // Views after makeOutput: it may grow the heap.
-      const ov = wasm.typedArrayFromHeap(out) as Float32Array;
-      const xv = wasm.typedArrayFromHeap(x) as Float32Array;
-      const ids = wasm.typedArrayFromHeap(segmentIds);
-      ov.fill(0);
-      for (let i = 0; i < n; i++) {
-        const s = ids[i];
-        if (s < 0 || s >= numSegments) continue; // tf drops out-of-range ids
-        const o = s * inner;
-        const xi = i * inner;
-        for (let j = 0; j < inner; j++) ov[o + j] += xv[xi + j];
-      }
-      return out;
-    },
-  });
-}
-
-/** The parts of tfjs-backend-wasm's `BackendWasm` that {@linkcode ensureWasmSegmentSum} uses. */
-interface WasmBackendLike {
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
-  typedArrayFromHeap(info: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
-}
-
 /** One tokenized SFT example. */
 export interface SftExample {
   /** Prompt then completion ids (the completion ends with EOS). */

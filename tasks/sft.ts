@@ -31,7 +31,6 @@ import {
   buildSftExample,
   collateSft,
   demoModelConfig,
-  ensureWasmSegmentSum,
   epochBatches,
   formatDefectExamples,
   initWeights,
@@ -92,7 +91,6 @@ async function main(): Promise<void> {
   const saveEvery = num("save_every");
   const work = args.work!;
   const info = await setupBackend({ backend: "wasm", blas: "auto", num_threads: 2 });
-  ensureWasmSegmentSum();
   console.error(describeBackend(info));
 
   const tokenizerFiles = sftTokenizerFiles();

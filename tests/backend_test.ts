@@ -293,3 +293,21 @@ Deno.test("describeBackend() names the library, threads and adapter", () => {
     "backend cpu + OpenBLAS 0.3.21 (/usr/lib/libopenblas.so.0, 2 threads)",
   );
 });
+
+Deno.test("setupBackend() gives wasm the gather gradient that cpu computes", async () => {
+  const grad = async () => {
+    const table = tf.tensor2d([[1, 2], [3, 4], [5, 6]]);
+    const ids = tf.tensor2d([[2, 0], [2, 2]], [2, 2], "int32");
+    const weights = tf.tensor3d([[[1, 1], [2, 2]], [[3, 3], [4, 4]]]);
+    const g = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(tf.gather(t, ids), weights)))(table);
+    const out = Array.from(await g.data());
+    tf.dispose([table, ids, weights, g]);
+    return out;
+  };
+  await useBackend("cpu");
+  const expected = await grad();
+  assert.deepEqual(expected, [2, 2, 0, 0, 8, 8]);
+  await useBackend("wasm");
+  assert.deepEqual(await grad(), expected);
+  await useBackend("cpu");
+});
