@@ -131,6 +131,7 @@ export async function evaluate(
     noAnswer: options.reward.reward_no_answer,
   };
   const perBatch = Math.max(1, Math.floor(options.batchSize / k));
+  options.onProgress?.(0, examples.length); // lets a progress bar start its clock now
   const results: ProblemResult[] = [];
   let lengths = 0;
   for (let start = 0; start < examples.length; start += perBatch) {
