@@ -57,7 +57,9 @@ function namedVariable(initial: tf.Tensor, key: string): tf.Variable {
   const registered = tf.engine().registeredVariables;
   let name = key;
   for (let n = 1; name in registered; n++) name = `${key}:${n}`;
-  return tf.variable(initial, true, name);
+  const v = tf.variable(initial, true, name);
+  initial.dispose(); // the variable holds its own reference to the data
+  return v;
 }
 
 function hashString(s: string): number {

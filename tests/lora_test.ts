@@ -166,3 +166,13 @@ Deno.test("createLora() rejects an unknown target module with the known ones", a
   });
   model.dispose();
 });
+
+Deno.test("createLora() and loadLora() leave no tensors behind after dispose()", async () => {
+  await useTestBackend("cpu");
+  const model = await loadModel(DIR);
+  const before = tf.memory().numTensors;
+  createLora(model, LORA, { seed: 3 }).dispose();
+  (await loadLora(model, `${DIR}/adapter`)).dispose();
+  assert.equal(tf.memory().numTensors, before);
+  model.dispose();
+});
