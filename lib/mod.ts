@@ -28,3 +28,4 @@ export * from "./plot.ts";
 export * from "./progress.ts";
 export * from "./report.ts";
 export * from "./sft.ts";
+export * from "./inspect.ts";
