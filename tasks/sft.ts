@@ -50,7 +50,7 @@ const { values: args } = parseArgs({
     train_file: { type: "string", default: "data/demo/train.json" },
     eval_file: { type: "string", default: "data/demo/test.json" },
     steps: { type: "string", default: "1600" }, // stage 1: ~5.1 epochs of 20k problems at 64
-    stage2_steps: { type: "string", default: "250" }, // format-defect stage
+    stage2_steps: { type: "string", default: "270" }, // format-defect stage
     batch_size: { type: "string", default: "64" },
     lr: { type: "string", default: "2e-3" }, // peak; warmup then cosine to 0
     stage2_lr: { type: "string", default: "5e-4" }, // constant after warmup
