@@ -246,6 +246,41 @@ export function prepareBatch(
   }
 }
 
+/**
+ * Splits a rollout into micro-batches of `per_device_train_batch_size` completions (gradient
+ * accumulation) and prepares each with {@linkcode prepareBatch}.
+ *
+ * @returns One prepared batch per micro-batch. The caller disposes them (`disposePrepared`).
+ * @example Usage
+ * ```ts ignore
+ * const prepared = prepareMicroBatches(ctx, groups, advantages);
+ * const metrics = await updatePhase(ctx, prepared, { learningRate: 1e-3, dropoutSeed: 1 });
+ * prepared.forEach(disposePrepared);
+ * ```
+ */
+export function prepareMicroBatches(
+  ctx: Pick<TrainerContext, "config" | "model" | "tokenizer" | "adapter">,
+  rows: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
+  advantages: number[],
+): PreparedBatch[] {
+  const size = ctx.config.training.per_device_train_batch_size;
+  const out: PreparedBatch[] = [];
+  try {
+    for (let row = 0; row < rows.completionIds.length; row += size) {
+      const end = Math.min(row + size, rows.completionIds.length);
+      out.push(prepareBatch(ctx, {
+        promptIds: rows.promptIds.slice(row, end),
+        completionIds: rows.completionIds.slice(row, end),
+        finishReasons: rows.finishReasons.slice(row, end),
+      }, advantages.slice(row, end)));
+    }
+  } catch (error) {
+    out.forEach(disposePrepared);
+    throw error;
+  }
+  return out;
+}
+
 /** Frees a {@linkcode PreparedBatch}. */
 export function disposePrepared(p: PreparedBatch): void {
   disposeBatch(p.batch);
@@ -444,7 +479,6 @@ export async function trainStep(
 ): Promise<{ metrics: StepMetrics; groups: GroupRollout[]; scores: Scores }> {
   const { config } = ctx;
   const seed = config.training.seed;
-  const perMicro = config.training.per_device_train_batch_size; // completions
   const t0 = performance.now();
   // One generation batch for the whole step (TRL's generation_batch_size), so every group is
   // scored and normalised together; the update then walks it in micro-batches of completions.
@@ -462,15 +496,7 @@ export async function trainStep(
   const prepared: PreparedBatch[] = [];
   let metrics: StepMetrics = {};
   try {
-    const all = groups[0];
-    for (let row = 0; row < texts.length; row += perMicro) {
-      const end = Math.min(row + perMicro, texts.length);
-      prepared.push(prepareBatch(ctx, {
-        promptIds: all.promptIds.slice(row, end),
-        completionIds: all.completionIds.slice(row, end),
-        finishReasons: all.finishReasons.slice(row, end),
-      }, advantages.slice(row, end)));
-    }
+    prepared.push(...prepareMicroBatches(ctx, groups[0], advantages));
     const updates: StepMetrics[] = [];
     for (let it = 0; it < config.grpo.num_iterations; it++) {
       const opt = ctx.optimizer.stepCount;
