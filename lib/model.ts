@@ -95,6 +95,9 @@ const MASK_VALUE = -1e9;
 /** Most logits {@linkcode completionLogProbs} materialises at once (64 MiB of float32). */
 const LOGITS_CHUNK_FLOATS = 1 << 24;
 
+/** Most attention scores one {@linkcode prefill} chunk holds per layer (256 MiB of float32). */
+const ATTENTION_CHUNK_FLOATS = 1 << 26;
+
 /** The HF files a model directory needs; named in the error when one is missing (seed "Issue 4"). */
 export const MODEL_FILES = [
   "config.json",
@@ -708,9 +711,53 @@ export function forward(
 export function prefill(
   model: Qwen2Model,
   inputIds: tf.Tensor2D,
-  options: Pick<ForwardOptions, "attentionMask" | "adapter"> = {},
+  options: Pick<ForwardOptions, "attentionMask" | "adapter"> & {
+    /** Most attention scores per layer in one row chunk; default 2^26 (256 MiB). */
+    maxAttentionFloats?: number;
+  } = {},
 ): { logits: tf.Tensor2D; cache: KVCache } {
   const [B, T] = inputIds.shape;
+  const budget = options.maxAttentionFloats ?? ATTENTION_CHUNK_FLOATS;
+  // Long prompts: the attention scores of a layer are [B, nH, T, T]; run the prompt in row chunks
+  // of at most `budget` scores and join the caches (MATH-500 prompts reach ~1,000
+  // tokens on a character-level tokenizer).
+  const rows = Math.max(
+    1,
+    Math.floor(budget / (model.config.num_attention_heads * T * T)),
+  );
+  if (rows < B) {
+    const parts: { logits: tf.Tensor2D; cache: KVCache }[] = [];
+    for (let b = 0; b < B; b += rows) {
+      const n = Math.min(rows, B - b);
+      const ids = inputIds.slice([b, 0], [n, T]);
+      const mask = options.attentionMask?.slice([b, 0], [n, T]);
+      parts.push(
+        prefill(model, ids, { ...options, attentionMask: mask, maxAttentionFloats: Infinity }),
+      );
+      tf.dispose([ids, ...(mask ? [mask] : [])]);
+    }
+    const layers = model.config.num_hidden_layers;
+    const joined = {
+      logits: tf.concat(parts.map((p) => p.logits), 0) as tf.Tensor2D,
+      cache: {
+        keys: Array.from(
+          { length: layers },
+          (_, i) => tf.concat(parts.map((p) => p.cache.keys[i]), 0),
+        ),
+        values: Array.from(
+          { length: layers },
+          (_, i) => tf.concat(parts.map((p) => p.cache.values[i]), 0),
+        ),
+        attentionMask: tf.concat(parts.map((p) => p.cache.attentionMask), 0) as tf.Tensor2D,
+        nextPositions: tf.concat(parts.map((p) => p.cache.nextPositions), 0) as tf.Tensor1D,
+      },
+    };
+    for (const p of parts) {
+      p.logits.dispose();
+      disposeCache(p.cache);
+    }
+    return joined;
+  }
   const out = tf.tidy(() => {
     const mask = options.attentionMask ?? tf.ones([B, T], "int32");
     const s = layerStack(model, inputIds, { attentionMask: mask, adapter: options.adapter }, null);

@@ -213,3 +213,36 @@ Deno.test("loadModel() names the tensor whose shape disagrees with config.json",
   });
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("prefill() in row chunks (long prompts) equals one pass, cache included", async () => {
+  await useTestBackend("wasm+blas");
+  const model = await loadModel(`${FIXTURES}qwen2-tiny`);
+  const before = tf.memory().numTensors;
+  const ids = tf.tensor2d([[0, 0, 256, 72, 105], [256, 84, 104, 101, 32], [0, 256, 1, 2, 3]], [
+    3,
+    5,
+  ], "int32");
+  const mask = tf.tensor2d([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 1]], [3, 5], "int32");
+  const whole = prefill(model, ids, { attentionMask: mask });
+  // 4 heads x 5 x 5 = 100 scores per row: a budget of 150 runs one row per chunk.
+  const chunked = prefill(model, ids, { attentionMask: mask, maxAttentionFloats: 150 });
+  // BLAS blocks a 1-row matMul differently from a 3-row one: equal up to float rounding.
+  assertAllClose(await chunked.logits.data(), await whole.logits.data(), 1e-5, "logits");
+  for (let i = 0; i < whole.cache.keys.length; i++) {
+    assertAllClose(await chunked.cache.keys[i].data(), await whole.cache.keys[i].data(), 1e-5);
+    assertAllClose(await chunked.cache.values[i].data(), await whole.cache.values[i].data(), 1e-5);
+  }
+  assert.deepEqual(
+    await chunked.cache.nextPositions.data(),
+    await whole.cache.nextPositions.data(),
+  );
+  const next = tf.tensor1d([7, 8, 9], "int32");
+  const a = decodeStep(model, whole.cache, next);
+  const b = decodeStep(model, chunked.cache, next);
+  assertAllClose(await b.logits.data(), await a.logits.data(), 1e-5);
+  tf.dispose([ids, mask, next, whole.logits, chunked.logits, a.logits, b.logits]);
+  disposeCache(a.cache);
+  disposeCache(b.cache);
+  assert.equal(tf.memory().numTensors, before, "leaked tensors");
+  model.dispose();
+});
