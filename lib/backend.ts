@@ -22,9 +22,15 @@ import { BackendError } from "./errors.ts";
 import { tf } from "./tf.ts";
 import { type BlasBackend, blasCandidates, openBlas, setKernelMode } from "./_blas.ts";
 
+/**
+ * Under `auto`, models with more float32 weight bytes than this go to the cpu backend: the wasm
+ * heap stops at 4 GiB and also holds activations, KV cache and optimizer state.
+ */
+export const WASM_WEIGHT_LIMIT_BYTES = 2 * 2 ** 30;
+
 /** The `runtime` options this module reads (the same keys as `Config["runtime"]`). */
 export interface RuntimeOptions {
-  /** `auto` is webgpu on a hardware adapter, else wasm. */
+  /** `auto` is webgpu on a hardware adapter, else wasm (cpu + BLAS for models over 2 GiB). */
   backend: "auto" | "wasm" | "webgpu" | "cpu" | "tensorflow";
   /** `auto`, `off`, or the path of a library exporting `cblas_sgemm`. Used on wasm and cpu. */
   blas: string;
@@ -76,24 +82,24 @@ let current: { key: string; info: BackendInfo } | null = null;
  * console.log(describeBackend(info)); // backend cpu
  * ```
  */
-export async function setupBackend(options: RuntimeOptions): Promise<BackendInfo> {
+export async function setupBackend(
+  options: RuntimeOptions,
+  model: { weightBytes?: number } = {},
+): Promise<BackendInfo> {
   const { backend, blas, num_threads } = options;
   if (!Number.isInteger(num_threads) || num_threads < 1) {
     throw new RangeError(
       `Expected runtime.num_threads to be an integer >= 1 but found ${num_threads}`,
     );
   }
-  const key = JSON.stringify([backend, blas, num_threads]);
+  const tooBigForWasm = (model.weightBytes ?? 0) > WASM_WEIGHT_LIMIT_BYTES;
+  const key = JSON.stringify([backend, blas, num_threads, tooBigForWasm]);
   if (current?.key === key && tf.getBackend() === current.info.name) return current.info;
   const notes: string[] = [];
   let info: BackendInfo;
   switch (backend) {
     case "cpu":
-      await activate("cpu");
-      // NOTE: tfjs-backend-cpu prints a "looks like you are running TensorFlow.js in Node.js"
-      // banner on its first write under Deno; lib prints nothing, so mark it as already shown.
-      (tf.backend() as unknown as { firstUse?: boolean }).firstUse = false;
-      info = attachBlas("cpu", blas, num_threads, notes);
+      info = await setupCpu(blas, num_threads, notes);
       break;
     case "wasm":
       info = await setupWasm(blas, num_threads, notes);
@@ -123,9 +129,19 @@ export async function setupBackend(options: RuntimeOptions): Promise<BackendInfo
           notes.push(`auto: webgpu on ${adapter.label} failed (${errorText(error)}); using wasm`);
         }
       } else if (adapter !== null) {
-        notes.push(`auto: WebGPU adapter ${adapter.label} is a software fallback; using wasm`);
+        notes.push(`auto: WebGPU adapter ${adapter.label} is a software fallback`);
       }
-      info = await setupWasm(blas, num_threads, notes);
+      if (tooBigForWasm) {
+        // wasm32 cannot hold these weights (its heap stops at 4 GiB); the cpu backend keeps
+        // tensors in ordinary memory, and BLAS does its matMuls.
+        notes.push(
+          `auto: ${(model.weightBytes! / 2 ** 30).toFixed(1)} GiB of float32 weights exceed what ` +
+            `the wasm heap can hold next to activations; using cpu`,
+        );
+        info = await setupCpu(blas, num_threads, notes);
+      } else {
+        info = await setupWasm(blas, num_threads, notes);
+      }
       break;
     }
     case "tensorflow":
@@ -197,6 +213,14 @@ async function activate(name: string): Promise<void> {
     throw new BackendError(`runtime.backend: ${name}: tfjs could not initialise the backend`);
   }
   await tf.ready();
+}
+
+async function setupCpu(blas: string, threads: number, notes: string[]): Promise<BackendInfo> {
+  await activate("cpu");
+  // NOTE: tfjs-backend-cpu prints a "looks like you are running TensorFlow.js in Node.js"
+  // banner on its first write under Deno; lib prints nothing, so mark it as already shown.
+  (tf.backend() as unknown as { firstUse?: boolean }).firstUse = false;
+  return attachBlas("cpu", blas, threads, notes);
 }
 
 async function setupWasm(blas: string, threads: number, notes: string[]): Promise<BackendInfo> {

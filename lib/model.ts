@@ -307,19 +307,15 @@ export function modelFromArrays(
 }
 
 /**
- * Loads an HF Qwen2 directory: `config.json` and `model.safetensors` (or a sharded
- * `model.safetensors.index.json`); F16/BF16 weights are widened to float32.
+ * Reads and checks a model directory's `config.json` (without loading weights), e.g. to size the
+ * model before choosing a backend.
  *
- * @param dir The model directory.
- * @returns The model. The caller disposes it.
  * @example Usage
  * ```ts ignore
- * import { loadModel } from "./model.ts";
- * const model = await loadModel("tests/fixtures/qwen2-tiny");
- * model.dispose();
+ * const config = await loadModelConfig("data/demo/sft-model");
  * ```
  */
-export async function loadModel(dir: string): Promise<Qwen2Model> {
+export async function loadModelConfig(dir: string): Promise<Qwen2Config> {
   const configPath = `${dir}/config.json`;
   let text: string;
   try {
@@ -342,6 +338,24 @@ export async function loadModel(dir: string): Promise<Qwen2Model> {
     });
   }
   const config = parseQwen2Config(raw, configPath);
+  return config;
+}
+
+/**
+ * Loads an HF Qwen2 directory: `config.json` and `model.safetensors` (or a sharded
+ * `model.safetensors.index.json`); F16/BF16 weights are widened to float32.
+ *
+ * @param dir The model directory.
+ * @returns The model. The caller disposes it.
+ * @example Usage
+ * ```ts ignore
+ * import { loadModel } from "./model.ts";
+ * const model = await loadModel("tests/fixtures/qwen2-tiny");
+ * model.dispose();
+ * ```
+ */
+export async function loadModel(dir: string): Promise<Qwen2Model> {
+  const config = await loadModelConfig(dir);
   const file = await loadCheckpointTensors(dir);
   const arrays = new Map<
     string,
@@ -349,6 +363,13 @@ export async function loadModel(dir: string): Promise<Qwen2Model> {
   >();
   for (const [name, t] of file.tensors) arrays.set(name, t);
   return modelFromArrays(config, arrays, { dir, file: `${dir} weights` });
+}
+
+/** Bytes of a config's weights as float32 (tied embeddings counted once). */
+export function weightBytes(config: Qwen2Config): number {
+  let n = 0;
+  for (const shape of expectedWeightShapes(config).values()) n += shape.reduce((a, b) => a * b, 1);
+  return 4 * n;
 }
 
 /** Counts the parameters of a model (tied embeddings counted once), as PEFT's "all params". */

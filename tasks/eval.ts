@@ -19,7 +19,7 @@ import { loadDataset } from "../lib/data.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { evaluate } from "../lib/evaluate.ts";
 import { loadLora } from "../lib/lora.ts";
-import { loadModel } from "../lib/model.ts";
+import { loadModel, loadModelConfig, weightBytes } from "../lib/model.ts";
 import { ProgressBar } from "../lib/progress.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import { fileExists, runTask } from "./_main.ts";
@@ -111,7 +111,9 @@ async function main(): Promise<void> {
     max_new_tokens: config.eval.max_new_tokens ?? config.generation.max_new_tokens,
   };
 
-  const backend = await setupBackend(config.runtime);
+  // Sized first: under runtime.backend auto, weights too big for the wasm heap go to cpu + BLAS.
+  const modelBytes = weightBytes(await loadModelConfig(config.model.path));
+  const backend = await setupBackend(config.runtime, { weightBytes: modelBytes });
   console.error(describeBackend(backend));
   for (const note of backend.notes) console.error(`note: ${note}`);
   const { examples, skipped } = await loadDataset(dataFile, {

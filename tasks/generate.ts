@@ -15,7 +15,7 @@ import { type FlagSpec, formatHelp, parseCommandLine, resolveConfig } from "../l
 import { COMMAND_LINE, formatConfig } from "../lib/config.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { loadLora } from "../lib/lora.ts";
-import { loadModel } from "../lib/model.ts";
+import { loadModel, loadModelConfig, weightBytes } from "../lib/model.ts";
 import { rollout } from "../lib/rollout.ts";
 import { formatPrompt, loadTokenizer } from "../lib/tokenizer.ts";
 import { fileExists, runTask } from "./_main.ts";
@@ -95,7 +95,9 @@ async function main(): Promise<void> {
   }
   const seed = intFlag(values.seed, "seed", config.training.seed);
 
-  const backend = await setupBackend(config.runtime);
+  // Sized first: under runtime.backend auto, weights too big for the wasm heap go to cpu + BLAS.
+  const modelBytes = weightBytes(await loadModelConfig(config.model.path));
+  const backend = await setupBackend(config.runtime, { weightBytes: modelBytes });
   console.error(describeBackend(backend));
   for (const note of backend.notes) console.error(`note: ${note}`);
 

@@ -10,7 +10,7 @@ import { formatConfig } from "../lib/config.ts";
 import { loadDataset } from "../lib/data.ts";
 import { BackendError, ConfigError } from "../lib/errors.ts";
 import { createLora, loadLora, parameterCounts, trainableParametersLine } from "../lib/lora.ts";
-import { loadModel } from "../lib/model.ts";
+import { loadModel, loadModelConfig, weightBytes } from "../lib/model.ts";
 import { AdamW } from "../lib/optim.ts";
 import { ProgressBar } from "../lib/progress.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
@@ -33,7 +33,9 @@ async function main(): Promise<void> {
     console.log(formatConfig(config));
     return;
   }
-  const backend = await setupBackend(config.runtime);
+  // Sized first: under runtime.backend auto, weights too big for the wasm heap go to cpu + BLAS.
+  const modelBytes = weightBytes(await loadModelConfig(config.model.path));
+  const backend = await setupBackend(config.runtime, { weightBytes: modelBytes });
   console.error(describeBackend(backend));
   for (const note of backend.notes) console.error(`  ${note}`);
   if (config.training.fp16 || config.training.bf16) {

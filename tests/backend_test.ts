@@ -221,7 +221,7 @@ Deno.test("setupBackend() auto takes wasm unless Deno offers a hardware WebGPU a
   const got = await setupBackend({ backend: "auto", blas: "auto", num_threads: 2 });
   if (software) {
     assert.equal(got.name, "wasm");
-    if (info !== undefined) assert.match(got.notes.join("\n"), /software fallback; using wasm/);
+    if (info !== undefined) assert.match(got.notes.join("\n"), /software fallback/);
   } else assert.equal(got.name, "webgpu");
 });
 
@@ -309,5 +309,22 @@ Deno.test("setupBackend() gives wasm the gather gradient that cpu computes", asy
   assert.deepEqual(expected, [2, 2, 0, 0, 8, 8]);
   await useBackend("wasm");
   assert.deepEqual(await grad(), expected);
+  await useBackend("cpu");
+});
+
+Deno.test("setupBackend() auto sends a model too big for the wasm heap to cpu + BLAS", async () => {
+  const info = await setupBackend(
+    { backend: "auto", blas: "auto", num_threads: 2 },
+    { weightBytes: 6.17e9 }, // Qwen2.5-Math-1.5B as float32
+  );
+  assert.equal(info.name, "cpu");
+  assert.ok(
+    info.notes.some((n) => /exceed what the wasm heap can hold/.test(n)),
+    info.notes.join("\n"),
+  );
+  const small = await setupBackend({ backend: "auto", blas: "auto", num_threads: 2 }, {
+    weightBytes: 2.3e6,
+  });
+  assert.equal(small.name, "wasm");
   await useBackend("cpu");
 });
