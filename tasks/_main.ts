@@ -5,6 +5,14 @@
  *
  * @module
  */
+import {
+  type CommandLine,
+  type FlagSpec,
+  formatHelp,
+  parseCommandLine,
+  resolveConfig,
+} from "../lib/cli.ts";
+import { type Config, formatConfig } from "../lib/config.ts";
 import { isUserError } from "../lib/errors.ts";
 
 /**
@@ -39,4 +47,35 @@ export async function fileExists(path: string): Promise<boolean> {
     if (error instanceof Deno.errors.NotFound) return false;
     throw error;
   }
+}
+
+/**
+ * The start every config-driven task shares: parse the flags, answer `--help`, resolve the
+ * config (file, flags, `--set`) and answer `--print_config`. Returns null when it answered.
+ */
+export async function startTask(
+  args: string[],
+  options: {
+    command: string;
+    summary: string;
+    defaultConfigPath: string | null;
+    extra?: Readonly<Record<string, FlagSpec>>;
+  },
+): Promise<{ commandLine: CommandLine; config: Config } | null> {
+  const commandLine = parseCommandLine(args, { extra: options.extra });
+  if (commandLine.help) {
+    console.log(formatHelp({
+      command: options.command,
+      summary: options.summary,
+      defaultConfigPath: options.defaultConfigPath,
+      extra: options.extra,
+    }));
+    return null;
+  }
+  const config = await resolveConfig(commandLine, { defaultConfigPath: options.defaultConfigPath });
+  if (commandLine.printConfig) {
+    console.log(formatConfig(config));
+    return null;
+  }
+  return { commandLine, config };
 }

@@ -13,8 +13,8 @@
  * @module
  */
 import { describeBackend, setupBackend } from "../lib/backend.ts";
-import { type FlagSpec, formatHelp, parseCommandLine, resolveConfig } from "../lib/cli.ts";
-import { COMMAND_LINE, formatConfig } from "../lib/config.ts";
+import type { FlagSpec } from "../lib/cli.ts";
+import { COMMAND_LINE } from "../lib/config.ts";
 import { loadDataset } from "../lib/data.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { evaluate } from "../lib/evaluate.ts";
@@ -22,7 +22,7 @@ import { loadLora } from "../lib/lora.ts";
 import { loadModel, loadModelConfig, weightBytes } from "../lib/model.ts";
 import { ProgressBar } from "../lib/progress.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
-import { fileExists, runTask } from "./_main.ts";
+import { fileExists, runTask, startTask } from "./_main.ts";
 
 const DEFAULT_CONFIG = "configs/demo.yaml";
 
@@ -69,23 +69,16 @@ function defaultOutputDir(): string {
 }
 
 async function main(): Promise<void> {
-  const commandLine = parseCommandLine(Deno.args, { extra: FLAGS });
   const defaultConfigPath = await fileExists(DEFAULT_CONFIG) ? DEFAULT_CONFIG : null;
-  if (commandLine.help) {
-    console.log(formatHelp({
-      command: "deno task eval",
-      summary: "Evaluates a model on a problem file (--max_samples limits the problems; " +
-        "--output_dir defaults to results/eval_<timestamp>).",
-      defaultConfigPath: `${DEFAULT_CONFIG} if it exists, else schema defaults`,
-      extra: FLAGS,
-    }));
-    return;
-  }
-  const config = await resolveConfig(commandLine, { defaultConfigPath });
-  if (commandLine.printConfig) {
-    console.log(formatConfig(config));
-    return;
-  }
+  const task = await startTask(Deno.args, {
+    command: "deno task eval",
+    summary: "Evaluates a model on a problem file (--max_samples limits the problems; " +
+      "--output_dir defaults to results/eval_<timestamp>).",
+    defaultConfigPath,
+    extra: FLAGS,
+  });
+  if (task === null) return;
+  const { commandLine, config } = task;
   const { values } = commandLine;
   const samples = Number(values.samples);
   if (!/^\d+$/.test(String(values.samples)) || samples < 1) {
@@ -182,6 +175,4 @@ async function main(): Promise<void> {
   console.log(`wrote ${resultsPath} and ${summaryPath}`);
 }
 
-if (import.meta.main) {
-  if (import.meta.main) await runTask(main);
-}
+if (import.meta.main) await runTask(main);

@@ -11,14 +11,14 @@
  * @module
  */
 import { describeBackend, setupBackend } from "../lib/backend.ts";
-import { type FlagSpec, formatHelp, parseCommandLine, resolveConfig } from "../lib/cli.ts";
-import { COMMAND_LINE, formatConfig } from "../lib/config.ts";
+import type { FlagSpec } from "../lib/cli.ts";
+import { COMMAND_LINE } from "../lib/config.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { loadLora } from "../lib/lora.ts";
 import { loadModel, loadModelConfig, weightBytes } from "../lib/model.ts";
 import { rollout } from "../lib/rollout.ts";
 import { formatPrompt, loadTokenizer } from "../lib/tokenizer.ts";
-import { fileExists, runTask } from "./_main.ts";
+import { fileExists, runTask, startTask } from "./_main.ts";
 
 const DEFAULT_CONFIG = "configs/demo.yaml";
 
@@ -70,22 +70,15 @@ function intFlag(value: unknown, name: string, fallback: number): number {
 }
 
 async function main(): Promise<void> {
-  const commandLine = parseCommandLine(Deno.args, { extra: FLAGS });
   const defaultConfigPath = await fileExists(DEFAULT_CONFIG) ? DEFAULT_CONFIG : null;
-  if (commandLine.help) {
-    console.log(formatHelp({
-      command: "deno task generate",
-      summary: "Generates one completion for --prompt and prints it.",
-      defaultConfigPath: `${DEFAULT_CONFIG} if it exists, else schema defaults`,
-      extra: FLAGS,
-    }));
-    return;
-  }
-  const config = await resolveConfig(commandLine, { defaultConfigPath });
-  if (commandLine.printConfig) {
-    console.log(formatConfig(config));
-    return;
-  }
+  const started = await startTask(Deno.args, {
+    command: "deno task generate",
+    summary: "Generates one completion for --prompt and prints it.",
+    defaultConfigPath,
+    extra: FLAGS,
+  });
+  if (started === null) return;
+  const { commandLine, config } = started;
   const { values } = commandLine;
   if (typeof values.prompt !== "string") {
     throw new ConfigError(`Cannot parse ${COMMAND_LINE}: --prompt is required; see --help`, {
@@ -132,6 +125,4 @@ async function main(): Promise<void> {
   console.error(`[${out.completionIds[0].length} tokens, finish_reason ${out.finishReasons[0]}]`);
 }
 
-if (import.meta.main) {
-  if (import.meta.main) await runTask(main);
-}
+if (import.meta.main) await runTask(main);

@@ -5,8 +5,6 @@
  */
 import { tf } from "../lib/tf.ts";
 import { describeBackend, setupBackend } from "../lib/backend.ts";
-import { formatHelp, parseCommandLine, resolveConfig } from "../lib/cli.ts";
-import { formatConfig } from "../lib/config.ts";
 import { loadDataset } from "../lib/data.ts";
 import { BackendError, ConfigError } from "../lib/errors.ts";
 import { createLora, loadLora, parameterCounts, trainableParametersLine } from "../lib/lora.ts";
@@ -15,24 +13,18 @@ import { AdamW } from "../lib/optim.ts";
 import { ProgressBar } from "../lib/progress.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import { configWarnings, formatEval, latestCheckpoint, train } from "../lib/trainer.ts";
-import { runTask } from "./_main.ts";
+import { runTask, startTask } from "./_main.ts";
 
 const DEFAULT_CONFIG = "configs/demo.yaml";
 
 async function main(): Promise<void> {
-  const commandLine = parseCommandLine(Deno.args);
-  if (commandLine.help) {
-    console.log(formatHelp({
-      command: "deno task train",
-      summary: `GRPO + LoRA training. Default config: ${DEFAULT_CONFIG}.`,
-    }));
-    return;
-  }
-  const config = await resolveConfig(commandLine, { defaultConfigPath: DEFAULT_CONFIG });
-  if (commandLine.printConfig) {
-    console.log(formatConfig(config));
-    return;
-  }
+  const started = await startTask(Deno.args, {
+    command: "deno task train",
+    summary: `GRPO + LoRA training. Default config: ${DEFAULT_CONFIG}.`,
+    defaultConfigPath: DEFAULT_CONFIG,
+  });
+  if (started === null) return;
+  const { commandLine, config } = started;
   // Sized first: under runtime.backend auto, weights too big for the wasm heap go to cpu + BLAS.
   const modelBytes = weightBytes(await loadModelConfig(config.model.path));
   const backend = await setupBackend(config.runtime, { weightBytes: modelBytes });
