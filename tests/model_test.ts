@@ -17,6 +17,7 @@ import type { Qwen2Model } from "../lib/model.ts";
 import { CheckpointError } from "../lib/errors.ts";
 import { assertAllClose } from "./_assert.ts";
 import { BACKENDS, useTestBackend } from "./_backend.ts";
+import { type GrpoFixture, grpoTensors } from "./_fixtures.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -24,15 +25,7 @@ interface Expected {
   forward: { sequences: { input_ids: number[]; logits: number[][] }[] };
   padded_batch: { input_ids: number[][]; attention_mask: number[][]; logits: number[][][] };
   greedy: { prompt_ids: number[]; generated_ids: number[] };
-  grpo?: {
-    input_ids: number[][];
-    attention_mask: number[][];
-    position_ids: number[][];
-    completion_ids: number[][];
-    completion_mask: number[][];
-    temperature: number;
-    ref_per_token_logps: number[][];
-  };
+  grpo?: GrpoFixture;
 }
 
 async function expected(name: string): Promise<Expected> {
@@ -151,11 +144,7 @@ for (const backend of BACKENDS) {
     const g = exp.grpo!;
     const model = await loadModel(`${FIXTURES}qwen2-tiny`);
     const before = tf.memory().numTensors;
-    const [B, T] = [g.input_ids.length, g.input_ids[0].length];
-    const C = g.completion_ids[0].length;
-    const inputIds = tf.tensor2d(g.input_ids, [B, T], "int32");
-    const attentionMask = tf.tensor2d(g.attention_mask, [B, T], "int32");
-    const positionIds = tf.tensor2d(g.position_ids, [B, T], "int32");
+    const { C, inputIds, attentionMask, positionIds, ...rest } = grpoTensors(g);
     const logps = completionLogProbs(model, {
       inputIds,
       attentionMask,
@@ -183,7 +172,8 @@ for (const backend of BACKENDS) {
       1e-4,
       "ref logps with cumsum positions",
     );
-    tf.dispose([inputIds, attentionMask, positionIds, logps, logps2]);
+    tf.dispose([logps, logps2]);
+    rest.dispose();
     assert.equal(tf.memory().numTensors, before, "leaked tensors");
     model.dispose();
   });

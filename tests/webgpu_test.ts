@@ -7,12 +7,12 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
 import { useBackend } from "../lib/backend.ts";
-import { completionLogProbs, forward, loadModel } from "../lib/model.ts";
+import { forward, loadModel } from "../lib/model.ts";
 import { loadLora } from "../lib/lora.ts";
-import { grpoLoss } from "../lib/grpo.ts";
 import { rollout } from "../lib/rollout.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
-import { assertAllClose, assertCloseToMax } from "./_assert.ts";
+import { assertAllClose } from "./_assert.ts";
+import { assertGrpoCase } from "./_fixtures.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -66,57 +66,9 @@ Deno.test("webgpu: a GRPO case's loss and LoRA gradients match TRL", async () =>
   await useBackend("webgpu");
   const dir = `${FIXTURES}qwen2-tiny`;
   const g = JSON.parse(await Deno.readTextFile(`${dir}/expected.json`)).grpo;
-  const c = g.cases[0];
   const model = await loadModel(dir);
   const lora = await loadLora(model, `${dir}/adapter`);
-  const [B, T] = [g.input_ids.length, g.input_ids[0].length];
-  const C = g.completion_ids[0].length;
-  const inputs = {
-    inputIds: tf.tensor2d(g.input_ids, [B, T], "int32"),
-    attentionMask: tf.tensor2d(g.attention_mask, [B, T], "int32"),
-    positionIds: tf.tensor2d(g.position_ids, [B, T], "int32"),
-  };
-  const mask = tf.tensor2d(g.completion_mask, [B, C]);
-  const old = tf.tensor2d(g.old_per_token_logps, [B, C]);
-  const ref = tf.tensor2d(g.ref_per_token_logps, [B, C]);
-  const advantages = tf.tensor1d(c.advantages);
-  const { value, grads } = tf.variableGrads(() => {
-    const logps = completionLogProbs(model, {
-      ...inputs,
-      completionLength: C,
-      temperature: g.temperature,
-    }, {
-      adapter: lora,
-    });
-    const out = grpoLoss({
-      per_token_logps: logps,
-      old_per_token_logps: old,
-      ref_per_token_logps: ref,
-      advantages,
-      completion_mask: mask,
-    }, {
-      loss_type: c.loss_type,
-      epsilon: c.epsilon_low,
-      epsilon_high: c.epsilon_high,
-      kl_coef: c.beta,
-    });
-    tf.dispose(Object.values(out.metrics).filter((t): t is tf.Scalar => t !== null));
-    return out.loss;
-  }, [...lora.variables.values()]);
-  const loss = (await value.data())[0];
-  assert.ok(Math.abs(loss - c.loss) <= 1e-5, `loss ${loss} vs ${c.loss}`);
-  for (const [key, v] of lora.variables) {
-    assertCloseToMax(await grads[v.name].data(), c.grads[key].flat(), 1e-4, key);
-  }
-  tf.dispose([
-    value,
-    ...Object.values(grads),
-    ...Object.values(inputs),
-    mask,
-    old,
-    ref,
-    advantages,
-  ]);
+  await assertGrpoCase(model, lora, g, g.cases[0]);
   lora.dispose();
   model.dispose();
 });
