@@ -476,27 +476,24 @@ export async function trainStep(
     totalSteps?: number;
     onPhase?: (phase: string, done: number, total: number) => void;
   },
-): Promise<{ metrics: StepMetrics; groups: GroupRollout[]; scores: Scores }> {
+): Promise<{ metrics: StepMetrics; group: GroupRollout; scores: Scores }> {
   const { config } = ctx;
   const seed = config.training.seed;
   const t0 = performance.now();
   // One generation batch for the whole step (TRL's generation_batch_size), so every group is
   // scored and normalised together; the update then walks it in micro-batches of completions.
-  const groups = [
-    await generatePhase(ctx, examples, {
-      seed: deriveSeed(seed, options.step, 1),
-      onToken: (d, t) => options.onPhase?.("rollout", d, t),
-    }),
-  ];
+  const group = await generatePhase(ctx, examples, {
+    seed: deriveSeed(seed, options.step, 1),
+    onToken: (d, t) => options.onPhase?.("rollout", d, t),
+  });
   const tGen = performance.now();
-  const texts = groups.flatMap((x) => x.texts);
-  const answers = groups.flatMap((x) => x.answers);
+  const { texts, answers } = group;
   const scores = scorePhase(texts, answers, config.reward);
   const advantages = await advantagePhase(scores.rewards, config.grpo);
   const prepared: PreparedBatch[] = [];
   let metrics: StepMetrics = {};
   try {
-    prepared.push(...prepareMicroBatches(ctx, groups[0], advantages));
+    prepared.push(...prepareMicroBatches(ctx, group, advantages));
     const updates: StepMetrics[] = [];
     for (let it = 0; it < config.grpo.num_iterations; it++) {
       const opt = ctx.optimizer.stepCount;
@@ -519,7 +516,7 @@ export async function trainStep(
     prepared.forEach(disposePrepared);
   }
   const stats = groupStats(scores.rewards, config.grpo);
-  const lengths = groups.flatMap((x) => x.completionIds.map((c) => c.length));
+  const lengths = group.completionIds.map((c) => c.length);
   const tokens = lengths.reduce((a, b) => a + b, 0);
   const seconds = (performance.now() - t0) / 1000;
   const rows = texts.length;
@@ -537,13 +534,12 @@ export async function trainStep(
     ...metrics,
     "completions/mean_length": tokens / rows,
     "completions/max_length": Math.max(...lengths),
-    "completions/clipped_ratio": groups.flatMap((x) => x.finishReasons)
-      .filter((f) => f === "length").length / rows,
+    "completions/clipped_ratio": group.finishReasons.filter((f) => f === "length").length / rows,
     tokens_per_second: tokens / ((tGen - t0) / 1000),
     rollout_time: (tGen - t0) / 1000,
     step_time: seconds,
   };
-  return { metrics, groups, scores };
+  return { metrics, group, scores };
 }
 
 /** Averages step records key by key (TRL logs the mean since the last log). */
@@ -795,7 +791,7 @@ export async function train(
       seed: config.training.seed,
       shuffle: config.data.shuffle,
     });
-    const { metrics, groups, scores } = await trainStep(ctx, batch.examples, {
+    const { metrics, group, scores } = await trainStep(ctx, batch.examples, {
       step,
       totalSteps: steps,
       onPhase: (phase, done, total) =>
@@ -813,25 +809,23 @@ export async function train(
       total: steps,
     });
     if (config.logging.log_completions) {
-      const texts = groups.flatMap((x) => x.texts);
-      const answers = groups.flatMap((x) => x.answers);
-      const prompts = groups.flatMap((x) =>
-        repeatGroups(x.examples.map((e) => e.question), config.grpo.num_return_sequences)
+      const prompts = repeatGroups(
+        group.examples.map((e) => e.question),
+        config.grpo.num_return_sequences,
       );
-      for (let i = 0; i < texts.length; i++) {
-        await saveLine(
-          `${out}/completions.jsonl`,
-          JSON.stringify({
-            step: step + 1,
-            prompt: prompts[i],
-            completion: texts[i],
-            answer: answers[i],
-            predicted: scores.predicted[i],
-            reward: scores.rewards[i],
-            status: scores.status[i],
-          }),
-        );
-      }
+      // One write per step, not one per completion.
+      const lines = group.texts.map((completion, i) =>
+        JSON.stringify({
+          step: step + 1,
+          prompt: prompts[i],
+          completion,
+          answer: group.answers[i],
+          predicted: scores.predicted[i],
+          reward: scores.rewards[i],
+          status: scores.status[i],
+        })
+      );
+      await saveLine(`${out}/completions.jsonl`, lines.join("\n"));
     }
     const isLast = step + 1 === steps;
     if ((step + 1) % config.logging.logging_steps === 0 || isLast) {
