@@ -12,7 +12,7 @@ import type { Config } from "../lib/config.ts";
 import type { Example } from "../lib/data.ts";
 import { AdamW } from "../lib/optim.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
-import { train, trainStep } from "../lib/trainer.ts";
+import { disposePrepared, prepareBatch, train, trainStep } from "../lib/trainer.ts";
 import type { TrainerContext } from "../lib/trainer.ts";
 import { assertGrpoCase } from "./_fixtures.ts";
 import { BACKENDS, useTestBackend } from "./_backend.ts";
@@ -176,4 +176,25 @@ Deno.test("trainStep() with max_grad_norm 0 skips clipping and still logs the no
   const { metrics } = await trainStep(ctx, EXAMPLES.slice(0, 1), { step: 0, totalSteps: 1 });
   assert.ok(metrics.grad_norm > 0, `grad_norm ${metrics.grad_norm}`);
   disposeContext(ctx);
+});
+
+Deno.test("prepareBatch() counts the masked completion tokens on the CPU, as the mask sums them", async () => {
+  await useTestBackend("cpu");
+  for (const maskTruncated of [false, true]) {
+    const ctx = await context(
+      await testConfig("/tmp/unused", [`grpo.mask_truncated_completions=${maskTruncated}`]),
+    );
+    const rows = {
+      promptIds: [[72, 105], [72], [65, 66, 67]],
+      completionIds: [[1, 2, 257], [3], [4, 5]],
+      finishReasons: ["eos", "length", "length"] as ("eos" | "length" | "stop")[],
+    };
+    const p = prepareBatch(ctx, rows, [1, -1, 0]);
+    const sum = p.batch.completionMask.sum();
+    assert.equal(p.numTokens, (await sum.data())[0]);
+    assert.equal(p.numTokens, maskTruncated ? 3 : 6);
+    sum.dispose();
+    disposePrepared(p);
+    disposeContext(ctx);
+  }
 });
