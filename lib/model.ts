@@ -436,7 +436,7 @@ function applyRope(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): tf.Tenso
 
 /**
  * Additive attention mask [B, 1, 1, T, S]: 0 where key s is real and s <= the query's index
- * (queries are the last T of S keys), float32 min elsewhere.
+ * (queries are the last T of S keys), MASK_VALUE elsewhere.
  */
 function attentionBias(attentionMask: tf.Tensor2D, T: number): tf.Tensor {
   const [B, S] = attentionMask.shape;
@@ -528,11 +528,17 @@ export function positionIdsFromMask(attentionMask: tf.Tensor2D): tf.Tensor2D {
   });
 }
 
+/**
+ * Embeddings → decoder layers → final norm. `cache` extends a KV cache (decoding); `withCache`
+ * returns every layer's keys/values (prefill and decoding need them; a training or scoring
+ * forward does not, and then each layer's tidy frees them at once).
+ */
 function layerStack(
   model: Qwen2Model,
   inputIds: tf.Tensor2D,
   options: ForwardOptions,
   cache: KVCache | null,
+  withCache = cache !== null,
 ): { h: tf.Tensor3D; keys: tf.Tensor4D[]; values: tf.Tensor4D[]; mask: tf.Tensor2D } {
   const [B, T] = inputIds.shape;
   const newMask = options.attentionMask ?? tf.ones([B, T], "int32");
@@ -553,18 +559,22 @@ function layerStack(
   const values: tf.Tensor4D[] = [];
   for (let i = 0; i < model.config.num_hidden_layers; i++) {
     const past = cache ? { k: cache.keys[i], v: cache.values[i] } : null;
-    let out;
-    if (options.gradientCheckpointing && !cache) {
-      out = checkpointedLayer(model, i, h, bias, cos, sin, options.adapter);
-    } else {
-      // A tidy per layer frees its intermediates as soon as the layer is done (under a
-      // gradient tape, tfjs keeps what the backward pass needs regardless).
-      const hIn = h;
-      out = tf.tidy(() => decoderLayer(model, i, hIn, bias, cos, sin, options.adapter, past));
+    if (options.gradientCheckpointing && !withCache) {
+      h = checkpointedLayer(model, i, h, bias, cos, sin, options.adapter);
+      continue;
     }
+    // A tidy per layer frees its intermediates as soon as the layer is done (under a gradient
+    // tape, tfjs keeps what the backward pass needs regardless).
+    const hIn = h;
+    const out = tf.tidy(() => {
+      const o = decoderLayer(model, i, hIn, bias, cos, sin, options.adapter, past);
+      return withCache ? o : { h: o.h };
+    }) as { h: tf.Tensor3D; k?: tf.Tensor4D; v?: tf.Tensor4D };
     h = out.h;
-    keys.push(out.k);
-    values.push(out.v);
+    if (out.k && out.v) {
+      keys.push(out.k);
+      values.push(out.v);
+    }
   }
   const normed = rmsNorm(h, weight(model, "model.norm.weight"), model.config.rms_norm_eps);
   return { h: normed as tf.Tensor3D, keys, values, mask };
@@ -583,7 +593,7 @@ function checkpointedLayer(
   cos: tf.Tensor4D,
   sin: tf.Tensor4D,
   adapter: LinearAdapter | null | undefined,
-): { h: tf.Tensor3D; k: tf.Tensor4D; v: tf.Tensor4D } {
+): tf.Tensor3D {
   const vars = adapterVariablesOfLayer(adapter, layer);
   // The adapter reads these variables by name; during recomputation we swap in the tensors
   // tf.grads differentiates (same values), so the gradient flows to them.
@@ -623,10 +633,7 @@ function checkpointedLayer(
       },
     };
   });
-  const hOut = f(h, bias, cos, sin, ...vars.map((v) => v.value)) as tf.Tensor3D;
-  // Keys/values are not needed for training (no cache); return empty placeholders cheaply.
-  const empty = tf.zeros([0, 0, 0, 0]) as tf.Tensor4D;
-  return { h: hOut, k: empty, v: empty };
+  return f(h, bias, cos, sin, ...vars.map((v) => v.value)) as tf.Tensor3D;
 }
 
 /** An adapter that also exposes the variables it uses per layer (LoRA does). */
@@ -781,7 +788,13 @@ export function prefill(
   }
   const out = tf.tidy(() => {
     const mask = options.attentionMask ?? tf.ones([B, T], "int32");
-    const s = layerStack(model, inputIds, { attentionMask: mask, adapter: options.adapter }, null);
+    const s = layerStack(
+      model,
+      inputIds,
+      { attentionMask: mask, adapter: options.adapter },
+      null,
+      true,
+    );
     const last = s.h.slice([0, T - 1, 0], [B, 1, -1]).reshape([B, -1]);
     const nextPositions = tf.sum(tf.cast(mask, "int32"), 1) as tf.Tensor1D; // [B]
     return {
