@@ -410,6 +410,8 @@ export interface TrainerState {
   seed: number;
   /** Logged records so far (TRL `log_history`). */
   log_history: Record<string, number>[];
+  /** The evaluation before training, kept so a resumed run can still report before/after. */
+  before?: EvalSummary | null;
 }
 
 /**
@@ -720,7 +722,7 @@ async function runEval(
   callbacks: TrainCallbacks,
 ): Promise<{ summary: EvalSummary; results: ProblemResult[] }> {
   const { config } = ctx;
-  const out = await evaluate(ctx.model, ctx.tokenizer, examples, {
+  return await evaluate(ctx.model, ctx.tokenizer, examples, {
     generation: {
       ...config.generation,
       max_new_tokens: config.eval.max_new_tokens ?? config.generation.max_new_tokens,
@@ -731,7 +733,6 @@ async function runEval(
     onProgress: (done, total) =>
       callbacks.progress?.({ phase: "eval", step, totalSteps: 0, done, total }),
   });
-  return out;
 }
 
 /**
@@ -770,21 +771,19 @@ export async function train(
     max_steps: steps,
     seed: config.training.seed,
     log_history: [],
+    before: null,
   };
   if (options.resumeFrom) {
     state = await loadCheckpoint(options.resumeFrom, ctx);
     await log(`resumed from ${options.resumeFrom} at step ${state.global_step}`);
   }
   const t0 = performance.now();
-  let before: EvalSummary | null = null;
   let after: EvalSummary | null = null;
   const evalEnabled = data.eval.length > 0;
   if (evalEnabled && state.global_step === 0) {
-    before = (await runEval(ctx, data.eval, 0, cb)).summary;
-    await writeMetrics(evalRecord(0, before));
-    await log(`eval before training: ${formatEval(before)}`);
-  } else if (evalEnabled) {
-    before = (state as TrainerState & { before?: EvalSummary }).before ?? null;
+    state.before = (await runEval(ctx, data.eval, 0, cb)).summary;
+    await writeMetrics(evalRecord(0, state.before));
+    await log(`eval before training: ${formatEval(state.before)}`);
   }
   let window: StepMetrics[] = [];
   let lastKl = 0;
@@ -848,7 +847,7 @@ export async function train(
     }
     if ((step + 1) % config.training.save_steps === 0 || isLast) {
       const dir = `${out}/checkpoint-${step + 1}`;
-      await saveCheckpoint(dir, ctx, { ...state, before } as TrainerState);
+      await saveCheckpoint(dir, ctx, state);
       await pruneCheckpoints(out, config.training.save_total_limit);
       await log(`saved ${dir}`);
     }
@@ -858,10 +857,13 @@ export async function train(
     after = res.summary;
     await writeMetrics(evalRecord(steps, after));
     await log(`eval after training: ${formatEval(after)}`);
-    for (const r of res.results) await saveLine(`${out}/eval_results.jsonl`, JSON.stringify(r));
+    await saveLine(
+      `${out}/eval_results.jsonl`,
+      res.results.map((r) => JSON.stringify(r)).join("\n"),
+    );
   }
   const summary: RunSummary = {
-    before,
+    before: evalEnabled ? state.before ?? null : null,
     after,
     kl: lastKl,
     steps,

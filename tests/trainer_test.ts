@@ -198,3 +198,27 @@ Deno.test("prepareBatch() counts the masked completion tokens on the CPU, as the
     disposeContext(ctx);
   }
 });
+
+Deno.test("train() resumed after checkpoint-1 still reports the evaluation from before training", async () => {
+  await useTestBackend("wasm+blas");
+  const dir = await Deno.makeTempDir();
+  const run = async (maxSteps: number, resumeFrom: string | null) => {
+    const config = await testConfig(dir, [
+      `training.max_steps=${maxSteps}`,
+      "training.save_steps=1",
+    ]);
+    const ctx = await context(config);
+    const summary = await train(ctx, { train: EXAMPLES, eval: EXAMPLES.slice(0, 2) }, {
+      outputDir: dir,
+      resumeFrom,
+    });
+    disposeContext(ctx);
+    return summary;
+  };
+  const first = await run(1, null);
+  const resumed = await run(2, `${dir}/checkpoint-1`);
+  assert.ok(first.before !== null && first.before.n === 2);
+  assert.deepEqual(resumed.before, first.before);
+  assert.equal(resumed.after?.n, 2);
+  await Deno.remove(dir, { recursive: true });
+});
