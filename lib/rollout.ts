@@ -212,6 +212,8 @@ export interface TrainingBatch {
   completionMask: tf.Tensor2D;
   /** C: the padded completion width. */
   completionLength: number;
+  /** Ones in `completionMask` (counted here, so nobody reads the mask back from the device). */
+  numTokens: number;
 }
 
 /**
@@ -242,9 +244,11 @@ export function toTrainingBatch(
   const ids: number[][] = [];
   const am: number[][] = [];
   const cm: number[][] = [];
+  let numTokens = 0;
   for (let b = 0; b < B; b++) {
     const c = rollout.completionIds[b];
     const truncated = options.maskTruncated && rollout.finishReasons[b] !== "eos";
+    if (!truncated) numTokens += c.length;
     ids.push([...p[b], ...c, ...new Array(C - c.length).fill(padTokenId)]);
     am.push([...pm[b], ...new Array(c.length).fill(1), ...new Array(C - c.length).fill(0)]);
     cm.push(
@@ -257,6 +261,7 @@ export function toTrainingBatch(
     attentionMask: tf.tensor2d(am, [B, T], "int32"),
     completionMask: tf.tensor2d(cm, [B, C], "float32"),
     completionLength: C,
+    numTokens,
   };
 }
 

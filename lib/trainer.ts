@@ -199,8 +199,6 @@ export async function advantagePhase(
 /** A micro-batch ready for the update: padded tensors, advantages, reference/old log-probs. */
 export interface PreparedBatch {
   batch: TrainingBatch;
-  /** Completion tokens the mask keeps (counted on the CPU, so no read-back is needed). */
-  numTokens: number;
   /** [B] */
   advantages: tf.Tensor1D;
   /** [B, C] adapter-off log-probs, or null when kl_coef = 0. */
@@ -242,13 +240,7 @@ export function prepareBatch(
     const old = config.grpo.num_iterations > 1
       ? completionLogProbs(ctx.model, input, { adapter: ctx.adapter })
       : null;
-    const numTokens = rows.completionIds.reduce(
-      (n, c, i) =>
-        n +
-        (config.grpo.mask_truncated_completions && rows.finishReasons[i] !== "eos" ? 0 : c.length),
-      0,
-    );
-    return { batch, numTokens, advantages: tf.tensor1d(advantages), ref, old };
+    return { batch, advantages: tf.tensor1d(advantages), ref, old };
   } finally {
     ctx.adapter.dropoutSeed = saved;
   }
@@ -313,7 +305,7 @@ export async function updatePhase(
   const { config } = ctx;
   const vars = [...ctx.adapter.variables.values()];
   // dapo normalises by the active tokens of the whole accumulated batch (TRL num_items_in_batch).
-  const numItems = prepared.reduce((n, p) => n + p.numTokens, 0);
+  const numItems = prepared.reduce((n, p) => n + p.batch.numTokens, 0);
   let sum: tf.NamedTensorMap | null = null;
   const parts: tf.Scalar[] = [];
   try {

@@ -191,8 +191,8 @@ Deno.test("prepareBatch() counts the masked completion tokens on the CPU, as the
     };
     const p = prepareBatch(ctx, rows, [1, -1, 0]);
     const sum = p.batch.completionMask.sum();
-    assert.equal(p.numTokens, (await sum.data())[0]);
-    assert.equal(p.numTokens, maskTruncated ? 3 : 6);
+    assert.equal(p.batch.numTokens, (await sum.data())[0]);
+    assert.equal(p.batch.numTokens, maskTruncated ? 3 : 6);
     sum.dispose();
     disposePrepared(p);
     disposeContext(ctx);
