@@ -98,7 +98,6 @@ function checkOptions(options: LoraOptions): void {
 }
 
 function makeAdapter(
-  model: Qwen2Model,
   options: LoraOptions,
   modules: string[],
   variables: Map<string, tf.Variable>,
@@ -151,7 +150,6 @@ function makeAdapter(
       variables.clear();
     },
   };
-  void model;
   return adapter;
 }
 
@@ -190,7 +188,7 @@ export function createLora(
       namedVariable(tf.zeros([out, r]), peftKey(m, "B")),
     );
   }
-  return makeAdapter(model, options, modules, sortMap(variables));
+  return makeAdapter(options, modules, sortMap(variables));
 }
 
 function sortMap<V>(m: Map<string, V>): Map<string, V> {
@@ -398,7 +396,7 @@ export async function loadLora(model: Qwen2Model, dir: string): Promise<LoraAdap
     for (const v of variables.values()) v.dispose();
     throw error;
   }
-  return makeAdapter(model, options, modules, sortMap(variables));
+  return makeAdapter(options, modules, sortMap(variables));
 }
 
 /**

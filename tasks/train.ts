@@ -3,7 +3,6 @@
  * [--resume DIR|latest] [--set section.key=value ...]`: GRPO + LoRA training, end to end.
  * Without --config it runs configs/demo.yaml on the small model and data the repo ships.
  */
-import { tf } from "../lib/tf.ts";
 import { describeBackend, setupBackend } from "../lib/backend.ts";
 import { loadDataset } from "../lib/data.ts";
 import { BackendError, ConfigError } from "../lib/errors.ts";
@@ -129,6 +128,5 @@ async function main(): Promise<void> {
   adapter.dispose();
   optimizer.dispose();
   model.dispose();
-  void tf;
 }
 await runTask(main);
