@@ -8,7 +8,7 @@ import type { Config } from "./config.ts";
 import type { Example } from "./data.ts";
 import type { LinearAdapter, Qwen2Model } from "./model.ts";
 import { computeReward, isEquivalent } from "./reward.ts";
-import { rollout } from "./rollout.ts";
+import { repeatGroups, rollout } from "./rollout.ts";
 import type { FinishReason } from "./rollout.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { formatPrompt } from "./tokenizer.ts";
@@ -136,10 +136,10 @@ export async function evaluate(
   let lengths = 0;
   for (let start = 0; start < examples.length; start += perBatch) {
     const chunk = examples.slice(start, start + perBatch);
-    const prompts = chunk.flatMap((ex) => {
-      const ids = tokenizer.encode(formatPrompt(tokenizer, ex.question, options.generation));
-      return new Array(k).fill(ids);
-    });
+    const prompts = repeatGroups(
+      chunk.map((ex) => tokenizer.encode(formatPrompt(tokenizer, ex.question, options.generation))),
+      k,
+    );
     const out = await rollout(model, prompts, {
       tokenizer,
       adapter: options.adapter,
