@@ -572,21 +572,34 @@ export function parseConfig(text: string, options: ParseConfigOptions): Config {
     });
   }
 
-  const flags = options.overrides?.flags ?? {};
-  for (const [name, value] of Object.entries(flags)) {
-    if (value === undefined) continue;
-    const source = commandLineSource(
-      `--${name} ${typeof value === "string" ? value : JSON.stringify(value)}`,
-    );
+  // A command-line value: strings are read as YAML typed by the schema, other values used as is.
+  function override(name: string, value: unknown, source: Source): void {
     const resolved = resolveKey(name, precedence);
     if (typeof resolved !== "string") {
       problems.push({ source, key: name, message: resolved.message });
-      continue;
+      return;
     }
-    set(
-      resolved,
-      typeof value === "string" ? readCommandLineValue(resolved, value) : value,
-      source,
+    try {
+      set(
+        resolved,
+        typeof value === "string" ? readCommandLineValue(resolved, value) : value,
+        source,
+      );
+    } catch (error) {
+      problems.push({
+        source,
+        key: resolved,
+        message: `invalid YAML value: ${(error as Error).message}`,
+      });
+    }
+  }
+
+  for (const [name, value] of Object.entries(options.overrides?.flags ?? {})) {
+    if (value === undefined) continue;
+    override(
+      name,
+      value,
+      commandLineSource(`--${name} ${typeof value === "string" ? value : JSON.stringify(value)}`),
     );
   }
 
@@ -597,25 +610,7 @@ export function parseConfig(text: string, options: ParseConfigOptions): Config {
       problems.push({ source, key: "", message: "expected section.key=value" });
       continue;
     }
-    const name = assignment.slice(0, eq).trim();
-    const resolved = resolveKey(name, precedence);
-    if (typeof resolved !== "string") {
-      problems.push({ source, key: name, message: resolved.message });
-      continue;
-    }
-    const text = assignment.slice(eq + 1);
-    let value: unknown;
-    try {
-      value = readCommandLineValue(resolved, text);
-    } catch (error) {
-      problems.push({
-        source,
-        key: resolved,
-        message: `invalid YAML value: ${(error as Error).message}`,
-      });
-      continue;
-    }
-    set(resolved, value, source);
+    override(assignment.slice(0, eq).trim(), assignment.slice(eq + 1), source);
   }
 
   const result = ConfigSchema.safeParse(raw);

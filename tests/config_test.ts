@@ -470,6 +470,18 @@ Deno.test("parseConfig() names the --set argument in its errors", () => {
   assert.equal(error.line, undefined);
 });
 
+Deno.test("parseConfig() reports a flag value that is not valid YAML as a ConfigError", () => {
+  // Regression: this was a bare SyntaxError (a stack trace from the tasks).
+  assert.throws(
+    () => parseConfig("", { file: "x.yaml", overrides: { flags: { max_samples: "[1" } } }),
+    {
+      name: "ConfigError",
+      message: "Cannot load <command line> --max_samples [1: data.max_samples: invalid YAML " +
+        "value: Flow sequence must end with a ]",
+    },
+  );
+});
+
 Deno.test("loadConfig() applies flags over the file, then --set over flags", async () => {
   const path = "configs/rl_grpo_config_test.yaml";
   const config = await loadConfig(path, {
