@@ -125,10 +125,6 @@ class Draw {
   mul(): number {
     return this.int(this.ranges.mul[0], this.ranges.mul[1]);
   }
-  /** A count shown before a plural noun, so at least 2. */
-  count(): number {
-    return this.int(Math.max(2, this.ranges.add[0]), Math.max(2, this.ranges.add[1]));
-  }
   /** An amount in the add range, clipped to at most `max` (>= 0). */
   addUpTo(max: number): number {
     return this.int(Math.min(this.ranges.add[0], max), Math.min(this.ranges.add[1], max));
