@@ -90,6 +90,4 @@ async function main(): Promise<void> {
   );
 }
 
-if (import.meta.main) {
-  if (import.meta.main) await runTask(main);
-}
+if (import.meta.main) await runTask(main);
