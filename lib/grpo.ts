@@ -10,6 +10,7 @@
  */
 import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
+import { gatherRows } from "./model.ts";
 
 /** How rewards are scaled after the group mean is subtracted (TRL ≥ 0.22 `scale_rewards`). */
 export type ScaleRewards = Config["grpo"]["scale_rewards"];
@@ -145,13 +146,10 @@ function checkGroups(size: number, g: number): void {
 }
 
 /**
- * Log-probability of each chosen token: `log_softmax(logits / temperature)` gathered at `ids`.
- * Mirrors TRL `selective_log_softmax` (logit minus logsumexp, one batch row at a time so the
- * temporaries are [C, V], not [B, C, V]).
- *
- * The gradient is written by hand: d logp / d logits = (onehot(id) - softmax) / temperature.
- * NOTE: tf.gather's own gradient goes through UnsortedSegmentSum, which the cpu backend runs as
- * one full pass per segment (O(V · B·C · V)) and wasm lacks; the custom gradient scatters instead.
+ * Log-probability of each chosen token: `log_softmax(logits / temperature)` gathered at `ids`
+ * (TRL `selective_log_softmax`: logit minus logsumexp). The same gather as model.ts
+ * `completionLogProbs`, through its `gatherRows` (a one-hot product, whose gradient every backend
+ * has, unlike tf.gather's UnsortedSegmentSum), for logits that are already computed.
  *
  * @param logits Shape [B, C, V], the logits that predict each completion token (already shifted).
  * @param ids Shape [B, C], int32 token ids in [0, V).
@@ -181,55 +179,10 @@ export function tokenLogProbs(
       `Cannot gather ids of shape [${ids.shape}] from logits of shape [${logits.shape}]`,
     );
   }
-  const invT = 1 / temperature;
-  const forwardRow = tf.customGrad((...args: unknown[]) => {
-    const [x, save] = args as [tf.Tensor3D, tf.GradSaveFunc];
-    const value = tf.tidy(() => {
-      const lse: tf.Tensor[] = [];
-      const picked: tf.Tensor[] = [];
-      for (let i = 0; i < b; i++) {
-        const row = tf.mul(tf.reshape(tf.slice(x, [i, 0, 0], [1, c, v]), [c, v]), invT); // [C, V]
-        lse.push(tf.logSumExp(row, 1)); // [C]
-        picked.push(tf.gather(tf.reshape(row, [-1]), flatIndex(ids, i, c, v))); // [C]
-      }
-      const lseAll = tf.stack(lse); // [B, C]
-      save([x, lseAll]);
-      return tf.sub(tf.stack(picked), lseAll); // [B, C]
-    });
-    return {
-      value,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [xs, lseAll] = saved;
-        return tf.tidy(() => {
-          const rows: tf.Tensor[] = [];
-          const dyT = tf.mul(dy, invT); // [B, C]
-          for (let i = 0; i < b; i++) {
-            rows.push(tf.tidy(() => {
-              const row = tf.mul(tf.reshape(tf.slice(xs, [i, 0, 0], [1, c, v]), [c, v]), invT);
-              const lseRow = tf.reshape(tf.slice(lseAll, [i, 0], [1, c]), [c, 1]); // [C, 1]
-              const dyRow = tf.reshape(tf.slice(dyT, [i, 0], [1, c]), [c, 1]); // [C, 1]
-              const softmax = tf.exp(tf.sub(row, lseRow)); // [C, V]
-              const hit = tf.scatterND(
-                tf.reshape(flatIndex(ids, i, c, v), [c, 1]),
-                tf.reshape(dyRow, [c]),
-                [c * v],
-              ); // [C*V], dy/T at the chosen ids
-              return tf.sub(tf.reshape(hit, [c, v]), tf.mul(softmax, dyRow)); // [C, V]
-            }));
-          }
-          return tf.stack(rows); // [B, C, V]
-        });
-      },
-    };
-  });
-  return forwardRow(logits) as tf.Tensor2D;
-}
-
-/** Flat indices c * V + ids[i, c] of row i, for gathering from a [C, V] slice. */
-function flatIndex(ids: tf.Tensor2D, i: number, c: number, v: number): tf.Tensor1D {
   return tf.tidy(() => {
-    const row = tf.reshape(tf.slice(tf.cast(ids, "int32"), [i, 0], [1, c]), [c]); // [C]
-    return tf.add(tf.mul(tf.range(0, c, 1, "int32"), tf.scalar(v, "int32")), row) as tf.Tensor1D;
+    const scaled = tf.div(tf.reshape(logits, [b * c, v]), temperature) as tf.Tensor2D; // [B*C, V]
+    const picked = gatherRows(scaled, tf.reshape(ids, [b * c])); // [B*C]
+    return tf.reshape(tf.sub(picked, tf.logSumExp(scaled, 1)), [b, c]); // [B, C]
   });
 }
 
