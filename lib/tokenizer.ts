@@ -10,6 +10,7 @@
 
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
+import type { Config } from "./config.ts";
 import { CheckpointError } from "./errors.ts";
 
 /** One chat message, as HF `apply_chat_template` takes it. */
@@ -90,14 +91,6 @@ export const PLAIN_PROMPT_TEMPLATE = "Question: {question}\nAnswer:";
 /** The Qwen2.5-Math chain-of-thought system prompt (the config default for `system_prompt`). */
 export const QWEN_MATH_SYSTEM_PROMPT =
   "Please reason step by step, and put your final answer within \\boxed{}.";
-
-/** The slice of `Config["generation"]` that {@linkcode formatPrompt} reads. */
-export interface PromptOptions {
-  /** "chat": the tokenizer's chat template; "plain": {@linkcode PLAIN_PROMPT_TEMPLATE}. */
-  prompt_format: "chat" | "plain";
-  /** System message for "chat" ("" = no system message); ignored by "plain". */
-  system_prompt: string;
-}
 
 /**
  * Reads a tokenizer directory: `tokenizer.json` and `tokenizer_config.json` (required),
@@ -299,7 +292,8 @@ export function createTokenizer(files: TokenizerFiles, options?: { source?: stri
  *
  * @param tokenizer Used for its chat template ("chat" only).
  * @param question The problem text, verbatim.
- * @param options `prompt_format` and `system_prompt` from `Config["generation"]`, or a literal.
+ * @param options `prompt_format` (chat or plain) and `system_prompt` (chat only; "" = no system
+ *   message) from `Config["generation"]`, or a literal.
  * @returns The prompt text; encode it with `tokenizer.encode`.
  * @example Usage
  * ```ts
@@ -319,7 +313,7 @@ export function createTokenizer(files: TokenizerFiles, options?: { source?: stri
 export function formatPrompt(
   tokenizer: Pick<Tokenizer, "applyChatTemplate">,
   question: string,
-  options: PromptOptions,
+  options: Pick<Config["generation"], "prompt_format" | "system_prompt">,
 ): string {
   const { prompt_format, system_prompt } = options;
   if (prompt_format === "plain") {
