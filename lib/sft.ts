@@ -14,7 +14,7 @@ import { mulberry32, shuffle } from "./data.ts";
 import type { Qwen2Config, Qwen2Model } from "./model.ts";
 import { expectedWeightShapes, forward, modelFromArrays } from "./model.ts";
 import type { AdamW } from "./optim.ts";
-import { clipGradNorm } from "./optim.ts";
+import { clipGradNorm, globalGradNorm } from "./optim.ts";
 import { SYNTHETIC_CHARS } from "./synthetic.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { buildCharTokenizer, PLAIN_PROMPT_TEMPLATE } from "./tokenizer.ts";
@@ -341,10 +341,8 @@ export function sftStep(
     tf.dispose(Object.values(clipped.grads));
     gradNorm = clipped.norm;
   } else {
+    gradNorm = globalGradNorm(grads);
     options.optimizer.step(grads, options.lr);
-    gradNorm = tf.tidy(() =>
-      tf.norm(tf.stack(Object.values(grads).map((g) => tf.norm(g)))) as tf.Scalar
-    );
   }
   tf.dispose(Object.values(grads));
   return { loss, gradNorm };

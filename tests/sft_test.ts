@@ -126,6 +126,29 @@ Deno.test("sftStep() lowers the loss on a fixed batch in 3 steps, without leakin
   await useBackend("cpu");
 });
 
+Deno.test("sftStep() reports the same pre-clip norm with and without clipping", async () => {
+  await useBackend("cpu");
+  const before = tf.memory().numTensors;
+  const norms: number[] = [];
+  for (const maxGradNorm of [1, 0]) {
+    const { model, variables } = trainableModel(tinyConfig, initWeights(tinyConfig, { seed: 6 }));
+    const optimizer = new AdamW(variables, {
+      adam_beta1: 0.9,
+      adam_beta2: 0.999,
+      adam_epsilon: 1e-8,
+      weight_decay: 0,
+    });
+    const { loss, gradNorm } = sftStep(model, batch, { optimizer, lr: 0.05, maxGradNorm });
+    norms.push((await gradNorm.data())[0]);
+    tf.dispose([loss, gradNorm]);
+    optimizer.dispose();
+    model.dispose();
+  }
+  assert.ok(norms[0] > 0, `norm ${norms[0]}`);
+  assertAllClose([norms[1]], [norms[0]], 1e-6);
+  assert.equal(tf.memory().numTensors, before, "leaked tensors");
+});
+
 Deno.test("initWeights() is seeded, N(0, 0.02²) for matrices, 1 for norms, 0 for biases", () => {
   const config = demoModelConfig(63, { eos: 62, pad: 60 });
   const a = initWeights(config, { seed: 1 });
