@@ -28,13 +28,13 @@ export type Value = Exact | number;
 // a double, so it becomes NaN (unknown), never a rounded value that could match a neighbour.
 // subtle: it also bounds the cost of the gcd in every operation (Euclid on 4096-bit numbers made
 // a 1000-character product like `x9x9x9...` take 0.3 s).
-export const MAX_BITS = 1024;
+const MAX_BITS = 1024;
 const LIMIT = 1n << BigInt(MAX_BITS);
 
 /** Relative tolerance for comparing non-integer values (see `isEquivalent` in lib/reward.ts). */
 export const RELATIVE_TOLERANCE = 1e-6;
 /** Relative tolerance between an exact integer and an irrational (double) value: round-off only. */
-export const INTEGER_TOLERANCE = 1e-9;
+const INTEGER_TOLERANCE = 1e-9;
 
 function abs(n: bigint): bigint {
   return n < 0n ? -n : n;
@@ -87,7 +87,7 @@ export function toFloat(v: Value): number {
 }
 
 /** True when the value is an exact integer. */
-export function isExactInteger(v: Value): v is Exact {
+function isExactInteger(v: Value): v is Exact {
   return typeof v !== "number" && v.d === 1n;
 }
 
@@ -97,7 +97,7 @@ function floatResult(r: number, a: number, b: number): number {
 }
 
 /** a + b. */
-export function add(a: Value, b: Value): Value {
+function add(a: Value, b: Value): Value {
   if (typeof a !== "number" && typeof b !== "number") {
     return exact(a.n * b.d + b.n * a.d, a.d * b.d);
   }
@@ -106,7 +106,7 @@ export function add(a: Value, b: Value): Value {
 }
 
 /** -a. */
-export function neg(a: Value): Value {
+function neg(a: Value): Value {
   return typeof a === "number" ? -a : new Exact(-a.n, a.d);
 }
 
@@ -138,7 +138,7 @@ function integerRoot(x: bigint, q: number): bigint | null {
 }
 
 /** a ^ b: exact for rational bases with integer exponents (within MAX_BITS) and perfect roots. */
-export function pow(a: Value, b: Value): Value {
+function pow(a: Value, b: Value): Value {
   if (typeof b !== "number" && typeof a !== "number") {
     if (b.d === 1n) {
       const k = abs(b.n);
@@ -269,7 +269,7 @@ const ATOM_COMMANDS = new Set([
 ]);
 
 /** Maximum parser recursion depth; deeper input is rejected, not parsed. */
-export const MAX_DEPTH = 64;
+const MAX_DEPTH = 64;
 
 const FAIL = Symbol("parse failure");
 
