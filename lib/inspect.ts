@@ -214,17 +214,21 @@ export async function completionTokenLogProbs(
   options: { padTokenId: number; temperature: number; adapter: LinearAdapter | null },
 ): Promise<number[][]> {
   const batch = toTrainingBatch(rows, options.padTokenId);
-  const logps = completionLogProbs(model, {
-    inputIds: batch.inputIds,
-    attentionMask: batch.attentionMask,
-    completionLength: batch.completionLength,
-    temperature: options.temperature,
-  }, { adapter: options.adapter }); // [B, C]
-  const flat = await logps.data(); // sync point: the whole batch at once
-  const c = batch.completionLength;
-  disposeBatch(batch);
-  logps.dispose();
-  return rows.completionIds.map((ids, b) => Array.from(flat.subarray(b * c, b * c + ids.length)));
+  let logps: tf.Tensor2D | null = null;
+  try {
+    logps = completionLogProbs(model, {
+      inputIds: batch.inputIds,
+      attentionMask: batch.attentionMask,
+      completionLength: batch.completionLength,
+      temperature: options.temperature,
+    }, { adapter: options.adapter }); // [B, C]
+    const flat = await logps.data(); // sync point: the whole batch at once
+    const c = batch.completionLength;
+    return rows.completionIds.map((ids, b) => Array.from(flat.subarray(b * c, b * c + ids.length)));
+  } finally {
+    disposeBatch(batch);
+    logps?.dispose();
+  }
 }
 
 /**

@@ -85,6 +85,12 @@ Deno.test("completionTokenLogProbs() equals completionLogProbs() cut to each com
     adapter: null,
   });
   assert.ok(Math.abs(base[0][0] - got[0][0]) > 1e-4);
+  // A bad temperature is a RangeError that leaves no batch tensors behind.
+  await assert.rejects(
+    () => completionTokenLogProbs(model, rows, { padTokenId: 0, temperature: 0, adapter: null }),
+    { name: "RangeError", message: /temperature/ },
+  );
+  assert.equal(tf.memory().numTensors, before, "leaked tensors after a rejected call");
   lora.dispose();
   model.dispose();
 });
