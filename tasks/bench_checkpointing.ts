@@ -9,15 +9,11 @@
 import { parseArgs } from "node:util";
 import { tf } from "../lib/tf.ts";
 import { describeBackend, setupBackend } from "../lib/backend.ts";
-import {
-  completionLogProbs,
-  expectedWeightShapes,
-  modelFromArrays,
-  parseQwen2Config,
-} from "../lib/model.ts";
+import { completionLogProbs, modelFromArrays, parseQwen2Config } from "../lib/model.ts";
 import { createLora } from "../lib/lora.ts";
 import { grpoLoss } from "../lib/grpo.ts";
 import { mulberry32 } from "../lib/data.ts";
+import { initWeights } from "../lib/sft.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -46,15 +42,8 @@ const config = parseQwen2Config({
   num_key_value_heads: Math.max(1, H / 128),
   tie_word_embeddings: true,
 }, "bench");
+const arrays = initWeights(config, { seed: 1 });
 const random = mulberry32(1);
-const arrays = new Map([...expectedWeightShapes(config)].map(([name, shape]) => {
-  const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
-  const std = name.includes("norm") ? 0 : 0.02;
-  for (let i = 0; i < data.length; i++) {
-    data[i] = (name.includes("norm") ? 1 : 0) + std * (random() * 2 - 1) * 1.7;
-  }
-  return [name, { shape, data }];
-}));
 const model = modelFromArrays(config, arrays);
 const lora = createLora(model, {
   lora_r: 16,
