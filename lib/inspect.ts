@@ -106,7 +106,13 @@ export function rolloutRows(
   rollout: Pick<Rollout, "completionIds" | "texts" | "finishReasons">,
   options: { num_return_sequences: number; maxChars?: number },
 ): CompletionRow[] {
-  const g = checkGroup(rollout.texts.length, options.num_return_sequences);
+  const n = rollout.texts.length;
+  const g = checkGroup(n, options.num_return_sequences);
+  if (rollout.completionIds.length !== n || rollout.finishReasons.length !== n) {
+    throw new RangeError(
+      `Expected ${n} completionIds and finishReasons, one per text, but found ${rollout.completionIds.length} and ${rollout.finishReasons.length}`,
+    );
+  }
   return rollout.texts.map((text, i) => ({
     prompt: Math.floor(i / g),
     sample: i % g,
@@ -175,6 +181,11 @@ export function scoreRows(
 ): ScoreRow[] {
   const n = scores.rewards.length;
   const g = checkGroup(n, options.num_return_sequences);
+  if (scores.status.length !== n || scores.predicted.length !== n) {
+    throw new RangeError(
+      `Expected ${n} statuses and predictions, one per reward, but found ${scores.status.length} and ${scores.predicted.length}`,
+    );
+  }
   if (options.answers.length !== n || options.advantages.length !== n) {
     throw new RangeError(
       `Expected ${n} answers and advantages, one per reward, but found ${options.answers.length} and ${options.advantages.length}`,

@@ -132,6 +132,13 @@ Deno.test("rolloutRows() numbers prompts and samples and clips long texts", () =
       }),
     { name: "RangeError", message: /num_return_sequences=2/ },
   );
+  assert.throws(
+    () =>
+      rolloutRows({ completionIds: [[1]], texts: ["a", "b"], finishReasons: ["eos", "eos"] }, {
+        num_return_sequences: 2,
+      }),
+    { name: "RangeError", message: /Expected 2 completionIds and finishReasons.*found 1 and 2/ },
+  );
 });
 
 Deno.test("scoreRows() and verdictReason() explain each verdict", () => {
@@ -172,6 +179,16 @@ Deno.test("scoreRows() and verdictReason() explain each verdict", () => {
         num_return_sequences: 2,
       }),
     { name: "RangeError", message: /Expected 2 answers/ },
+  );
+  // A short status list is an error, not a row that reads "boxed undefined".
+  assert.throws(
+    () =>
+      scoreRows({ rewards: [1, 1], status: ["correct"], predicted: ["1", "1"] }, {
+        answers: ["1", "1"],
+        advantages: [0, 0],
+        num_return_sequences: 2,
+      }),
+    { name: "RangeError", message: /Expected 2 statuses and predictions.*found 1 and 2/ },
   );
 });
 
