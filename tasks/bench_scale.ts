@@ -7,9 +7,10 @@
  *   deno task bench:scale [--batch 4] [--seq 256] [--new_tokens 16] [--layers 28]
  *                         [--set runtime.backend=cpu] [--set runtime.blas=off]
  *
- * Backend: with `runtime.backend: auto` (the default) wasm when the model fits its heap, else cpu;
- * both with their matMuls on BLAS when `runtime.blas` finds one (`lib/backend.ts`). An explicit
- * `runtime.backend` is used as given.
+ * Backend: `runtime.backend: auto` (the default) is `setupBackend`'s rule, as in training: webgpu
+ * on a hardware adapter, else wasm, or cpu when the float32 weights exceed
+ * `WASM_WEIGHT_LIMIT_BYTES`; wasm and cpu with their matMuls on BLAS when `runtime.blas` finds one
+ * (`lib/backend.ts`). An explicit `runtime.backend` is used as given.
  *
  * NOTE: tfjs-backend-wasm is wasm32: its heap stops at 4 GiB, and every weight and activation
  * lives there. The 28-layer model is 6.2 GB as float32, so it runs on cpu + BLAS, whose tensors
@@ -28,7 +29,13 @@ import { type FlagSpec, formatHelp, parseCommandLine, resolveConfig } from "../l
 import { COMMAND_LINE } from "../lib/config.ts";
 import { BackendError, ConfigError, isUserError } from "../lib/errors.ts";
 import { countLoraParameters, trainableParametersLine } from "../lib/lora.ts";
-import { expectedWeightShapes, forward, modelFromArrays, parseQwen2Config } from "../lib/model.ts";
+import {
+  expectedWeightShapes,
+  forward,
+  modelFromArrays,
+  parseQwen2Config,
+  weightBytes,
+} from "../lib/model.ts";
 import { rollout } from "../lib/rollout.ts";
 import { tf } from "../lib/tf.ts";
 
@@ -48,25 +55,6 @@ const QWEN25_MATH_1_5B = {
 };
 const WASM_HEAP_BYTES = 4 * 1024 ** 3; // wasm32 memory limit (tfjs-backend-wasm: "maximum" 4 GiB)
 const GB = 1e9;
-
-/**
- * A rough peak of the wasm heap in bytes: f32 weights, the [B, T, V] logits, the KV cache, and
- * one decoder layer's intermediates (forward tidies per layer), with the attention scores
- * counted three times (scores, biased, softmax). Only decides wasm versus cpu under `auto`.
- */
-function wasmHeapEstimate(
-  config: ReturnType<typeof parseQwen2Config>,
-  weightBytes: number,
-  batch: number,
-  tokens: number,
-): number {
-  const { hidden_size: H, intermediate_size: I, vocab_size: V } = config;
-  const headDim = H / config.num_attention_heads;
-  const bt = batch * tokens;
-  const kvCache = config.num_hidden_layers * 2 * bt * config.num_key_value_heads * headDim;
-  const layer = bt * (4 * I + 8 * H) + 3 * batch * config.num_attention_heads * tokens * tokens;
-  return weightBytes + 4 * (bt * V + kvCache + layer);
-}
 
 const FLAGS: Record<string, FlagSpec> = {
   batch: { type: "string", valueName: "n", default: "4", description: "Prompts per batch" },
@@ -149,30 +137,20 @@ async function main(): Promise<void> {
       trainableParametersLine(fullCounts.trainable, fullCounts.all)
     }`,
   );
-  const counts = countLoraParameters(config, lora);
-  const weightBytes = 4 * (counts.all - counts.trainable);
+  const bytes = weightBytes(config);
   console.log(
-    `model: ${layers} of 28 layers, ${(counts.all - counts.trainable).toLocaleString("en-US")} ` +
-      `params, ${(weightBytes / GB).toFixed(2)} GB f32; batch ${batch} × ${seq} tokens, ` +
+    `model: ${layers} of 28 layers, ${(bytes / 4).toLocaleString("en-US")} ` +
+      `params, ${(bytes / GB).toFixed(2)} GB f32; batch ${batch} × ${seq} tokens, ` +
       `${newTokens} new tokens`,
   );
-  const heap = wasmHeapEstimate(config, weightBytes, batch, seq + newTokens);
-  const fits = heap <= WASM_HEAP_BYTES;
-  const heapLine = `~${(heap / GB).toFixed(2)} GB of weights and activations ` +
-    `${fits ? "fit" : "exceed"} the ${(WASM_HEAP_BYTES / GB).toFixed(2)} GB wasm32 heap`;
-  let name = settings.runtime.backend;
-  if (name === "auto") {
-    name = fits ? "wasm" : "cpu";
-    console.log(`backend: ${name}, because ${heapLine}`);
-  } else console.log(`backend: ${name}, as runtime.backend asks (${heapLine})`);
-  if (name === "wasm" && weightBytes > WASM_HEAP_BYTES) {
+  if (settings.runtime.backend === "wasm" && bytes > WASM_HEAP_BYTES) {
     throw new BackendError(
-      `${layers} layers need ${(weightBytes / GB).toFixed(2)} GB of f32 weights, more than the ` +
+      `${layers} layers need ${(bytes / GB).toFixed(2)} GB of f32 weights, more than the ` +
         `wasm32 heap of ${(WASM_HEAP_BYTES / GB).toFixed(2)} GB; pass --layers 17 or fewer, or ` +
         `--set runtime.backend=cpu`,
     );
   }
-  const backend = await setupBackend({ ...settings.runtime, backend: name });
+  const backend = await setupBackend(settings.runtime, { weightBytes: bytes });
   console.log(describeBackend(backend));
   for (const note of backend.notes) console.log(`note: ${note}`);
 
