@@ -12,12 +12,6 @@ import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { gatherRows } from "./model.ts";
 
-/** How rewards are scaled after the group mean is subtracted (TRL ≥ 0.22 `scale_rewards`). */
-export type ScaleRewards = Config["grpo"]["scale_rewards"];
-
-/** TRL `GRPOConfig.loss_type` values we implement. */
-export type LossType = Config["grpo"]["loss_type"];
-
 /**
  * The slice of the `grpo` config section that advantages need: `num_return_sequences`
  * (TRL `num_generations`; groups are contiguous) and `scale_rewards`.
