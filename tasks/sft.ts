@@ -20,7 +20,7 @@ import { loadDataset } from "../lib/data.ts";
 import type { Example } from "../lib/data.ts";
 import { evaluate } from "../lib/evaluate.ts";
 import type { EvalSummary } from "../lib/evaluate.ts";
-import { isUserError } from "../lib/errors.ts";
+import { CheckpointError, ConfigError, DataError } from "../lib/errors.ts";
 import type { Qwen2Model } from "../lib/model.ts";
 import { countParameters } from "../lib/model.ts";
 import { AdamW, learningRateAt } from "../lib/optim.ts";
@@ -41,6 +41,7 @@ import {
 import type { SftExample } from "../lib/sft.ts";
 import { createTokenizer, saveTokenizer } from "../lib/tokenizer.ts";
 import type { Tokenizer } from "../lib/tokenizer.ts";
+import { fileExists, runTask } from "./_main.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -64,10 +65,20 @@ const { values: args } = parseArgs({
   },
 });
 
-function num(name: keyof typeof args): number {
-  const v = Number(args[name]);
-  if (!Number.isFinite(v)) {
-    throw new RangeError(`--${name}: expected a number, got ${JSON.stringify(args[name])}`);
+/** A numeric flag in [min, max], an integer when `integer` is set; anything else is a ConfigError. */
+function num(
+  name: keyof typeof args,
+  { integer = false, min = -Infinity, max = Infinity } = {},
+): number {
+  const text = String(args[name]);
+  const v = Number(text);
+  if (!Number.isFinite(v) || (integer && !Number.isInteger(v)) || v < min || v > max) {
+    const kind = integer ? "an integer" : "a number";
+    const range = max < Infinity ? ` in [${min}, ${max}]` : min > -Infinity ? ` >= ${min}` : "";
+    throw new ConfigError(`Cannot use --${name}: expected ${kind}${range}, got ${text}`, {
+      file: "<command line>",
+      key: name,
+    });
   }
   return v;
 }
@@ -84,11 +95,17 @@ interface WorkState {
 const MAX_NEW_TOKENS = 96; // solutions are at most ~75 characters (1 token each)
 
 async function main(): Promise<void> {
-  const steps1 = num("steps");
-  const steps2 = num("stage2_steps");
-  const batchSize = num("batch_size");
-  const seed = num("seed");
-  const saveEvery = num("save_every");
+  const steps1 = num("steps", { integer: true, min: 0 });
+  const steps2 = num("stage2_steps", { integer: true, min: 0 });
+  const batchSize = num("batch_size", { integer: true, min: 1 });
+  const seed = num("seed", { integer: true });
+  const saveEvery = num("save_every", { integer: true, min: 1 });
+  const evalN = num("eval_n", { integer: true, min: 1 });
+  const warmupSteps = num("warmup_steps", { integer: true, min: 0 });
+  const lr = num("lr", { min: 0 });
+  const stage2Lr = num("stage2_lr", { min: 0 });
+  const weightDecay = num("weight_decay", { min: 0 });
+  const dropBoxFraction = num("drop_box_fraction", { min: 0, max: 1 });
   const work = args.work!;
   const info = await setupBackend({ backend: "wasm", blas: "auto", num_threads: 2 });
   console.error(describeBackend(info));
@@ -96,7 +113,7 @@ async function main(): Promise<void> {
   const tokenizerFiles = sftTokenizerFiles();
   const tokenizer = createTokenizer(tokenizerFiles);
   const train = (await loadDataset(args.train_file!)).examples;
-  const test = (await loadDataset(args.eval_file!, { max_samples: num("eval_n") })).examples;
+  const test = (await loadDataset(args.eval_file!, { max_samples: evalN })).examples;
   const config = demoModelConfig(tokenizer.vocabSize, {
     eos: tokenizer.eosTokenIds[0],
     pad: tokenizer.padTokenId,
@@ -108,6 +125,12 @@ async function main(): Promise<void> {
   let arrays: Map<string, TensorData> | null = null;
   let moments: Map<string, TensorData> | null = null;
   if (args.resume) {
+    if (!await fileExists(`${work}/state.json`)) {
+      throw new CheckpointError(
+        `Cannot resume from ${work}: no state.json there; run once without --resume`,
+        { file: work },
+      );
+    }
     state = JSON.parse(await Deno.readTextFile(`${work}/state.json`));
     const saved = (await loadSafetensors(`${work}/checkpoint.safetensors`)).tensors;
     arrays = new Map([...saved].filter(([k]) => !k.startsWith("optimizer.")));
@@ -122,12 +145,12 @@ async function main(): Promise<void> {
 
   const rows = train.map((e) => ({ question: e.question, solution: requireSolution(e) }));
   const stages = [
-    { stage: 1 as const, steps: steps1, rows, lr: num("lr"), schedule: "cosine" as const },
+    { stage: 1 as const, steps: steps1, rows, lr, schedule: "cosine" as const },
     {
       stage: 2 as const,
       steps: steps2,
-      rows: formatDefectExamples(rows, { fraction: num("drop_box_fraction"), seed: seed + 2 }),
-      lr: num("stage2_lr"),
+      rows: formatDefectExamples(rows, { fraction: dropBoxFraction, seed: seed + 2 }),
+      lr: stage2Lr,
       schedule: "constant" as const,
     },
   ];
@@ -139,10 +162,16 @@ async function main(): Promise<void> {
       adam_beta1: 0.9,
       adam_beta2: 0.999,
       adam_epsilon: 1e-8,
-      weight_decay: num("weight_decay"),
+      weight_decay: weightDecay,
     });
     if (moments && moments.size > 0 && state.stage === s.stage) {
-      optimizer.loadState(momentsToState(moments, state));
+      try {
+        optimizer.loadState(momentsToState(moments, state));
+      } catch (error) {
+        if (!(error instanceof RangeError)) throw error;
+        const file = `${work}/checkpoint.safetensors`;
+        throw new CheckpointError(`Cannot resume from ${file}: ${error.message}`, { file });
+      }
     }
     moments = null;
     if (state.stage !== s.stage) state = { ...state, stage: s.stage, step: 0 };
@@ -155,7 +184,7 @@ async function main(): Promise<void> {
       schedule: {
         learning_rate: s.lr,
         lr_scheduler_type: s.schedule,
-        warmup_steps: Math.min(num("warmup_steps"), Math.floor(s.steps / 5)),
+        warmup_steps: Math.min(warmupSteps, Math.floor(s.steps / 5)),
         warmup_ratio: 0,
         totalSteps: Math.max(1, s.steps),
       },
@@ -189,7 +218,12 @@ async function main(): Promise<void> {
 }
 
 function requireSolution(e: Example): string {
-  if (e.solution === undefined) throw new RangeError(`${e.source}: row has no solution`);
+  if (e.solution === undefined) {
+    throw new DataError(`Cannot train on ${e.source}: row has no "solution" to fine-tune on`, {
+      file: args.train_file!,
+      line: Number(e.source.slice(e.source.lastIndexOf(":") + 1)),
+    });
+  }
   return e.solution;
 }
 
@@ -383,14 +417,4 @@ async function writeModelDir(
   await Deno.writeTextFile(`${out}/sft_summary.json`, JSON.stringify(summary, null, 2) + "\n");
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (error) {
-    if (isUserError(error) || error instanceof RangeError) {
-      console.error(`error: ${(error as Error).message}`);
-      Deno.exit(2);
-    }
-    throw error;
-  }
-}
+if (import.meta.main) await runTask(main);
