@@ -27,7 +27,7 @@
 import { describeBackend, setupBackend } from "../lib/backend.ts";
 import { type FlagSpec, formatHelp, parseCommandLine, resolveConfig } from "../lib/cli.ts";
 import { COMMAND_LINE } from "../lib/config.ts";
-import { BackendError, ConfigError, isUserError } from "../lib/errors.ts";
+import { BackendError, ConfigError } from "../lib/errors.ts";
 import { countLoraParameters, trainableParametersLine } from "../lib/lora.ts";
 import {
   expectedWeightShapes,
@@ -38,6 +38,7 @@ import {
 } from "../lib/model.ts";
 import { rollout } from "../lib/rollout.ts";
 import { tf } from "../lib/tf.ts";
+import { runTask } from "./_main.ts";
 
 /** Qwen/Qwen2.5-Math-1.5B `config.json` (the keys we read). */
 const QWEN25_MATH_1_5B = {
@@ -231,12 +232,4 @@ async function main(): Promise<void> {
   );
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (error) {
-    if (!isUserError(error)) throw error;
-    console.error(`error: ${error.message}`);
-    Deno.exit(2);
-  }
-}
+if (import.meta.main) await runTask(main);
