@@ -17,7 +17,7 @@ import { shuffle } from "./data.ts";
 import { CheckpointError } from "./errors.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
 import { evaluate } from "./evaluate.ts";
-import { groupRelativeAdvantages, groupStats, grpoLoss } from "./grpo.ts";
+import { groupRelativeAdvantages, groupStats, grpoLossAndGrads } from "./grpo.ts";
 import type { LoraAdapter } from "./lora.ts";
 import { loadLora, saveLora } from "./lora.ts";
 import type { Qwen2Model } from "./model.ts";
@@ -311,24 +311,24 @@ export async function updatePhase(
   try {
     for (const [m, p] of prepared.entries()) {
       ctx.adapter.dropoutSeed = deriveSeed(options.dropoutSeed, m);
-      let metrics: ReturnType<typeof grpoLoss>["metrics"] | null = null;
-      const { value, grads } = tf.variableGrads(() => {
-        const logps = completionLogProbs(ctx.model, {
-          inputIds: p.batch.inputIds,
-          attentionMask: p.batch.attentionMask,
-          completionLength: p.batch.completionLength,
-          temperature: config.generation.temperature,
-        }, {
-          adapter: ctx.adapter,
-          gradientCheckpointing: config.training.gradient_checkpointing,
-        });
-        const out = grpoLoss({
-          per_token_logps: logps,
+      const { loss: value, grads, metrics: mt } = grpoLossAndGrads(
+        () =>
+          completionLogProbs(ctx.model, {
+            inputIds: p.batch.inputIds,
+            attentionMask: p.batch.attentionMask,
+            completionLength: p.batch.completionLength,
+            temperature: config.generation.temperature,
+          }, {
+            adapter: ctx.adapter,
+            gradientCheckpointing: config.training.gradient_checkpointing,
+          }),
+        {
           old_per_token_logps: p.old,
           ref_per_token_logps: p.ref,
           advantages: p.advantages,
           completion_mask: p.batch.completionMask,
-        }, {
+        },
+        {
           loss_type: config.grpo.loss_type,
           epsilon: config.grpo.epsilon,
           epsilon_high: config.grpo.epsilon_high,
@@ -336,14 +336,12 @@ export async function updatePhase(
           max_completion_length: config.generation.max_new_tokens,
           num_items_in_batch: Math.max(1, numItems),
           gradient_accumulation_steps: prepared.length,
-        });
-        metrics = out.metrics;
-        return out.loss;
-      }, vars);
+          varList: vars,
+        },
+      );
       // Keyed by tf variable name, as AdamW keys its moments.
       sum = accumulateGrads(sum, grads);
       tf.dispose(Object.values(grads));
-      const mt = metrics! as ReturnType<typeof grpoLoss>["metrics"];
       parts.push(
         tf.tidy(() =>
           tf.stack([
