@@ -9,6 +9,7 @@
 
 import * as Plot from "@observablehq/plot";
 import { parseHTML } from "linkedom";
+import type { EvalSummary } from "./evaluate.ts";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -515,17 +516,13 @@ export function trainingCurves(
 // ---------------------------------------------------------------------------------------------
 // before / after
 
-/** Evaluation numbers for one model (summary.json's `before` / `after`). */
-export interface EvalScores {
-  /** Fraction of correct answers in [0, 1]. */
-  accuracy: number;
-  /** Fraction of completions with no extractable answer in [0, 1]. */
-  no_answer_rate: number;
-  /** Mean reward (optional here). */
-  mean_reward?: number;
-  /** Number of evaluated examples. */
-  n: number;
-}
+/**
+ * The part of an {@linkcode EvalSummary} (summary.json's `before` / `after`) that charts and
+ * reports read; `mean_reward` is optional here.
+ */
+export type EvalScores =
+  & Pick<EvalSummary, "accuracy" | "no_answer_rate" | "n">
+  & Partial<Pick<EvalSummary, "mean_reward">>;
 
 /**
  * Bars comparing accuracy and no-answer rate before and after training, labelled with values.
