@@ -33,6 +33,12 @@ export async function runTask(main: () => Promise<void>): Promise<void> {
       );
       Deno.exit(3);
     }
+    // node:util parseArgs (tasks with their own flags): an unknown flag or a missing value.
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_")) {
+      console.error(`error: ${(error as Error).message}; see --help`);
+      Deno.exit(2);
+    }
     if (!isUserError(error)) throw error;
     console.error(`error: ${error.message}`);
     Deno.exit(2);

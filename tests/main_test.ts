@@ -43,3 +43,11 @@ Deno.test("runTask() lets a bug keep its stack trace", async () => {
   assert.equal(code, 1);
   assert.match(stderr, /TypeError: a bug/);
 });
+
+Deno.test("runTask() reports a parseArgs error (unknown flag) as one line, exit 2", async () => {
+  const { code, stderr } = await runSnippet(
+    `(await import("node:util")).parseArgs({ args: ["--bogus"], options: {} });`,
+  );
+  assert.equal(code, 2);
+  assert.match(stderr, /^error: Unknown option '--bogus'.*; see --help\n$/);
+});
