@@ -21,6 +21,7 @@ import {
   type MetricsRow,
   trainingCurves,
 } from "./plot.ts";
+import type { RunSummary } from "./trainer.ts";
 
 /** One logged completion (completions.jsonl). */
 export interface CompletionRecord {
@@ -33,15 +34,14 @@ export interface CompletionRecord {
   status: string;
 }
 
-/** summary.json as the trainer writes it; every field is optional here. */
-export interface RunSummaryFile {
-  before?: EvalScores;
-  after?: EvalScores;
-  kl?: number;
-  steps?: number;
-  seconds?: number;
-  [key: string]: unknown;
-}
+/**
+ * summary.json: the trainer's {@linkcode RunSummary}, every field optional here. `before` /
+ * `after` are null when the run had no eval file.
+ */
+export type RunSummaryFile = Partial<Omit<RunSummary, "before" | "after">> & {
+  before?: EvalScores | null;
+  after?: EvalScores | null;
+};
 
 /** What {@linkcode loadRun} found in a run directory; `null` marks a missing file. */
 export interface RunData {
@@ -272,7 +272,7 @@ function evalSection(summary: RunSummaryFile): string {
     ["examples (n)", "n", "int"],
   ];
   const parts: string[] = [];
-  if (before !== undefined || after !== undefined) {
+  if (before != null || after != null) {
     const body = rows.map(([name, key, kind]) => {
       const b = before?.[key];
       const a = after?.[key];
@@ -292,7 +292,7 @@ function evalSection(summary: RunSummaryFile): string {
       `<tr><th>final KL</th><td>${fmt(summary.kl)}</td></tr>` +
       `<tr><th>training time</th><td>${fmt(summary.seconds, "seconds")}</td></tr></tbody></table>`,
   );
-  if (before !== undefined && after !== undefined) {
+  if (before != null && after != null) {
     try {
       parts.push(figure(beforeAfterChart(before, after)));
     } catch (error) {

@@ -130,6 +130,21 @@ Deno.test("buildReport() notes missing optional files", () => {
   assert.match(noCurves, /No training curves: Cannot plot training curves/);
 });
 
+Deno.test("buildReport() of a run without eval (before/after null) shows no eval table", () => {
+  // The trainer writes `before: null, after: null` when eval.eval_file is null.
+  const html = buildReport({
+    dir: "results/no_eval",
+    metrics: null,
+    summary: { before: null, after: null, kl: 0.01, steps: 3, seconds: 5 },
+    config: null,
+    completions: null,
+  });
+  assert.doesNotMatch(html, /<table class="eval">/);
+  assert.doesNotMatch(html, /chart skipped/);
+  assert.match(html, /<th>steps<\/th><td>3<\/td>/);
+  assert.equal(count(html, /<svg/g), 0);
+});
+
 Deno.test("deno task report writes report.html and reports user errors in one line", async () => {
   const dir = await copyFixture(["metrics.jsonl", "summary.json"]);
   try {
