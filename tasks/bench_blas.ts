@@ -14,7 +14,9 @@
 import { parseArgs } from "node:util";
 import { tf } from "../lib/tf.ts";
 import { type BackendInfo, describeBackend, setupBackend } from "../lib/backend.ts";
-import { isUserError } from "../lib/errors.ts";
+import { ConfigError } from "../lib/errors.ts";
+import { COMMAND_LINE } from "../lib/config.ts";
+import { runTask } from "./_main.ts";
 
 const B = 16; // sequences
 const T = 96; // tokens
@@ -156,7 +158,10 @@ async function main(): Promise<void> {
   }).values;
   const runs = Number(args.runs);
   if (!Number.isInteger(runs) || runs < 1) {
-    throw new RangeError(`--runs: expected an integer >= 1, got ${args.runs}`);
+    throw new ConfigError(
+      `Cannot parse ${COMMAND_LINE}: --runs: expected an integer >= 1, got ${args.runs}`,
+      { file: COMMAND_LINE, key: "runs" },
+    );
   }
   const device = deviceLine();
   console.log(`device: ${device}`);
@@ -197,10 +202,4 @@ async function main(): Promise<void> {
   }
 }
 
-try {
-  await main();
-} catch (error) {
-  if (!isUserError(error) && !(error instanceof RangeError)) throw error;
-  console.error(`error: ${error.message}`);
-  Deno.exit(2);
-}
+await runTask(main);

@@ -4,6 +4,7 @@
  */
 import { parseArgs } from "node:util";
 import { computeReward, formatReward } from "../lib/reward.ts";
+import { runTask } from "./_main.ts";
 
 interface Pair {
   generated: string;
@@ -142,4 +143,4 @@ function main(): void {
   console.log(`hostile inputs: worst case ${worst.ms.toFixed(1)} ms, on ${worst.name}`);
 }
 
-main();
+await runTask(() => Promise.resolve(main()));

@@ -14,6 +14,7 @@ import { parseArgs } from "node:util";
 import { basename, dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ProgressBar } from "../lib/progress.ts";
+import { runTask } from "./_main.ts";
 
 const USAGE = "usage: deno task notebooks [--write] [--timeout SECONDS] [notebook.ipynb ...]";
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -65,15 +66,23 @@ async function runNotebook(
 }
 
 async function main(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      write: { type: "boolean", default: false },
-      timeout: { type: "string", default: "600" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        write: { type: "boolean", default: false },
+        timeout: { type: "string", default: "600" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (error) {
+    // parseArgs throws a TypeError for an unknown option or a missing value: user input.
+    console.error(`error: ${(error as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
   if (values.help) {
     console.log(USAGE);
     return 0;
@@ -140,5 +149,5 @@ function indent(text: string): string {
 }
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  await runTask(async () => Deno.exit(await main(Deno.args)));
 }
