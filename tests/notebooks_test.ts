@@ -189,6 +189,19 @@ Deno.test("deno task notebooks executes cells in the notebook's folder and repor
   }
 });
 
+Deno.test("deno task notebooks: an unknown flag is a one-line error and the usage, exit 2", async () => {
+  const run = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", TASK, "--wirte"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(run.code, 2);
+  assert.match(
+    new TextDecoder().decode(run.stderr),
+    /^error: Unknown option '--wirte'.*\nusage: deno task notebooks .*\n$/,
+  );
+});
+
 Deno.test("_run_notebook.py without --write leaves the notebook untouched", async () => {
   const dir = await Deno.makeTempDir({ prefix: "notebooks_test_" });
   try {

@@ -173,6 +173,17 @@ Deno.test("deno task report writes report.html and reports user errors in one li
       new TextDecoder().decode(bad.stderr),
       `error: Cannot read run directory ${join(dir, "nope")}: it does not exist\n`,
     );
+
+    const flag = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", TASK, "--bogus", dir],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(flag.code, 2);
+    assert.match(
+      new TextDecoder().decode(flag.stderr),
+      /^error: Unknown option '--bogus'.*\nusage: deno task report <run_dir>/,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
