@@ -398,23 +398,23 @@ export function buildReport(
   sections.push(`<section id="evaluation"><h2>Evaluation</h2>\n${summaryHtml}</section>`);
 
   const curves: string[] = [];
-  if (run.metrics === null) curves.push(missing(RUN_FILES.metrics));
+  const metrics = run.metrics;
+  if (metrics === null) curves.push(missing(RUN_FILES.metrics));
   else {
-    const trainRows = run.metrics.length;
+    curves.push(`<p>${metrics.length} lines in ${RUN_FILES.metrics}.</p>`);
     try {
-      curves.push(figure(trainingCurves(run.metrics)));
+      curves.push(figure(trainingCurves(metrics)));
     } catch (error) {
       curves.push(note(`No training curves: ${(error as Error).message}.`));
     }
     const extra = EXTRA_CURVE_METRICS.filter((m) =>
-      run.metrics!.some((r) => typeof r[m] === "number" && Number.isFinite(r[m]))
+      metrics.some((r) => typeof r[m] === "number" && Number.isFinite(r[m]))
     );
     if (extra.length > 0) {
       curves.push(
-        figure(trainingCurves(run.metrics, { metrics: extra, columns: 3, title: "Diagnostics" })),
+        figure(trainingCurves(metrics, { metrics: extra, columns: 3, title: "Diagnostics" })),
       );
     }
-    curves.unshift(`<p>${trainRows} lines in ${RUN_FILES.metrics}.</p>`);
   }
   sections.push(`<section id="curves"><h2>Training curves</h2>\n${curves.join("\n")}</section>`);
 
