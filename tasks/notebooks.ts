@@ -66,23 +66,15 @@ async function runNotebook(
 }
 
 async function main(args: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        write: { type: "boolean", default: false },
-        timeout: { type: "string", default: "600" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-  } catch (error) {
-    // parseArgs throws a TypeError for an unknown option or a missing value: user input.
-    console.error(`error: ${(error as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      write: { type: "boolean", default: false },
+      timeout: { type: "string", default: "600" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
   if (values.help) {
     console.log(USAGE);
     return 0;

@@ -14,23 +14,15 @@ import { buildReport, loadRun, RUN_FILES, saveReport } from "../lib/report.ts";
 const USAGE = "usage: deno task report <run_dir> [--out <file>] [--max-completions N]";
 
 async function main(args: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        out: { type: "string" },
-        "max-completions": { type: "string", default: "12" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-  } catch (error) {
-    // parseArgs throws a TypeError for an unknown option or a missing value: user input.
-    console.error(`error: ${(error as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      out: { type: "string" },
+      "max-completions": { type: "string", default: "12" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
   if (values.help) {
     console.log(USAGE);
     return 0;

@@ -182,7 +182,7 @@ Deno.test("deno task report writes report.html and reports user errors in one li
     assert.equal(flag.code, 2);
     assert.match(
       new TextDecoder().decode(flag.stderr),
-      /^error: Unknown option '--bogus'.*\nusage: deno task report <run_dir>/,
+      /^error: Unknown option '--bogus'.*; see --help\n$/,
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
