@@ -13,6 +13,7 @@
 
 import { z } from "zod";
 import { ConfigError } from "./errors.ts";
+import { readText } from "./_fs.ts";
 import { parseYamlTree, parseYamlValue, stringifyYaml, type YamlNode } from "./yaml.ts";
 
 const modelSection = z.object({
@@ -652,17 +653,11 @@ export async function loadConfig(
   overrides: ConfigOverrides = {},
 ): Promise<Config> {
   if (path === null) return parseConfig("", { file: COMMAND_LINE, overrides });
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (error) {
-    const reason = error instanceof Deno.errors.NotFound
-      ? "no such file"
-      : error instanceof Deno.errors.IsADirectory
-      ? "is a directory, expected a YAML file"
-      : String((error as Error).message);
-    throw new ConfigError(`Cannot load ${path}: ${reason}`, { file: path, cause: error });
-  }
+  const text = await readText(path, {
+    error: ConfigError,
+    notFound: "no such file",
+    isDirectory: "is a directory, expected a YAML file",
+  });
   return parseConfig(text, { file: path, overrides });
 }
 

@@ -17,6 +17,7 @@
  * @module
  */
 import { DataError } from "./errors.ts";
+import { readText } from "./_fs.ts";
 
 /** One problem, whatever file format it came from. */
 export interface Example {
@@ -240,17 +241,7 @@ export async function loadDataset(
   path: string,
   options: DatasetOptions = {},
 ): Promise<LoadedDataset> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (error) {
-    const why = error instanceof Deno.errors.NotFound
-      ? "file not found"
-      : error instanceof Error
-      ? error.message
-      : String(error);
-    throw new DataError(`Cannot load ${path}: ${why}`, { file: path, cause: error });
-  }
+  const text = await readText(path, { error: DataError });
   return parseDataset(text, path, options);
 }
 

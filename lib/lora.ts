@@ -12,6 +12,7 @@
 import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { CheckpointError } from "./errors.ts";
+import { isFile, readJson } from "./_fs.ts";
 import type { CheckpointableAdapter, LinearAdapter, Qwen2Model } from "./model.ts";
 import { countParameters, expectedWeightShapes } from "./model.ts";
 import { mulberry32 } from "./data.ts";
@@ -326,18 +327,11 @@ export async function saveLora(
  */
 export async function loadLora(model: Qwen2Model, dir: string): Promise<LoraAdapter> {
   const configPath = `${dir}/adapter_config.json`;
-  let raw: Record<string, unknown>;
-  try {
-    raw = JSON.parse(await Deno.readTextFile(configPath));
-  } catch (error) {
-    throw new CheckpointError(
-      `Cannot load adapter ${configPath}: ${
-        (error as Error).message
-      }. An adapter directory holds ` +
-        `adapter_config.json and adapter_model.safetensors (PEFT format)`,
-      { file: configPath, cause: error },
-    );
-  }
+  const raw = await readJson(configPath, {
+    error: CheckpointError,
+    notFound: "file not found. An adapter directory holds adapter_config.json and " +
+      "adapter_model.safetensors (PEFT format)",
+  }) as Record<string, unknown>;
   if (raw.peft_type !== "LORA") {
     throw new CheckpointError(`Cannot load ${configPath}: peft_type: expected "LORA"`, {
       file: configPath,
@@ -464,10 +458,8 @@ export async function saveMerged(
         "special_tokens_map.json",
       ]
     ) {
-      try {
+      if (await isFile(`${model.dir}/${f}`)) {
         await Deno.copyFile(`${model.dir}/${f}`, `${dir}/${f}`);
-      } catch (error) {
-        if (!(error instanceof Deno.errors.NotFound)) throw error;
       }
     }
   }

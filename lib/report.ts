@@ -14,6 +14,7 @@
 
 import { join } from "node:path";
 import { DataError } from "./errors.ts";
+import { readTextIfExists } from "./_fs.ts";
 import {
   beforeAfterChart,
   type Chart,
@@ -61,15 +62,6 @@ export const RUN_FILES = {
   config: "config.yaml",
   completions: "completions.jsonl",
 } as const;
-
-async function readOptional(path: string): Promise<string | null> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return null;
-    throw error;
-  }
-}
 
 function parseJsonLines(text: string, file: string): Record<string, unknown>[] {
   const rows: Record<string, unknown>[] = [];
@@ -150,10 +142,10 @@ export async function loadRun(dir: string): Promise<RunData> {
   const summaryPath = join(dir, RUN_FILES.summary);
   const completionsPath = join(dir, RUN_FILES.completions);
   const [metricsText, summaryText, config, completionsText] = await Promise.all([
-    readOptional(metricsPath),
-    readOptional(summaryPath),
-    readOptional(join(dir, RUN_FILES.config)),
-    readOptional(completionsPath),
+    readTextIfExists(metricsPath),
+    readTextIfExists(summaryPath),
+    readTextIfExists(join(dir, RUN_FILES.config)),
+    readTextIfExists(completionsPath),
   ]);
   let summary: RunSummaryFile | null = null;
   if (summaryText !== null) {

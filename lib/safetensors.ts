@@ -14,6 +14,7 @@
  * @module
  */
 import { CheckpointError } from "./errors.ts";
+import { exists, readFailure, readJson } from "./_fs.ts";
 
 /** Dtypes this module reads and writes (safetensors spelling). */
 export type DType = "F32" | "F16" | "BF16" | "I32" | "I64" | "U8" | "BOOL";
@@ -566,8 +567,7 @@ export async function loadSafetensors(path: string): Promise<SafetensorsFile> {
   try {
     f = await Deno.open(path, { read: true });
   } catch (cause) {
-    const reason = cause instanceof Deno.errors.NotFound ? "file not found" : String(cause);
-    throw new CheckpointError(`Cannot load ${path}: ${reason}`, { file: path, cause });
+    throw new CheckpointError(`Cannot load ${path}: ${readFailure(cause)}`, { file: path, cause });
   }
   try {
     const fileSize = (await f.stat()).size;
@@ -609,16 +609,6 @@ export async function loadSafetensors(path: string): Promise<SafetensorsFile> {
 // Sharded checkpoints
 // ---------------------------------------------------------------------------------------------
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
-
 /**
  * Loads a HF model directory's weights: `model.safetensors`, or the shards listed in
  * `model.safetensors.index.json` (`weight_map`: tensor name → shard file). Every shard must exist,
@@ -649,13 +639,7 @@ export async function loadCheckpointTensors(dir: string): Promise<SafetensorsFil
     return await loadSafetensors(single);
   }
 
-  let index: unknown;
-  try {
-    index = JSON.parse(await Deno.readTextFile(indexPath));
-  } catch (cause) {
-    const reason = cause instanceof Error ? cause.message : String(cause);
-    throw new CheckpointError(`Cannot load ${indexPath}: ${reason}`, { file: indexPath, cause });
-  }
+  const index = await readJson(indexPath, { error: CheckpointError });
   const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
   if (typeof weightMap !== "object" || weightMap === null || Array.isArray(weightMap)) {
     throw fail(indexPath, "weight_map", "missing or not an object of tensor name → shard file");

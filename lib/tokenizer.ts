@@ -12,6 +12,7 @@ import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import type { Config } from "./config.ts";
 import { CheckpointError } from "./errors.ts";
+import { isFile, readJson, readTextIfExists } from "./_fs.ts";
 
 /** One chat message, as HF `apply_chat_template` takes it. */
 export interface ChatMessage {
@@ -124,9 +125,7 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
   const generationConfigJson = (await isFile(`${dir}/generation_config.json`))
     ? await readJsonObject(`${dir}/generation_config.json`)
     : null;
-  const chatTemplate = (await isFile(`${dir}/chat_template.jinja`))
-    ? await Deno.readTextFile(`${dir}/chat_template.jinja`)
-    : null;
+  const chatTemplate = await readTextIfExists(`${dir}/chat_template.jinja`);
   return createTokenizer(
     { tokenizerJson, tokenizerConfigJson, generationConfigJson, chatTemplate },
     { source: dir },
@@ -554,25 +553,8 @@ export async function saveTokenizer(
   );
 }
 
-async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
-
 async function readJsonObject(path: string): Promise<Record<string, unknown>> {
-  let value: unknown;
-  try {
-    value = JSON.parse(await Deno.readTextFile(path));
-  } catch (cause) {
-    throw new CheckpointError(`Cannot load ${path}: ${(cause as Error).message}`, {
-      file: path,
-      cause,
-    });
-  }
+  const value = await readJson(path, { error: CheckpointError });
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new CheckpointError(`Cannot load ${path}: expected a JSON object`, { file: path });
   }

@@ -45,15 +45,8 @@ export async function runTask(main: () => Promise<void>): Promise<void> {
   }
 }
 
-/** Whether `path` is an existing file. */
-export async function fileExists(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-}
+/** Whether `path` is an existing file (lib's helper, shared with the tasks). */
+export { isFile as fileExists } from "../lib/_fs.ts";
 
 /**
  * The start every config-driven task shares: parse the flags, answer `--help`, resolve the
