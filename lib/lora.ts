@@ -14,7 +14,8 @@ import type { Config } from "./config.ts";
 import { CheckpointError } from "./errors.ts";
 import { isFile, readJson } from "./_fs.ts";
 import type { CheckpointableAdapter, LinearAdapter, Qwen2Model } from "./model.ts";
-import { countParameters, expectedWeightShapes } from "./model.ts";
+import { countParameters } from "./model.ts";
+import { expectedWeightShapes } from "./qwen2_config.ts";
 import { mulberry32 } from "./data.ts";
 import { loadSafetensors, saveSafetensors } from "./safetensors.ts";
 import type { TensorData } from "./safetensors.ts";
@@ -229,7 +230,7 @@ export function parameterCounts(
  *
  * @example Usage
  * ```ts
- * import { parseQwen2Config } from "./model.ts";
+ * import { parseQwen2Config } from "./qwen2_config.ts";
  * import { countLoraParameters } from "./lora.ts";
  * const config = parseQwen2Config({
  *   model_type: "qwen2", vocab_size: 10, hidden_size: 8, intermediate_size: 16,

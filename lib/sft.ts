@@ -11,8 +11,10 @@
  */
 import { tf } from "./tf.ts";
 import { mulberry32, shuffle } from "./data.ts";
-import type { Qwen2Config, Qwen2Model } from "./model.ts";
-import { expectedWeightShapes, forward, modelFromArrays } from "./model.ts";
+import type { Qwen2Model } from "./model.ts";
+import { forward } from "./model.ts";
+import { modelFromArrays } from "./model_loader.ts";
+import { expectedWeightShapes, type Qwen2Config } from "./qwen2_config.ts";
 import type { AdamW } from "./optim.ts";
 import { clipGradNorm, globalGradNorm } from "./optim.ts";
 import { SYNTHETIC_CHARS } from "./synthetic.ts";

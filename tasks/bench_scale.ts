@@ -29,13 +29,9 @@ import { type FlagSpec, formatHelp, parseCommandLine, resolveConfig } from "../l
 import { COMMAND_LINE } from "../lib/config.ts";
 import { BackendError, ConfigError } from "../lib/errors.ts";
 import { countLoraParameters, trainableParametersLine } from "../lib/lora.ts";
-import {
-  expectedWeightShapes,
-  forward,
-  modelFromArrays,
-  parseQwen2Config,
-  weightBytes,
-} from "../lib/model.ts";
+import { forward } from "../lib/model.ts";
+import { modelFromArrays } from "../lib/model_loader.ts";
+import { expectedWeightShapes, parseQwen2Config, weightBytes } from "../lib/qwen2_config.ts";
 import { rollout } from "../lib/rollout.ts";
 import { tf } from "../lib/tf.ts";
 import { runTask } from "./_main.ts";

@@ -10,7 +10,7 @@ import { type FlagSpec, formatHelp, parseCommandLine, resolveConfig } from "../l
 import { COMMAND_LINE } from "../lib/config.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { loadLora, saveMerged } from "../lib/lora.ts";
-import { loadModel } from "../lib/model.ts";
+import { loadModel } from "../lib/model_loader.ts";
 import { setupBackend } from "../lib/backend.ts";
 import { runTask } from "./_main.ts";
 

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
 import { evaluate, majorityAnswer, passAtK, summarize } from "../lib/evaluate.ts";
 import type { ProblemResult } from "../lib/evaluate.ts";
-import { loadModel } from "../lib/model.ts";
+import { loadModel } from "../lib/model_loader.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import { useTestBackend } from "./_backend.ts";
 

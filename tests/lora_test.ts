@@ -4,7 +4,9 @@
  */
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
-import { forward, loadModel, parseQwen2Config } from "../lib/model.ts";
+import { forward } from "../lib/model.ts";
+import { loadModel } from "../lib/model_loader.ts";
+import { parseQwen2Config } from "../lib/qwen2_config.ts";
 import {
   countLoraParameters,
   createLora,

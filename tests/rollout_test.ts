@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
-import { loadModel } from "../lib/model.ts";
+import { loadModel } from "../lib/model_loader.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import {
   disposeBatch,

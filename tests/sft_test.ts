@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
 import { useBackend } from "../lib/backend.ts";
 import { loadDataset } from "../lib/data.ts";
-import { forward, loadModel } from "../lib/model.ts";
+import { forward } from "../lib/model.ts";
+import { loadModel } from "../lib/model_loader.ts";
 import { AdamW } from "../lib/optim.ts";
 import { rollout } from "../lib/rollout.ts";
 import {

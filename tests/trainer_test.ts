@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
-import { loadModel } from "../lib/model.ts";
+import { loadModel } from "../lib/model_loader.ts";
 import { loadLora } from "../lib/lora.ts";
 import { loadConfig } from "../lib/config.ts";
 import type { Config } from "../lib/config.ts";

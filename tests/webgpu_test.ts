@@ -7,7 +7,8 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
 import { useBackend } from "../lib/backend.ts";
-import { forward, loadModel } from "../lib/model.ts";
+import { forward } from "../lib/model.ts";
+import { loadModel } from "../lib/model_loader.ts";
 import { loadLora } from "../lib/lora.ts";
 import { rollout } from "../lib/rollout.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
