@@ -36,7 +36,8 @@ export function headDim(config: Qwen2Config): number {
 
 /**
  * Checks a parsed `config.json` and fills HF defaults (`tie_word_embeddings` false,
- * `rope_theta` 10000, `rms_norm_eps` 1e-6).
+ * `rope_theta` 10000, `rms_norm_eps` 1e-6). Rejects what the forward pass does not implement:
+ * `rope_scaling`, `use_sliding_window: true`, a `hidden_act` other than `silu`.
  *
  * @param raw The parsed JSON.
  * @param file Named in errors.
@@ -112,6 +113,16 @@ export function parseQwen2Config(raw: unknown, file: string): Qwen2Config {
     throw new CheckpointError(
       `Cannot load ${file}: use_sliding_window: true is not supported`,
       { file, key: "use_sliding_window" },
+    );
+  }
+  // The MLP is SwiGLU with silu (HF Qwen2Config's default hidden_act); any other activation
+  // would load and run, silently computing a different model.
+  if (r.hidden_act !== undefined && r.hidden_act !== "silu") {
+    throw new CheckpointError(
+      `Cannot load ${file}: hidden_act: expected "silu" (the only activation implemented), got ${
+        JSON.stringify(r.hidden_act)
+      }`,
+      { file, key: "hidden_act" },
     );
   }
   return config;
