@@ -13,6 +13,7 @@
  */
 import { tf } from "./tf.ts";
 import { headDim, type Qwen2Config } from "./qwen2_config.ts";
+import { gradientCheckpoint } from "./_gradient_checkpointing.ts";
 
 /** A loaded model: config plus HF-named weight tensors (plain tensors, never variables). */
 export interface Qwen2Model {
@@ -286,8 +287,8 @@ function layerStack(
 
 /**
  * Gradient checkpointing of one layer: the forward keeps only the layer input; the backward
- * recomputes the layer under `tf.grads` (HF `gradient_checkpointing_enable`, torch
- * `checkpoint`). Adapter variables are passed as explicit inputs so they get gradients.
+ * recomputes the layer (HF `gradient_checkpointing_enable`, torch `checkpoint`). Adapter
+ * variables are passed as explicit inputs so they get gradients.
  */
 function checkpointedLayer(
   model: Qwen2Model,
@@ -299,45 +300,22 @@ function checkpointedLayer(
   adapter: LinearAdapter | null | undefined,
 ): tf.Tensor3D {
   const vars = adapterVariablesOfLayer(adapter, layer);
+  const names = vars.map((v) => v.name);
   // The adapter reads these variables by name; during recomputation we swap in the tensors
   // tf.grads differentiates (same values), so the gradient flows to them.
-  const run = (hIn: tf.Tensor3D, b: tf.Tensor, c: tf.Tensor4D, s: tf.Tensor4D, vs: tf.Tensor[]) => {
-    const override = overrideAdapter(adapter, vars.map((v) => v.name), vs);
-    return decoderLayer(model, layer, hIn, b, c, s, override, null);
-  };
-  // NOTE: mask and RoPE tables are inputs (not closure captures) so that the tape saves them:
-  // the caller's tidy disposes them before the backward pass runs.
-  const f = tf.customGrad((...args: (tf.Tensor | ((tensors: tf.Tensor[]) => void))[]) => {
-    const save = args[args.length - 1] as (tensors: tf.Tensor[]) => void;
-    const inputs = args.slice(0, -1) as tf.Tensor[];
-    const [hIn, b, c, s, ...varTensors] = inputs;
-    const out = run(hIn as tf.Tensor3D, b, c as tf.Tensor4D, s as tf.Tensor4D, varTensors);
-    save(inputs);
-    return {
-      value: out.h,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [hS, bS, cS, sS, ...varS] = saved;
-        const g = tf.grads((...xs: tf.Tensor[]) => {
-          const [hx, ...vx] = xs;
-          return run(hx as tf.Tensor3D, bS, cS as tf.Tensor4D, sS as tf.Tensor4D, vx).h;
-        });
-        // NOTE: tfjs does not nest tapes: an inner tf.grads run during the outer backward pass
-        // (gradientDepth 0) replaces the engine's active tape and nulls it when done, and the
-        // outer gradients() then fails cleaning up. Keep the outer tape aside and restore it.
-        const state = (tf.engine() as unknown as { state: { activeTape: unknown } }).state;
-        const outerTape = state.activeTape;
-        let dh: tf.Tensor;
-        let dvars: tf.Tensor[];
-        try {
-          [dh, ...dvars] = g([hS, ...varS], dy);
-        } finally {
-          state.activeTape = outerTape;
-        }
-        return [dh, tf.zerosLike(bS), tf.zerosLike(cS), tf.zerosLike(sS), ...dvars];
-      },
-    };
-  });
-  return f(h, bias, cos, sin, ...vars.map((v) => v.value)) as tf.Tensor3D;
+  return gradientCheckpoint(([hIn, ...vs], [b, c, s]) => {
+    const override = overrideAdapter(adapter, names, vs);
+    return decoderLayer(
+      model,
+      layer,
+      hIn as tf.Tensor3D,
+      b,
+      c as tf.Tensor4D,
+      s as tf.Tensor4D,
+      override,
+      null,
+    ).h;
+  }, { inputs: [h, ...vars.map((v) => v.value)], constants: [bias, cos, sin] }) as tf.Tensor3D;
 }
 
 /** An adapter that also exposes the variables it uses per layer (LoRA does). */
