@@ -1,6 +1,7 @@
 /**
- * The GRPO objective, independent of the model: group-relative advantages, per-token log-probs
- * from logits, and TRL's clipped per-token loss with its four aggregations and its metrics.
+ * The GRPO objective: group-relative advantages, per-token log-probs of completions (from the
+ * model, or from logits), and TRL's clipped per-token loss with its four aggregations and its
+ * metrics.
  *
  * Mirrors TRL `GRPOTrainer._generate_and_score_completions` (advantages) and
  * `GRPOTrainer._compute_loss` (loss, clip ratios, KL) at v0.21 / main naming; see
@@ -10,7 +11,8 @@
  */
 import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
-import { gatherRows } from "./model.ts";
+import type { ForwardOptions, Qwen2Model } from "./model.ts";
+import { hiddenStates, lmHead } from "./model.ts";
 
 /**
  * The slice of the `grpo` config section that advantages need: `num_return_sequences`
@@ -139,11 +141,92 @@ function checkGroups(size: number, g: number): void {
   }
 }
 
+/** Most logits {@linkcode completionLogProbs} materialises at once (64 MiB of float32). */
+const LOGITS_CHUNK_FLOATS = 1 << 24;
+
+/**
+ * Per-token log-probabilities of the completion tokens (TRL
+ * `_get_per_token_logps_and_entropies`): `log_softmax(logits[:, -C-1:-1] / temperature)`
+ * gathered at the completion ids. Only the completion positions reach the LM head, in chunks of
+ * rows of at most 2^24 logits (one row at a time for a large vocabulary), so memory stays
+ * O(max(C × V, 2^24)), not O(B × T × V).
+ *
+ * @param model The model.
+ * @param batch `inputIds` [B, P+C] (prompt left-padded, completion right-padded),
+ *   `attentionMask` [B, P+C], `completionLength` C, `temperature`, optional `positionIds`.
+ * @param options `adapter` (null = reference model), `gradientCheckpointing`.
+ * @returns [B, C] log-probs. The caller disposes it.
+ * @example Usage
+ * ```ts ignore
+ * const logps = completionLogProbs(model, { inputIds, attentionMask, completionLength: 6, temperature: 0.7 });
+ * ```
+ */
+export function completionLogProbs(
+  model: Qwen2Model,
+  batch: {
+    inputIds: tf.Tensor2D;
+    attentionMask: tf.Tensor2D;
+    completionLength: number;
+    temperature: number;
+    positionIds?: tf.Tensor2D;
+  },
+  options: Pick<ForwardOptions, "adapter" | "gradientCheckpointing"> = {},
+): tf.Tensor2D {
+  const [B, T] = batch.inputIds.shape;
+  const C = batch.completionLength;
+  if (!Number.isInteger(C) || C < 1 || C >= T) {
+    throw new RangeError(`Expected completionLength in [1, ${T - 1}], got ${C}`);
+  }
+  if (!(batch.temperature > 0)) {
+    throw new RangeError(`Expected temperature > 0, got ${batch.temperature}`);
+  }
+  return tf.tidy(() => {
+    const h = hiddenStates(model, batch.inputIds, {
+      attentionMask: batch.attentionMask,
+      positionIds: batch.positionIds,
+      adapter: options.adapter,
+      gradientCheckpointing: options.gradientCheckpointing,
+    }); // [B, T, H]
+    const targets = batch.inputIds.slice([0, T - C], [B, C]); // [B, C]
+    const hs = h.slice([0, T - C - 1, 0], [B, C, -1]); // [B, C, H]: positions predicting targets
+    // Rows go through the LM head in chunks of at most LOGITS_CHUNK_FLOATS logits (a 151,936
+    // vocab gets one row at a time; the demo's 63-symbol vocab does the whole batch at once).
+    const V = model.config.vocab_size;
+    const rowsPerChunk = Math.max(1, Math.floor(LOGITS_CHUNK_FLOATS / (C * V)));
+    const chunks: tf.Tensor[] = [];
+    for (let b = 0; b < B; b += rowsPerChunk) {
+      const n = Math.min(rowsPerChunk, B - b);
+      const logits = tf.div(
+        lmHead(model, hs.slice([b, 0, 0], [n, C, -1]).reshape([n * C, -1])),
+        batch.temperature,
+      ) as tf.Tensor2D; // [n*C, V]
+      const lse = tf.logSumExp(logits, 1); // [n*C]
+      const ids = targets.slice([b, 0], [n, C]).reshape([n * C]) as tf.Tensor1D;
+      chunks.push(tf.sub(gatherRows(logits, ids), lse).reshape([n, C]));
+    }
+    return (chunks.length === 1 ? chunks[0] : tf.concat(chunks, 0)) as tf.Tensor2D; // [B, C]
+  });
+}
+
+/**
+ * `m[i, ids[i]]` for each row i. m: [N, V], ids: [N] → [N].
+ *
+ * NOTE: a one-hot product, not tf.gather: gather's gradient (UnsortedSegmentSum) has no wasm
+ * kernel, and the one-hot costs no more than the [N, V] logits already there.
+ */
+export function gatherRows(m: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor1D {
+  return tf.tidy(() => {
+    const oneHot = tf.oneHot(tf.cast(ids, "int32"), m.shape[1]); // [N, V]
+    return tf.sum(tf.mul(m, oneHot), 1) as tf.Tensor1D;
+  });
+}
+
 /**
  * Log-probability of each chosen token: `log_softmax(logits / temperature)` gathered at `ids`
- * (TRL `selective_log_softmax`: logit minus logsumexp). The same gather as model.ts
- * `completionLogProbs`, through its `gatherRows` (a one-hot product, whose gradient every backend
- * has, unlike tf.gather's UnsortedSegmentSum), for logits that are already computed.
+ * (TRL `selective_log_softmax`: logit minus logsumexp). The same gather as
+ * {@linkcode completionLogProbs}, through {@linkcode gatherRows} (a one-hot product, whose
+ * gradient every backend has, unlike tf.gather's UnsortedSegmentSum), for logits that are
+ * already computed.
  *
  * @param logits Shape [B, C, V], the logits that predict each completion token (already shifted).
  * @param ids Shape [B, C], int32 token ids in [0, V).

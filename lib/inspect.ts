@@ -10,7 +10,8 @@
 import { tf } from "./tf.ts";
 import type { ProblemResult } from "./evaluate.ts";
 import type { LinearAdapter, Qwen2Model } from "./model.ts";
-import { completionLogProbs, forward } from "./model.ts";
+import { forward } from "./model.ts";
+import { completionLogProbs } from "./grpo.ts";
 import { jupyterDisplay } from "./plot.ts";
 import type { TokenValue } from "./plot.ts";
 import type { RewardResult } from "./reward.ts";

@@ -21,7 +21,7 @@ import { groupRelativeAdvantages, groupStats, grpoLossAndGrads } from "./grpo.ts
 import type { LoraAdapter } from "./lora.ts";
 import { loadLora, saveLora } from "./lora.ts";
 import type { Qwen2Model } from "./model.ts";
-import { completionLogProbs } from "./model.ts";
+import { completionLogProbs } from "./grpo.ts";
 import { accumulateGrads, AdamW, clipGradNorm, globalGradNorm, learningRateAt } from "./optim.ts";
 import type { AdamWState } from "./optim.ts";
 import { accuracyReward, computeReward, formatReward } from "./reward.ts";

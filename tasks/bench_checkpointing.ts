@@ -9,7 +9,7 @@
 import { parseArgs } from "node:util";
 import { tf } from "../lib/tf.ts";
 import { describeBackend, setupBackend } from "../lib/backend.ts";
-import { completionLogProbs } from "../lib/model.ts";
+import { completionLogProbs } from "../lib/grpo.ts";
 import { modelFromArrays } from "../lib/model_loader.ts";
 import { parseQwen2Config } from "../lib/qwen2_config.ts";
 import { createLora } from "../lib/lora.ts";

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
 import { grpoLoss } from "../lib/grpo.ts";
 import type { LoraAdapter } from "../lib/lora.ts";
-import { completionLogProbs } from "../lib/model.ts";
+import { completionLogProbs } from "../lib/grpo.ts";
 import type { Qwen2Model } from "../lib/model.ts";
 import { assertCloseToMax } from "./_assert.ts";
 

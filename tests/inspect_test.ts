@@ -17,7 +17,7 @@ import {
 } from "../lib/inspect.ts";
 import { loadLora } from "../lib/lora.ts";
 import { jupyterDisplay } from "../lib/plot.ts";
-import { completionLogProbs } from "../lib/model.ts";
+import { completionLogProbs } from "../lib/grpo.ts";
 import { loadModel } from "../lib/model_loader.ts";
 import { disposeBatch, toTrainingBatch } from "../lib/rollout.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";

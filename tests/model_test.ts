@@ -5,7 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
-import { completionLogProbs, decodeStep, disposeCache, forward, prefill } from "../lib/model.ts";
+import { decodeStep, disposeCache, forward, prefill } from "../lib/model.ts";
+import { completionLogProbs } from "../lib/grpo.ts";
 import { loadModel } from "../lib/model_loader.ts";
 import type { Qwen2Model } from "../lib/model.ts";
 import { CheckpointError } from "../lib/errors.ts";
