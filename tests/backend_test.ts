@@ -6,6 +6,7 @@ import { tf } from "../lib/tf.ts";
 import { describeBackend, setupBackend, useBackend } from "../lib/backend.ts";
 import { BackendError } from "../lib/errors.ts";
 import { assertCloseToMax } from "./_assert.ts";
+import { test } from "./_requires.ts";
 
 type Mode = "cpu" | "cpu+blas" | "wasm" | "wasm+blas";
 
@@ -48,7 +49,7 @@ function tensor(shape: number[], seed: number): tf.Tensor {
   return tf.tensor(seeded(shape, seed), shape);
 }
 
-Deno.test("setupBackend() opens a BLAS for wasm when blas is auto", async () => {
+await test.openblas("setupBackend() opens a BLAS for wasm when blas is auto", async () => {
   const info = await useBackend("wasm+blas");
   assert.equal(info.name, "wasm");
   assert.ok(info.blas !== null, `no BLAS opened: ${info.notes.join("; ")}`);
@@ -80,7 +81,7 @@ Deno.test("BatchMatMul on wasm and cpu+blas matches stock cpu: transposes, batch
   }
 });
 
-Deno.test("setupBackend() opens a BLAS for cpu when blas is auto, and off restores stock cpu", async () => {
+await test.openblas("setupBackend() opens a BLAS for cpu when blas is auto, and off restores stock cpu", async () => {
   const stock = (await useBackend("cpu"), tf.getKernel(tf.BatchMatMul, "cpu")!.kernelFunc);
   const stockFused = tf.getKernel(tf._FusedMatMul, "cpu")!.kernelFunc;
   const info = await useBackend("cpu+blas");
@@ -178,7 +179,7 @@ Deno.test("_FusedMatMul on wasm and cpu+blas matches stock cpu with prelu weight
   await assertParity(fn, MODES, "fused prelu");
 });
 
-Deno.test("cpu+blas runs int32 matMul and fused matMul on the stock cpu kernels, noting each once", async () => {
+await test.openblas("cpu+blas runs int32 matMul and fused matMul on the stock cpu kernels, noting each once", async () => {
   const info = await useBackend("cpu+blas");
   const before = tf.memory().numTensors;
   const a = tf.tensor2d([1, 2, 3, 4], [2, 2], "int32");
@@ -234,7 +235,7 @@ Deno.test("setupBackend() with blas off keeps the stock matMul and says so", asy
   assert.equal(again, info, "same options should return the same info");
 });
 
-Deno.test("wasm+blas falls back to the stock kernel on int32 and notes it once", async () => {
+await test.openblas("wasm+blas falls back to the stock kernel on int32 and notes it once", async () => {
   const info = await useBackend("wasm+blas");
   const before = tf.memory().numTensors;
   const a = tf.tensor2d([1, 2, 3, 4], [2, 2], "int32");

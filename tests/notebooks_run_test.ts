@@ -5,6 +5,7 @@
 // sample, update and evaluate for real.
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { test } from "./_requires.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const DIR = join(ROOT, "notebooks");
@@ -60,7 +61,7 @@ Deno.test("the committed notebooks are executed, in order, with their charts", a
   assert.equal(await svgs("05_evaluate.ipynb"), 1, "beforeAfterChart");
 });
 
-Deno.test("deno task notebooks runs every notebook without errors", async () => {
+await test.jupyter("deno task notebooks runs every notebook without errors", async () => {
   const before = await Promise.all(NOTEBOOKS.map((n) => Deno.readTextFile(join(DIR, n))));
   const run = await new Deno.Command(Deno.execPath(), {
     args: ["task", "notebooks"],

@@ -1,8 +1,10 @@
 // Runs the notebook machinery (tasks/notebooks.ts over tasks/_run_notebook.py) on throwaway
 // notebooks. Needs /usr/bin/python3 with jupyter_client + nbformat and the Deno kernel
-// (`deno jupyter --install`); CI installs them, so a missing piece fails here, loudly.
+// (`deno jupyter --install`): without them these tests skip with one line saying what to install,
+// and under GRPO_DENO_REQUIRE_ALL=1 (CI) they fail.
 import assert from "node:assert/strict";
 import { basename, join } from "node:path";
+import { test } from "./_requires.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const TASK = join(ROOT, "tasks", "notebooks.ts");
@@ -65,7 +67,7 @@ const GOOD: [Cell["cell_type"], string][] = [
   ["code", ""],
 ];
 
-Deno.test("expects_output() decides which cells must show something", async () => {
+await test.jupyter("expects_output() decides which cells must show something", async () => {
   const cases: [string, boolean][] = [
     ["1 + 1", true],
     ["chart", true],
@@ -122,7 +124,7 @@ Deno.test("expects_output() decides which cells must show something", async () =
   assert.equal(new TextDecoder().decode(tagged.stdout).trim(), "False");
 });
 
-Deno.test("deno task notebooks executes cells in the notebook's folder and reports failures", async () => {
+await test.jupyter("deno task notebooks executes cells in the notebook's folder and reports failures", async () => {
   try {
     await Deno.stat(PYTHON);
   } catch {
@@ -202,7 +204,7 @@ Deno.test("deno task notebooks: an unknown flag is a one-line error, exit 2", as
   );
 });
 
-Deno.test("_run_notebook.py without --write leaves the notebook untouched", async () => {
+await test.jupyter("_run_notebook.py without --write leaves the notebook untouched", async () => {
   const dir = await Deno.makeTempDir({ prefix: "notebooks_test_" });
   try {
     const path = join(dir, "plain.ipynb");

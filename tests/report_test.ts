@@ -2,10 +2,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { DataError } from "../lib/errors.ts";
 import { buildReport, loadRun, type RunData, sampleCompletions } from "../lib/report.ts";
+import { test, which } from "./_requires.ts";
 
 const FIXTURE = new URL("./fixtures/run/", import.meta.url).pathname;
 const TASK = new URL("../tasks/report.ts", import.meta.url).pathname;
-const CHROMIUM = "/usr/bin/chromium";
+const CHROMIUM = await which("chromium") ?? "/usr/bin/chromium";
 
 async function copyFixture(files: string[]): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "report_test_" });
@@ -189,7 +190,7 @@ Deno.test("deno task report writes report.html and reports user errors in one li
   }
 });
 
-Deno.test("report.html renders its charts in headless Chromium", async () => {
+await test.chromium("report.html renders its charts in headless Chromium", async () => {
   try {
     await Deno.stat(CHROMIUM);
   } catch {

@@ -14,10 +14,11 @@ import { rollout } from "../lib/rollout.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import { assertAllClose } from "./_assert.ts";
 import { assertGrpoCase } from "./_fixtures.ts";
+import { test } from "./_requires.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
-Deno.test("webgpu: logits, padded batch and greedy ids match the fixture on both models", async () => {
+await test.webgpu("webgpu: logits, padded batch and greedy ids match the fixture on both models", async () => {
   await useBackend("webgpu");
   for (const name of ["qwen2-tiny", "qwen2-tiny-tied-bf16"]) {
     const dir = `${FIXTURES}${name}`;
@@ -63,7 +64,7 @@ Deno.test("webgpu: logits, padded batch and greedy ids match the fixture on both
   }
 });
 
-Deno.test("webgpu: a GRPO case's loss and LoRA gradients match TRL", async () => {
+await test.webgpu("webgpu: a GRPO case's loss and LoRA gradients match TRL", async () => {
   await useBackend("webgpu");
   const dir = `${FIXTURES}qwen2-tiny`;
   const g = JSON.parse(await Deno.readTextFile(`${dir}/expected.json`)).grpo;
