@@ -3,6 +3,7 @@
 // against TRL 1.13 (see tests/fixtures/README.md).
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
+import { useBackend } from "../lib/backend.ts";
 import {
   groupRelativeAdvantages,
   groupStats,
@@ -15,7 +16,7 @@ import {
 } from "../lib/grpo.ts";
 import { assertAllClose } from "./_assert.ts";
 
-await tf.setBackend("cpu");
+await useBackend("cpu");
 
 interface FixtureCase {
   name: string;

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
+import { useBackend } from "../lib/backend.ts";
 import {
   completionTokenLogProbs,
   errorBreakdown,
@@ -26,7 +27,7 @@ import { assertAllClose } from "./_assert.ts";
 const DIR = new URL("./fixtures/qwen2-tiny", import.meta.url).pathname;
 
 Deno.test("nextTokens() ranks the last position's softmax and matches completionTokenLogProbs()", async () => {
-  await tf.setBackend("cpu");
+  await useBackend("cpu");
   const model = await loadModel(DIR);
   const tokenizer = await loadTokenizer(DIR);
   const before = tf.memory().numTensors;
@@ -51,7 +52,7 @@ Deno.test("nextTokens() ranks the last position's softmax and matches completion
 });
 
 Deno.test("completionTokenLogProbs() equals completionLogProbs() cut to each completion", async () => {
-  await tf.setBackend("cpu");
+  await useBackend("cpu");
   const model = await loadModel(DIR);
   const lora = await loadLora(model, `${DIR}/adapter`);
   const rows = {

@@ -4,6 +4,7 @@
 // get_{linear,cosine,constant}_schedule_with_warmup formulas.
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
+import { useBackend } from "../lib/backend.ts";
 import {
   accumulateGrads,
   AdamW,
@@ -16,7 +17,7 @@ import {
 } from "../lib/optim.ts";
 import { assertAllClose } from "./_assert.ts";
 
-await tf.setBackend("cpu");
+await useBackend("cpu");
 
 type Nested = number | Nested[];
 type Named = Record<string, Nested>;
