@@ -883,15 +883,56 @@ export function disposeCache(cache: KVCache): void {
  */
 export function completionLogProbs(
   model: Qwen2Model,
-  batch: {
-    inputIds: tf.Tensor2D;
-    attentionMask: tf.Tensor2D;
-    completionLength: number;
-    temperature: number;
-    positionIds?: tf.Tensor2D;
-  },
+  batch: CompletionBatch,
   options: Pick<ForwardOptions, "adapter" | "gradientCheckpointing"> = {},
 ): tf.Tensor2D {
+  return completionHeads(model, batch, options, false).logps;
+}
+
+/** The batch {@linkcode completionLogProbs} scores. */
+export interface CompletionBatch {
+  /** [B, P+C] int32, prompt left-padded, completion right-padded. */
+  inputIds: tf.Tensor2D;
+  /** [B, P+C]. */
+  attentionMask: tf.Tensor2D;
+  /** C, the padded completion width. */
+  completionLength: number;
+  /** Logits are divided by it before log_softmax. */
+  temperature: number;
+  /** [B, P+C] int32 RoPE positions; default from the mask. */
+  positionIds?: tf.Tensor2D;
+}
+
+/**
+ * {@linkcode completionLogProbs} plus the entropy of each position's temperature-scaled
+ * next-token distribution, from the same logits (TRL `_get_per_token_logps_and_entropies` with
+ * `compute_entropy=True`, `entropy_from_logits`). The entropies carry no gradient (TRL computes
+ * them under no_grad); they feed `top_entropy_quantile` and the `entropy` metric.
+ *
+ * @param model The model.
+ * @param batch As {@linkcode completionLogProbs}.
+ * @param options `adapter`, `gradientCheckpointing`.
+ * @returns `per_token_logps` and `entropies`, both [B, C]. The caller disposes them.
+ * @example Usage
+ * ```ts ignore
+ * const { per_token_logps, entropies } = completionLogProbsAndEntropies(model, batch, { adapter });
+ * ```
+ */
+export function completionLogProbsAndEntropies(
+  model: Qwen2Model,
+  batch: CompletionBatch,
+  options: Pick<ForwardOptions, "adapter" | "gradientCheckpointing"> = {},
+): { per_token_logps: tf.Tensor2D; entropies: tf.Tensor2D } {
+  const { logps, entropies } = completionHeads(model, batch, options, true);
+  return { per_token_logps: logps, entropies: entropies! };
+}
+
+function completionHeads(
+  model: Qwen2Model,
+  batch: CompletionBatch,
+  options: Pick<ForwardOptions, "adapter" | "gradientCheckpointing">,
+  withEntropies: boolean,
+): { logps: tf.Tensor2D; entropies: tf.Tensor2D | null } {
   const [B, T] = batch.inputIds.shape;
   const C = batch.completionLength;
   if (!Number.isInteger(C) || C < 1 || C >= T) {
@@ -900,7 +941,7 @@ export function completionLogProbs(
   if (!(batch.temperature > 0)) {
     throw new RangeError(`Expected temperature > 0, got ${batch.temperature}`);
   }
-  return tf.tidy(() => {
+  const out = tf.tidy(() => {
     const h = layerStack(model, batch.inputIds, {
       attentionMask: batch.attentionMask,
       positionIds: batch.positionIds,
@@ -913,19 +954,38 @@ export function completionLogProbs(
     // vocab gets one row at a time; the demo's 63-symbol vocab does the whole batch at once).
     const V = model.config.vocab_size;
     const rowsPerChunk = Math.max(1, Math.floor(LOGITS_CHUNK_FLOATS / (C * V)));
-    const chunks: tf.Tensor[] = [];
+    const logps: tf.Tensor[] = [];
+    const entropies: tf.Tensor[] = [];
     for (let b = 0; b < B; b += rowsPerChunk) {
       const n = Math.min(rowsPerChunk, B - b);
       const logits = tf.div(
         lmHead(model, hs.slice([b, 0, 0], [n, C, -1]).reshape([n * C, -1])),
         batch.temperature,
       ) as tf.Tensor2D; // [n*C, V]
-      const lse = tf.logSumExp(logits, 1); // [n*C]
+      const lse = tf.logSumExp(logits, 1) as tf.Tensor1D; // [n*C]
       const ids = targets.slice([b, 0], [n, C]).reshape([n * C]) as tf.Tensor1D;
-      chunks.push(tf.sub(gatherRows(logits, ids), lse).reshape([n, C]));
+      logps.push(tf.sub(gatherRows(logits, ids), lse).reshape([n, C]));
+      if (withEntropies) entropies.push(entropyOfLogits(logits, lse).reshape([n, C]));
     }
-    return (chunks.length === 1 ? chunks[0] : tf.concat(chunks, 0)) as tf.Tensor2D; // [B, C]
-  });
+    const join = (parts: tf.Tensor[]) => (parts.length === 1 ? parts[0] : tf.concat(parts, 0));
+    return withEntropies ? [join(logps), join(entropies)] : [join(logps)]; // [B, C] each
+  }) as tf.Tensor2D[];
+  return { logps: out[0], entropies: out[1] ?? null };
+}
+
+/**
+ * -Σ p·log p of each row of `logits` [N, V] given its logsumexp `lse` [N] (TRL
+ * `entropy_from_logits`), as one gradient-free tape node: nothing is differentiated through it.
+ */
+function entropyOfLogits(logits: tf.Tensor2D, lse: tf.Tensor1D): tf.Tensor1D {
+  const f = tf.customGrad(() => ({
+    value: tf.tidy(() => {
+      const logp = tf.sub(logits, tf.reshape(lse, [-1, 1])); // [N, V]
+      return tf.neg(tf.sum(tf.mul(tf.exp(logp), logp), 1)); // [N]
+    }),
+    gradFunc: () => [],
+  }));
+  return f() as tf.Tensor1D;
 }
 
 /**
