@@ -72,14 +72,19 @@ const grpoSection = z.object({
       "Weight of the KL penalty to the reference model (TRL `beta`); 0 skips the reference " +
         "forward pass.",
     ),
-  loss_type: z.enum(["grpo", "bnpo", "dr_grpo", "dapo"], {
-    error: "expected one of grpo, bnpo, dr_grpo, dapo",
+  loss_type: z.enum(["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"], {
+    error: "expected one of grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo",
   }).default("dapo")
     .describe(
-      "How per-token losses are aggregated (TRL `loss_type`): grpo = mean per sequence then " +
-        "batch; bnpo = mean over the batch's tokens; dr_grpo = sum / (batch * max_new_tokens) " +
-        "(Dr. GRPO, arXiv:2503.20783); dapo = sum / tokens in the whole accumulated batch " +
-        "(DAPO, arXiv:2503.14476).",
+      "The policy loss and how per-token losses are aggregated (TRL `loss_type`). Clipped " +
+        "surrogate: grpo = mean per sequence then batch; bnpo = mean over the batch's tokens; " +
+        "dr_grpo = sum / (batch * max_new_tokens) (Dr. GRPO, arXiv:2503.20783); dapo = sum / " +
+        "tokens in the whole accumulated batch (DAPO, arXiv:2503.14476); luspo = sum per " +
+        "sequence, mean over the batch (LUSPO; use importance_sampling_level sequence). Other " +
+        "objectives: cispo = detached ratio capped at epsilon_high times A·log-prob (MiniMax-M1, " +
+        "ScaleRL), normalised as dapo; sapo = sigmoid soft gate instead of the clip (SAPO, " +
+        "arXiv:2511.20347), normalised as grpo; vespo = sequence-level gamma weight times " +
+        "A·log-prob (VESPO), normalised as dapo.",
     ),
   epsilon: z.number({ error: "expected a number > 0" }).gt(0).default(0.2)
     .describe("Lower clip range of the importance ratio, 1 - epsilon (TRL `epsilon`)."),
@@ -87,7 +92,9 @@ const grpoSection = z.object({
     .default(null)
     .describe(
       "Upper clip range, 1 + epsilon_high (TRL `epsilon_high`, DAPO's clip-higher); null " +
-        "uses epsilon. Must be >= epsilon.",
+        "uses epsilon. Must be >= epsilon. With loss_type cispo it is the cap on the ratio " +
+        "itself (not 1 + epsilon_high), so null caps every ratio at epsilon: set it (ScaleRL " +
+        "uses 5).",
     ),
   scale_rewards: z.enum(["group", "batch", "none"], {
     error: "expected one of group, batch, none",
@@ -105,6 +112,86 @@ const grpoSection = z.object({
     .describe(
       "Leave completions that hit max_new_tokens without EOS out of the loss " +
         "(TRL `mask_truncated_completions`, DAPO).",
+    ),
+  importance_sampling_level: z.enum(["token", "sequence"], {
+    error: "expected token or sequence",
+  }).default("token")
+    .describe(
+      "Importance ratio per token, or one per sequence from the mean log-ratio of its tokens " +
+        "(TRL `importance_sampling_level`; sequence = GSPO, arXiv:2507.18071). Clip ratios are " +
+        "then shares of sequences, not tokens.",
+    ),
+  delta: z.number({ error: "expected a number > 0 or null" }).gt(0).nullable().default(null)
+    .describe(
+      "Two-sided clipping (TRL `delta`, INTELLECT-2): also cap the ratio at delta, which " +
+        "bounds the loss of negative-advantage tokens; null turns it off. TRL recommends " +
+        "delta > 1 + epsilon_high.",
+    ),
+  top_entropy_quantile: z.number({ error: "expected a number in [0, 1]" }).min(0).max(1)
+    .default(1.0)
+    .describe(
+      "Train the policy loss only on the tokens whose entropy is in this top quantile of the " +
+        "micro-batch (TRL `top_entropy_quantile`, arXiv:2506.01939, which recommends 0.2); " +
+        "1 keeps every token. Entropies come from the temperature-scaled logits; the KL term " +
+        "is not masked.",
+    ),
+  use_bias_correction_kl: z.boolean({ error: "expected true or false" }).default(false)
+    .describe(
+      "Multiply the per-token KL by the importance ratio (TRL `use_bias_correction_kl`, " +
+        "DeepSeek-V3.2). TRL's default is true; ours stays false so existing runs keep their " +
+        "loss. Needs kl_coef > 0 to have an effect.",
+    ),
+  off_policy_mask_threshold: z.number({ error: "expected a number >= 0 or null" }).min(0)
+    .nullable().default(null)
+    .describe(
+      "Drop a negative-advantage sequence from the policy loss when the mean of (sampler " +
+        "log-prob - policy log-prob) over its tokens exceeds this (TRL " +
+        "`off_policy_mask_threshold`, DeepSeek-V3.2's off-policy sequence mask); null turns it " +
+        "off.",
+    ),
+  sapo_temperature_pos: z.number({ error: "expected a number > 0" }).gt(0).default(1.0)
+    .describe("SAPO gate temperature for positive advantages (TRL `sapo_temperature_pos`)."),
+  sapo_temperature_neg: z.number({ error: "expected a number > 0" }).gt(0).default(1.05)
+    .describe("SAPO gate temperature for negative advantages (TRL `sapo_temperature_neg`)."),
+  vespo_k_pos: z.number({ error: "expected a number >= 0" }).min(0).default(2.0)
+    .describe(
+      "VESPO gamma shape k for advantages >= 0 (TRL `vespo_k_pos`): the weight is " +
+        "e^lambda · w^k · e^(-lambda·w) of the sequence ratio w.",
+    ),
+  vespo_lambda_pos: z.number({ error: "expected a number >= 0" }).min(0).default(3.0)
+    .describe("VESPO gamma rate lambda for advantages >= 0 (TRL `vespo_lambda_pos`)."),
+  vespo_k_neg: z.number({ error: "expected a number >= 0" }).min(0).default(3.0)
+    .describe("VESPO gamma shape k for negative advantages (TRL `vespo_k_neg`)."),
+  vespo_lambda_neg: z.number({ error: "expected a number >= 0" }).min(0).default(2.0)
+    .describe("VESPO gamma rate lambda for negative advantages (TRL `vespo_lambda_neg`)."),
+  vllm_importance_sampling_correction: z.boolean({ error: "expected true or false" })
+    .default(false)
+    .describe(
+      "Weight the policy loss by exp(trainer log-prob - sampler log-prob) to correct for a " +
+        "rollout engine whose log-probs differ from the trainer's (TRL " +
+        "`vllm_importance_sampling_correction`). TRL's default is true but applies only with " +
+        "vLLM; our rollout samples from the trainer's own model, so it is off here.",
+    ),
+  vllm_importance_sampling_mode: z.enum(
+    ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"],
+    { error: "expected one of token_truncate, token_mask, sequence_truncate, sequence_mask" },
+  ).default("sequence_mask")
+    .describe(
+      "How the correction ratio is formed (TRL `vllm_importance_sampling_mode`): per token or " +
+        "one per sequence (the exp of the summed log-ratios); truncate clamps it to " +
+        "[clip_min, clip_max], mask sets it to 0 outside that range.",
+    ),
+  vllm_importance_sampling_clip_min: z.number({ error: "expected a number >= 0 or null" })
+    .min(0).nullable().default(null)
+    .describe(
+      "Lower bound of the correction ratio (TRL `vllm_importance_sampling_clip_min`); null = " +
+        "none.",
+    ),
+  vllm_importance_sampling_clip_max: z.number({ error: "expected a number > 0 or null" })
+    .gt(0).nullable().default(3.0)
+    .describe(
+      "Upper bound of the correction ratio (TRL `vllm_importance_sampling_clip_max`); null = " +
+        "none.",
     ),
 }).strict();
 
@@ -333,6 +420,28 @@ export const ConfigSchema = z.object({
       message: `expected a number >= grpo.epsilon (${grpo.epsilon}) or null`,
     });
   }
+  // TRL GRPOTrainer.__init__: VESPO folds a per-token correction ratio into its weights.
+  if (
+    grpo.loss_type === "vespo" && grpo.vllm_importance_sampling_correction &&
+    grpo.vllm_importance_sampling_mode.startsWith("sequence")
+  ) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["grpo", "vllm_importance_sampling_mode"],
+      message: `expected token_truncate or token_mask with loss_type vespo and ` +
+        `vllm_importance_sampling_correction (VESPO folds a per-token ratio into its weights), ` +
+        `got ${grpo.vllm_importance_sampling_mode}`,
+    });
+  }
+  const { vllm_importance_sampling_clip_min: clipMin, vllm_importance_sampling_clip_max: clipMax } =
+    grpo;
+  if (clipMin !== null && clipMax !== null && clipMin > clipMax) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["grpo", "vllm_importance_sampling_clip_min"],
+      message: `expected a number <= grpo.vllm_importance_sampling_clip_max (${clipMax}) or null`,
+    });
+  }
   if (
     reward.reward_weights !== null &&
     reward.reward_weights.length !== reward.reward_functions.length
@@ -385,6 +494,75 @@ export const ConfigSchema = z.object({
 
 /** The typed configuration every phase reads from (`config.grpo.kl_coef`, ...). */
 export type Config = z.infer<typeof ConfigSchema>;
+
+/**
+ * Warnings about `grpo` settings that TRL accepts but that may not do what the user wants (TRL
+ * logs the same ones); the trainer prints them at start. Combinations TRL rejects are schema
+ * errors instead.
+ *
+ * @param grpo The `grpo` section.
+ * @returns One sentence per problem, naming the fix.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { defaultConfig, grpoConfigWarnings } from "./config.ts";
+ * const grpo = { ...defaultConfig().grpo, loss_type: "cispo" as const };
+ * assert.match(grpoConfigWarnings(grpo)[0], /epsilon_high/);
+ * ```
+ */
+export function grpoConfigWarnings(grpo: Config["grpo"]): string[] {
+  const out: string[] = [];
+  const lossType = grpo.loss_type;
+  if (lossType === "cispo" && grpo.epsilon_high === null) {
+    out.push(
+      `grpo.loss_type cispo caps the importance ratio at epsilon_high, which defaults to epsilon ` +
+        `(${grpo.epsilon}), so almost every token is capped. Set grpo.epsilon_high (ScaleRL uses 5).`,
+    );
+  }
+  if (lossType === "luspo" && grpo.importance_sampling_level !== "sequence") {
+    out.push(
+      "grpo.loss_type luspo is defined with sequence-level ratios (TRL warns too). Set " +
+        "grpo.importance_sampling_level: sequence.",
+    );
+  }
+  if (lossType === "vespo" && grpo.importance_sampling_level !== "token") {
+    out.push(
+      "grpo.loss_type vespo computes its own sequence-level weights (TRL warns too). Set " +
+        "grpo.importance_sampling_level: token.",
+    );
+  }
+  if (
+    grpo.importance_sampling_level === "sequence" &&
+    ["dapo", "bnpo", "dr_grpo", "cispo"].includes(lossType)
+  ) {
+    out.push(
+      `grpo.importance_sampling_level sequence with loss_type ${lossType} sums a sequence's ` +
+        `ratio once per token, so long sequences weigh more (TRL warns too). GSPO uses ` +
+        `loss_type grpo; LUSPO uses luspo.`,
+    );
+  }
+  if (grpo.use_bias_correction_kl && grpo.kl_coef === 0) {
+    out.push(
+      "grpo.use_bias_correction_kl has no effect with grpo.kl_coef 0 (there is no KL term). Set " +
+        "kl_coef > 0 or leave it false.",
+    );
+  }
+  if (grpo.delta !== null) {
+    const high = grpo.epsilon_high ?? grpo.epsilon;
+    if (["cispo", "sapo", "vespo"].includes(lossType)) {
+      out.push(
+        `grpo.delta applies only to the clipped losses; loss_type ${lossType} ignores it. Set ` +
+          `delta: null.`,
+      );
+    } else if (grpo.delta <= 1 + high) {
+      out.push(
+        `grpo.delta (${grpo.delta}) <= 1 + epsilon_high (${1 + high}) caps ratios that the clip ` +
+          `would keep. TRL recommends delta > 1 + epsilon_high.`,
+      );
+    }
+  }
+  return out;
+}
 
 /** A section name of {@linkcode Config}. */
 export type ConfigSection = keyof Config;

@@ -4,8 +4,8 @@
  * one batch, and the padded batch GRPO trains on (TRL: prompts left-padded, completions
  * right-padded, completion mask up to and including the first EOS).
  *
- * Sampling runs on the device; per token only the B sampled ids come back to the CPU (they are
- * needed to stop at EOS). Randomness comes from a seeded PRNG on the CPU (B uniforms per step),
+ * Sampling runs on the device; per token only the B sampled ids and their log-probs come back to
+ * the CPU, in one read (the ids are needed to stop at EOS). Randomness comes from a seeded PRNG on the CPU (B uniforms per step),
  * so a run repeats exactly on any backend.
  *
  * @module
@@ -41,6 +41,13 @@ export interface Rollout {
   texts: string[];
   /** Why each row ended. */
   finishReasons: FinishReason[];
+  /**
+   * Per row, the log-probability of each completion token under the distribution it was
+   * sampled from: after temperature, top_k and top_p (renormalised over the nucleus), as vLLM's
+   * `processed_logprobs` that TRL reads for `sampling_per_token_logps`; 0 with greedy. With
+   * top_p 1 and top_k 0 they equal the trainer's log-probs up to float noise.
+   */
+  samplingLogProbs: number[][];
   /** Generated tokens over all rows (for tokens/s). */
   numTokens: number;
 }
@@ -53,23 +60,29 @@ export interface Rollout {
  * @param logits [B, V] raw logits (temperature is applied here).
  * @param uniforms B numbers in [0, 1).
  * @param options temperature, top_p, top_k (0 = off), greedy.
- * @returns [B] int32 token ids. The caller disposes it.
+ * @returns `ids` [B] int32 token ids, and `logps` [B] float32, the log-probability of each id
+ *   under the distribution it was drawn from (the renormalised nucleus; 0 with greedy). The
+ *   caller disposes both.
  * @example Usage
  * ```ts
  * import { tf } from "./tf.ts";
  * import { sampleTokens } from "./rollout.ts";
  * const logits = tf.tensor2d([[0, 5, 0]]);
- * const ids = sampleTokens(logits, [0.5], { temperature: 1, top_p: 0.5, top_k: 0 });
+ * const { ids, logps } = sampleTokens(logits, [0.5], { temperature: 1, top_p: 0.5, top_k: 0 });
  * console.assert(ids.dataSync()[0] === 1);
+ * console.assert(logps.dataSync()[0] === 0); // the nucleus is token 1 alone
  * ```
  */
 export function sampleTokens(
   logits: tf.Tensor2D,
   uniforms: number[],
   options: Pick<SamplingOptions, "temperature" | "top_p" | "top_k" | "greedy">,
-): tf.Tensor1D {
+): { ids: tf.Tensor1D; logps: tf.Tensor1D } {
   return tf.tidy(() => {
-    if (options.greedy) return tf.cast(tf.argMax(logits, 1), "int32") as tf.Tensor1D;
+    if (options.greedy) {
+      const ids = tf.cast(tf.argMax(logits, 1), "int32") as tf.Tensor1D;
+      return { ids, logps: tf.zeros([logits.shape[0]]) as tf.Tensor1D };
+    }
     const [B, V] = logits.shape;
     const k = options.top_k > 0 ? Math.min(options.top_k, V) : V;
     const { values, indices } = tf.topk(tf.div(logits, options.temperature), k); // [B, k] desc
@@ -88,7 +101,12 @@ export function sampleTokens(
     );
     pick = tf.minimum(pick, lastKept);
     const flat = tf.add(tf.mul(tf.range(0, B, 1, "int32"), tf.scalar(k, "int32")), pick);
-    return tf.gather(indices.reshape([B * k]), flat) as tf.Tensor1D; // [B]
+    // log p(pick) in the nucleus: log_softmax over the top k, minus the log of the kept mass.
+    const logps = tf.sub(
+      tf.gather(tf.logSoftmax(values, -1).reshape([B * k]), flat),
+      tf.log(total.reshape([B])),
+    ) as tf.Tensor1D; // [B]
+    return { ids: tf.gather(indices.reshape([B * k]), flat) as tf.Tensor1D, logps }; // [B] each
   });
 }
 
@@ -144,6 +162,7 @@ export async function rollout(
   });
   tf.dispose([idsT, maskT]);
   const completions: number[][] = prompts.map(() => []);
+  const samplingLogProbs: number[][] = prompts.map(() => []);
   const finish: (FinishReason | null)[] = prompts.map(() => null);
   const stops = sampling.stop.filter((s) => s.length > 0);
   // Incremental decoding keeps stop-string checks O(1) per token instead of re-decoding.
@@ -156,15 +175,20 @@ export async function rollout(
       const uniforms = Array.from({ length: B }, () => random());
       const next = sampleTokens(logits, uniforms, sampling);
       logits.dispose();
-      const picked = await next.data(); // sync point: B ids per token
+      // Ids (exact in float32 below 2^24) and log-probs travel in one read.
+      const packed = tf.tidy(() => tf.concat([tf.cast(next.ids, "float32"), next.logps]));
+      tf.dispose([next.ids, next.logps]);
+      const read = await packed.data(); // sync point: B ids and B log-probs per token
+      packed.dispose();
       const feed: number[] = [];
       for (let b = 0; b < B; b++) {
         if (finish[b] !== null) {
           feed.push(tokenizer.padTokenId);
           continue;
         }
-        const id = picked[b];
+        const id = read[b];
         completions[b].push(id);
+        samplingLogProbs[b].push(read[B + b]);
         numTokens++;
         feed.push(id);
         if (eos.has(id)) finish[b] = "eos";
@@ -173,7 +197,6 @@ export async function rollout(
           if (stops.some((stop) => streams[b].text.includes(stop))) finish[b] = "stop";
         }
       }
-      next.dispose();
       options.onToken?.(step + 1, sampling.max_new_tokens);
       if (finish.every((f) => f !== null) || step === sampling.max_new_tokens - 1) {
         logits = tf.zeros([0, 0]);
@@ -192,6 +215,7 @@ export async function rollout(
     completionIds: completions,
     texts: completions.map((c) => tokenizer.decode(c, { skipSpecialTokens: true })),
     finishReasons: finish.map((f) => f ?? "length"),
+    samplingLogProbs,
     numTokens,
   };
 }
@@ -214,12 +238,17 @@ export interface TrainingBatch {
   completionLength: number;
   /** Ones in `completionMask` (counted here, so nobody reads the mask back from the device). */
   numTokens: number;
+  /**
+   * [B, C] float32 the rollout's `samplingLogProbs`, 0 on padding (TRL
+   * `sampling_per_token_logps`); null when the rollout passed none.
+   */
+  samplingPerTokenLogps: tf.Tensor2D | null;
 }
 
 /**
  * Builds the padded batch TRL builds in `_generate_and_score_completions`.
  *
- * @param rollout Prompt and completion ids per row.
+ * @param rollout Prompt and completion ids per row, and optionally the sampler's log-probs.
  * @param padTokenId Pad id.
  * @param options `maskTruncated`: zero the mask of rows that did not end with EOS
  *   (TRL `mask_truncated_completions`).
@@ -234,7 +263,9 @@ export interface TrainingBatch {
  * ```
  */
 export function toTrainingBatch(
-  rollout: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
+  rollout:
+    & Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">
+    & Partial<Pick<Rollout, "samplingLogProbs">>,
   padTokenId: number,
   options: { maskTruncated?: boolean } = {},
 ): TrainingBatch {
@@ -256,16 +287,19 @@ export function toTrainingBatch(
     );
   }
   const T = ids[0].length;
+  const sampling = rollout.samplingLogProbs?.map((r) => [...r, ...new Array(C - r.length).fill(0)]);
   return {
     inputIds: tf.tensor2d(ids, [B, T], "int32"),
     attentionMask: tf.tensor2d(am, [B, T], "int32"),
     completionMask: tf.tensor2d(cm, [B, C], "float32"),
     completionLength: C,
     numTokens,
+    samplingPerTokenLogps: sampling ? tf.tensor2d(sampling, [B, C], "float32") : null,
   };
 }
 
 /** Frees a {@linkcode TrainingBatch}. */
 export function disposeBatch(batch: TrainingBatch): void {
   tf.dispose([batch.inputIds, batch.attentionMask, batch.completionMask]);
+  batch.samplingPerTokenLogps?.dispose();
 }

@@ -11,7 +11,7 @@
  */
 import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
-import { formatConfig } from "./config.ts";
+import { formatConfig, grpoConfigWarnings } from "./config.ts";
 import type { Example } from "./data.ts";
 import { shuffle } from "./data.ts";
 import { CheckpointError } from "./errors.ts";
@@ -96,6 +96,7 @@ export function configWarnings(config: Config): string[] {
         `drop the box. Set reward_no_answer: ${r.reward_wrong} to prevent it (see README, "Model not learning").`,
     );
   }
+  out.push(...grpoConfigWarnings(config.grpo));
   return out;
 }
 

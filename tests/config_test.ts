@@ -7,6 +7,7 @@ import {
   FLAT_KEY_ALIASES,
   FLAT_KEY_PRECEDENCE,
   formatConfig,
+  grpoConfigWarnings,
   loadConfig,
   nearest,
   parseConfig,
@@ -74,6 +75,21 @@ Deno.test("defaultConfig() matches the defaults in CONTRACTS.md", () => {
       scale_rewards: "group",
       num_iterations: 1,
       mask_truncated_completions: false,
+      importance_sampling_level: "token",
+      delta: null,
+      top_entropy_quantile: 1.0,
+      use_bias_correction_kl: false,
+      off_policy_mask_threshold: null,
+      sapo_temperature_pos: 1.0,
+      sapo_temperature_neg: 1.05,
+      vespo_k_pos: 2.0,
+      vespo_lambda_pos: 3.0,
+      vespo_k_neg: 3.0,
+      vespo_lambda_neg: 2.0,
+      vllm_importance_sampling_correction: false,
+      vllm_importance_sampling_mode: "sequence_mask",
+      vllm_importance_sampling_clip_min: null,
+      vllm_importance_sampling_clip_max: 3.0,
     },
     reward: {
       reward_correct: 1.0,
@@ -143,6 +159,25 @@ Deno.test("ConfigSchema describes every section and key", () => {
     >;
     for (const [key, field] of Object.entries(shape)) {
       assert.ok((field.description ?? "").length >= 10, `${section}.${key} has no description`);
+    }
+  }
+});
+
+Deno.test("README's config reference has a row for every key with the schema's description", async () => {
+  // The table is kept by hand from ConfigSchema; this keeps it from drifting.
+  const rows = (await Deno.readTextFile("README.md")).split("\n").filter((l) =>
+    l.startsWith("| `")
+  );
+  for (const section of SECTIONS) {
+    const shape = ConfigSchema.shape[section].unwrap().shape as Record<
+      string,
+      { description?: string }
+    >;
+    for (const [key, field] of Object.entries(shape)) {
+      const row = rows.find((l) => l.startsWith(`| \`${section}.${key}\``));
+      assert.ok(row, `README has no row for ${section}.${key}`);
+      const meaning = row.split(/(?<!\\)\|/)[5].trim().replaceAll("\\|", "|");
+      assert.equal(meaning, field.description, `README row of ${section}.${key}`);
     }
   }
 });
@@ -372,13 +407,79 @@ Deno.test("loadConfig() checks fields against each other", async () => {
   });
 });
 
+Deno.test("parseConfig() rejects the GRPO option combinations TRL rejects, naming the fix", () => {
+  // TRL GRPOTrainer.__init__ raises for vespo with a sequence-level vLLM IS mode.
+  const vespo = "grpo:\n  loss_type: vespo\n  vllm_importance_sampling_correction: true\n";
+  assert.throws(() => parseConfig(vespo, { file: "v.yaml" }), {
+    message: "Cannot load v.yaml: grpo.vllm_importance_sampling_mode: expected token_truncate " +
+      "or token_mask with loss_type vespo and vllm_importance_sampling_correction (VESPO folds " +
+      "a per-token ratio into its weights), got sequence_mask",
+  });
+  const ok = parseConfig(vespo + "  vllm_importance_sampling_mode: token_mask\n", {
+    file: "v.yaml",
+  });
+  assert.equal(ok.grpo.vllm_importance_sampling_mode, "token_mask");
+  // Without the correction the mode is unused, so any value loads.
+  assert.equal(
+    parseConfig("grpo:\n  loss_type: vespo\n", { file: "v.yaml" }).grpo.loss_type,
+    "vespo",
+  );
+  assert.throws(
+    () =>
+      parseConfig(
+        "grpo:\n  vllm_importance_sampling_clip_min: 2\n  vllm_importance_sampling_clip_max: 1.5\n",
+        { file: "c.yaml" },
+      ),
+    {
+      message: "Cannot load c.yaml:2: grpo.vllm_importance_sampling_clip_min: expected a number " +
+        "<= grpo.vllm_importance_sampling_clip_max (1.5) or null",
+    },
+  );
+  const ranges: [string, string][] = [
+    [
+      "top_entropy_quantile: 1.5",
+      "grpo.top_entropy_quantile: expected a number in [0, 1], got 1.5",
+    ],
+    [
+      "importance_sampling_level: seq",
+      'grpo.importance_sampling_level: expected token or sequence, got "seq"',
+    ],
+    ["delta: 0", "grpo.delta: expected a number > 0 or null, got 0"],
+    ["sapo_temperature_neg: 0", "grpo.sapo_temperature_neg: expected a number > 0, got 0"],
+    [
+      "off_policy_mask_threshold: -1",
+      "grpo.off_policy_mask_threshold: expected a number >= 0 or null, got -1",
+    ],
+  ];
+  for (const [line, message] of ranges) {
+    assert.throws(() => parseConfig(`grpo:\n  ${line}\n`, { file: "r.yaml" }), {
+      message: `Cannot load r.yaml:2: ${message}`,
+    });
+  }
+});
+
+Deno.test("grpoConfigWarnings() warns where TRL does, and about cispo without epsilon_high", () => {
+  const warn = (text: string) => grpoConfigWarnings(parseConfig(text, { file: "w.yaml" }).grpo);
+  assert.deepEqual(warn(""), []);
+  assert.match(warn("loss_type: cispo\n")[0], /epsilon_high .*ScaleRL uses 5/);
+  assert.deepEqual(warn("loss_type: cispo\nepsilon_high: 5\n"), []);
+  assert.match(warn("loss_type: luspo\n")[0], /importance_sampling_level: sequence/);
+  assert.deepEqual(warn("loss_type: luspo\nimportance_sampling_level: sequence\n"), []);
+  assert.match(warn("loss_type: vespo\nimportance_sampling_level: sequence\n")[0], /vespo/);
+  assert.match(warn("importance_sampling_level: sequence\n")[0], /loss_type dapo/);
+  assert.match(warn("use_bias_correction_kl: true\nkl_coef: 0\n")[0], /no effect/);
+  assert.match(warn("delta: 1.1\n")[0], /TRL recommends delta > 1 \+ epsilon_high/);
+  assert.match(warn("loss_type: sapo\ndelta: 2\n")[0], /ignores it/);
+  assert.deepEqual(warn("loss_type: grpo\ndelta: 1.5\n"), []);
+});
+
 Deno.test("loadConfig() lists several problems in line order, list items by their line", async () => {
   const path = `${FIXTURES}/bad_many.yaml`;
   const error = await loadError(path);
   assert.deepEqual(error.message.split("\n"), [
     `Cannot load ${path}:2: lora.lora_r: expected an integer >= 1, got 0`,
     `Cannot load ${path}:3: lora.target_modules.1: expected a module name such as q_proj, got 7`,
-    `Cannot load ${path}:5: grpo.loss_type: expected one of grpo, bnpo, dr_grpo, dapo, got "ppo"`,
+    `Cannot load ${path}:5: grpo.loss_type: expected one of grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo, got "ppo"`,
     `Cannot load ${path}:7: generation.top_p: expected a number in (0, 1], got 1.5`,
     `Cannot load ${path}:8: generation.temprature: unknown key (did you mean generation.temperature?)`,
   ]);

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
 import { loadModel } from "../lib/model_loader.ts";
+import { completionLogProbs } from "../lib/grpo.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import {
   disposeBatch,
@@ -11,6 +12,7 @@ import {
 } from "../lib/rollout.ts";
 import type { SamplingOptions } from "../lib/rollout.ts";
 import { BACKENDS, useTestBackend } from "./_backend.ts";
+import { assertAllClose } from "./_assert.ts";
 
 const DIR = new URL("./fixtures/qwen2-tiny", import.meta.url).pathname;
 const expected = JSON.parse(await Deno.readTextFile(`${DIR}/expected.json`));
@@ -63,23 +65,71 @@ for (const backend of BACKENDS) {
   });
 }
 
+for (const backend of ["cpu", "wasm+blas"] as const) {
+  Deno.test(`rollout() sampler log-probs equal the trainer's at top_p 1, and exceed them in a nucleus (${backend})`, async () => {
+    await useTestBackend(backend);
+    const model = await loadModel(DIR);
+    const tokenizer = await loadTokenizer(DIR);
+    const before = tf.memory().numTensors;
+    const prompts = repeatGroups([tokenizer.encode("Hi"), tokenizer.encode("The answer")], 2);
+    for (const top_p of [1, 0.9]) {
+      const out = await rollout(model, prompts, {
+        tokenizer,
+        sampling: { ...SAMPLING, top_p, max_new_tokens: 8 },
+      });
+      assert.deepEqual(
+        out.samplingLogProbs.map((r) => r.length),
+        out.completionIds.map((c) => c.length),
+      );
+      const batch = toTrainingBatch(out, tokenizer.padTokenId);
+      const logps = completionLogProbs(model, { ...batch, temperature: SAMPLING.temperature });
+      const trainer = await logps.array();
+      const sampler = await batch.samplingPerTokenLogps!.array();
+      tf.dispose(logps);
+      disposeBatch(batch);
+      let largest = 0;
+      for (let b = 0; b < prompts.length; b++) {
+        const n = out.completionIds[b].length;
+        if (top_p === 1) {
+          // The KV-cache decode and the full forward agree to float noise (README: 1e-4).
+          assertAllClose(sampler[b].slice(0, n), trainer[b].slice(0, n), 1e-4, `row ${b}`);
+        } else {
+          // Renormalised over the nucleus, a token's probability can only grow.
+          for (let t = 0; t < n; t++) {
+            assert.ok(sampler[b][t] >= trainer[b][t] - 1e-4);
+            largest = Math.max(largest, sampler[b][t] - trainer[b][t]);
+          }
+        }
+        assert.ok(sampler[b].slice(n).every((x) => x === 0), "padding is 0");
+      }
+      if (top_p < 1) assert.ok(largest > 1e-2, `the nucleus changed nothing (${largest})`);
+    }
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    model.dispose();
+  });
+}
+
 Deno.test("sampleTokens() never leaves the top_p nucleus", async () => {
   await useTestBackend("cpu");
   // probs 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps {0, 1} (0.5 < 0.7, then 0.8 reached).
   const p = [0.5, 0.3, 0.15, 0.05];
   const logits = tf.tensor2d([p.map(Math.log)]);
   const counts = [0, 0, 0, 0];
+  const logps = [NaN, NaN];
   for (let i = 0; i < 400; i++) {
     const u = (i + 0.5) / 400;
     const t = sampleTokens(logits, [u], { temperature: 1, top_p: 0.7, top_k: 0 });
-    counts[(await t.data())[0]]++;
-    t.dispose();
+    const id = (await t.ids.data())[0];
+    counts[id]++;
+    logps[id] = (await t.logps.data())[0];
+    tf.dispose([t.ids, t.logps]);
   }
   logits.dispose();
   assert.equal(counts[2] + counts[3], 0);
-  // Renormalised nucleus: 0.5/0.8 and 0.3/0.8 of uniform u.
+  // Renormalised nucleus: 0.5/0.8 and 0.3/0.8 of uniform u, and those are the log-probs returned.
   assert.equal(counts[0], 250);
   assert.equal(counts[1], 150);
+  assertAllClose(logps, [Math.log(0.5 / 0.8), Math.log(0.3 / 0.8)], 1e-6);
 });
 
 Deno.test("sampleTokens() applies top_k and temperature, and greedy takes the argmax", async () => {
@@ -91,10 +141,18 @@ Deno.test("sampleTokens() applies top_k and temperature, and greedy takes the ar
     top_k: 0,
     greedy: true,
   });
-  assert.deepEqual([...await greedy.data()], [1, 2]);
+  assert.deepEqual([...await greedy.ids.data()], [1, 2]);
+  assert.deepEqual([...await greedy.logps.data()], [0, 0]); // a point mass
   const k1 = sampleTokens(logits, [0.99, 0.99], { temperature: 5, top_p: 1, top_k: 1 });
-  assert.deepEqual([...await k1.data()], [1, 2]);
-  tf.dispose([logits, greedy, k1]);
+  assert.deepEqual([...await k1.ids.data()], [1, 2]);
+  assert.deepEqual([...await k1.logps.data()], [0, 0]); // top_k 1 keeps one token
+  const full = sampleTokens(logits, [0.5, 0.5], { temperature: 2, top_p: 1, top_k: 0 });
+  // top_p 1, top_k 0: the log-prob is log_softmax(logits / T) at the id, what the trainer scores.
+  const row = [1, 3, 2, 0];
+  const id = (await full.ids.data())[0];
+  const want = row[id] / 2 - Math.log(row.reduce((a, x) => a + Math.exp(x / 2), 0));
+  assertAllClose([(await full.logps.data())[0]], [want], 1e-6);
+  tf.dispose([logits, greedy.ids, greedy.logps, k1.ids, k1.logps, full.ids, full.logps]);
 });
 
 Deno.test("toTrainingBatch() left-pads prompts, right-pads completions, masks through EOS", async () => {
@@ -112,5 +170,6 @@ Deno.test("toTrainingBatch() left-pads prompts, right-pads completions, masks th
   assert.deepEqual(await batch.attentionMask.array(), [[1, 1, 1, 1, 1], [0, 1, 1, 0, 0]]);
   assert.deepEqual(await batch.completionMask.array(), [[1, 1, 1], [0, 0, 0]]);
   assert.equal(batch.completionLength, 3);
+  assert.equal(batch.samplingPerTokenLogps, null);
   disposeBatch(batch);
 });
