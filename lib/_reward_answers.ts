@@ -60,6 +60,9 @@ export function normalize(raw: string): Normalized {
     .replace(/\\(?:left|right)(?:\.|(?![a-zA-Z]))/g, "")
     .replace(/\\[bB]igg?[lr]?(?![a-zA-Z])/g, "")
     .replace(/\\(?:displaystyle|textstyle|limits)(?![a-zA-Z])/g, "")
+    // `{,}` is number syntax, never a list separator: before exactly three digits it groups
+    // thousands (`1{,}000`), otherwise it is a decimal comma (`3{,}5`, `1000{,}99`).
+    .replace(/(?<=\d)\{,\}(?=\d)(?!\d{3}(?!\d))/g, ".")
     .replace(/\{,\}/g, ",")
     .replace(/,\\!\s*/g, ",") // `10,\!080`: a thousands separator
     .replace(/(?<=\d)\\[,!]\s*(?=\d{3}(?!\d))/g, "") // `10\,080`, `1\!000`
@@ -92,9 +95,13 @@ export function trimEnd(s: string, chars: string): string {
   return s.slice(0, end);
 }
 
-/** `s` without whitespace. */
+/**
+ * `s` without whitespace, except that a comma followed by whitespace and a digit keeps one space:
+ * `32,349` is a number with a thousands separator, `32, 349` a list of two numbers.
+ */
 export function squash(s: string): string {
-  return s.replace(/\s+/g, "");
+  if (!s.includes(",")) return s.replace(/\s+/g, "");
+  return s.replace(/(,)\s+(?=\d)|\s+/g, (_match, comma) => (comma === undefined ? "" : ", "));
 }
 
 // `\text{(C)}`, `(C)`, `C`, `\textbf{C}` all become "c"; words are lowercased.

@@ -382,6 +382,50 @@ Deno.test("the case table has at least 150 cases", () => {
   assert.ok(n >= 150, `only ${n} cases`);
 });
 
+// Issue 13: answers as models trained on NuminaMath / OpenThoughts-style data write them, one
+// table per family, with the exact status and reward (DEFAULT_REWARDS). Rows are [completion,
+// truth, status, reward]; a completion without a box is boxed by box(). Near-misses that must
+// stay wrong sit next to the cases they resemble.
+type Row = [string, string, Status, number];
+const ISSUE_13: Record<string, Row[]> = {
+  "comma-space lists and decimal commas (issue 13 family 5)": [
+    ["32, 349", "32349", W, -1], // the false positive: a comma and a space separate list items
+    ["32,349", "32349", C, 1],
+    ["32, 349", "32,349", W, -1],
+    ["32,349", "32, 349", W, -1],
+    ["32, 349", "32, 349", C, 1],
+    ["349, 32", "32, 349", C, 1],
+    ["1, 000", "1000", W, -1],
+    ["1,000", "1000", C, 1],
+    ["1,234.5", "1234.5", C, 1],
+    ["1000,99", "1000.99", W, -1], // a bare decimal comma could be a list: never read as one
+    ["1,5", "1.5", W, -1],
+    ["0,5", "\\frac12", W, -1],
+    ["1000{,}99", "1000.99", C, 1], // `{,}` is number syntax, never a list separator
+    ["3{,}5", "\\frac72", C, 1],
+    ["3{,}5", "3,5", W, -1],
+    ["3{,}6", "3.5", W, -1],
+    ["3{,}500", "3500", C, 1], // `{,}` before exactly three digits groups thousands
+    ["1{,}234{,}567", "1234567", C, 1],
+    ["12{,}75 \\text{ dollars}", "12.75", C, 1],
+    ["1,5; 2,5", "1.5, 2.5", W, -1],
+  ],
+};
+
+for (const [family, rows] of Object.entries(ISSUE_13)) {
+  Deno.test(`computeReward() scores ${family}`, () => {
+    const failures: string[] = [];
+    for (const [completion, truth, status, reward] of rows) {
+      const generated = /\\(?:boxed|fbox)/.test(completion) ? completion : box(completion);
+      const got = computeReward(generated, truth);
+      if (got.status !== status || got.reward !== reward) {
+        failures.push(`${JSON.stringify(completion)} vs ${JSON.stringify(truth)}: ${got.status}`);
+      }
+    }
+    assert.deepEqual(failures, []);
+  });
+}
+
 Deno.test("extractAnswer() takes the last box, nested braces, \\fbox and \\boxed 5", () => {
   assert.equal(extractAnswer("\\boxed{\\frac{1}{\\sqrt{2}}}"), "\\frac{1}{\\sqrt{2}}");
   assert.equal(extractAnswer("\\boxed{1} then \\boxed{2}"), "2");
@@ -623,6 +667,18 @@ Deno.test("isEquivalent() is exact on integers and accepts their formatted forms
       assert.ok(!isEquivalent(String(n - 1n), plain));
     }),
     { numRuns: 300, seed: 7 },
+  );
+});
+
+Deno.test("isEquivalent() reads a comma and a space as a list, a bare comma as thousands", () => {
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 999 }), fc.integer({ min: 0, max: 999 }), (a, b) => {
+      const low = String(b).padStart(3, "0");
+      assert.ok(isEquivalent(`${a},${low}`, `${a}${low}`));
+      assert.ok(!isEquivalent(`${a}, ${low}`, `${a}${low}`));
+      assert.ok(!isEquivalent(`${a}, ${low}`, `${a},${low}`));
+    }),
+    { numRuns: 200, seed: 17 },
   );
 });
 
