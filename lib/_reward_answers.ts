@@ -124,24 +124,32 @@ export type Answer =
   | { kind: "base"; src: string; digits: string; base: string }
   | { kind: "assign"; src: string; value: Answer } // `x = 5`, `x \in [1, 2]`
   | { kind: "equation"; src: string; diff: Node; vars: Set<string> } // lhs - rhs = 0
-  | { kind: "set"; src: string; items: Answer[]; plusMinus: boolean } // unordered
+  // unordered; `flatten` when it is only a way of writing several items (`a \pm b`, `1, 2`), so
+  // that it merges into a list around it; `\{1, 2\}` written as a set does not
+  | { kind: "set"; src: string; items: Answer[]; flatten: boolean }
   | { kind: "tuple"; src: string; open: string; close: string; items: Answer[] } // ordered
   | { kind: "union"; src: string; items: Answer[] }
   | { kind: "matrix"; src: string; rows: Answer[][] };
 
 // Splits at top-level occurrences of `sep` (outside (), [], {}); null if the brackets do not
-// balance. `(3,4]` balances: bracket kinds are not paired here.
+// balance. `(3,4]` balances: bracket kinds are not paired here. A word separator (`and`) splits
+// only where it stands alone: not in `band`, `\land` or `\text{...}`.
 function splitTopLevel(s: string, sep: string): string[] | null {
   const parts: string[] = [];
+  const command = sep[0] === "\\" && sep !== "\\\\";
+  const word = /^[a-z]+$/.test(sep);
   let depth = 0;
   let last = 0;
   for (let i = 0; i < s.length; i++) {
     let c = s[i];
     if (depth === 0 && s.startsWith(sep, i)) {
       const next = s[i + sep.length] ?? "";
-      const command = sep[0] === "\\" && sep !== "\\\\";
       // `\in` must not match `\infty`, and `=` must not split `<=`.
-      if (!(command && /[a-zA-Z]/.test(next)) && !(sep === "=" && /[<>!]/.test(s[i - 1] ?? ""))) {
+      if (
+        !((command || word) && /[a-zA-Z]/.test(next)) &&
+        !(word && /[a-zA-Z\\]/.test(s[i - 1] ?? "")) &&
+        !(sep === "=" && /[<>!]/.test(s[i - 1] ?? ""))
+      ) {
         parts.push(s.slice(last, i));
         i += sep.length - 1;
         last = i + 1;
@@ -185,6 +193,19 @@ const SIMPLE_VARIABLE = /^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([
 const BASE_NUMERAL = /^([0-9A-Za-z]+)_\{?(\d+)\}?$/;
 const MATRIX = /^\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?([\s\S]*)\\end\{\1\}$/;
 
+// List separators, the one that binds least first: `p=5, q=2; p=7, q=2`, `21, 16 or 11`,
+// `1 and 2 and 3`, `(11,7) or (7,11)`.
+const LIST_SEPARATORS = [";", ",", "and", "or"];
+
+function splitList(s: string): string[] | null {
+  for (const sep of LIST_SEPARATORS) {
+    if (!s.includes(sep)) continue;
+    const items = splitItems(s, sep);
+    if (items !== null) return items;
+  }
+  return null;
+}
+
 function splitItems(s: string, sep: string): string[] | null {
   const parts = splitTopLevel(s, sep);
   if (parts === null || parts.length < 2 || parts.length > MAX_ITEMS) return null;
@@ -216,8 +237,8 @@ export function parseAnswer(s: string, nesting: number): Answer {
   const compact = squash(s);
   if (THOUSANDS.test(compact)) return parseLeaf(compact.replace(/,/g, ""));
 
-  const commas = splitItems(s, ",");
-  if (commas !== null) return makeSet(s, commas.map((p) => parseAnswer(p, nesting + 1)));
+  const list = splitList(s);
+  if (list !== null) return makeSet(s, list.map((p) => parseAnswer(p, nesting + 1)), true);
 
   const cups = splitItems(s, "\\cup");
   if (cups !== null) {
@@ -257,12 +278,13 @@ export function parseAnswer(s: string, nesting: number): Answer {
 
   if (s.startsWith("\\{") && s.endsWith("\\}") && enclosed(s)) {
     const inner = s.slice(2, -2).trim();
-    const items = splitItems(inner, ",") ?? [inner];
-    return makeSet(s, items.map((p) => parseAnswer(p, nesting + 1)));
+    const items = splitItems(inner, ",") ?? splitItems(inner, ";") ?? [inner];
+    return makeSet(s, items.map((p) => parseAnswer(p, nesting + 1)), false);
   }
 
   if ((s[0] === "(" || s[0] === "[") && (s.endsWith(")") || s.endsWith("]")) && enclosed(s)) {
-    const items = splitItems(s.slice(1, -1), ",");
+    const inner = s.slice(1, -1);
+    const items = splitItems(inner, ",") ?? splitItems(inner, ";"); // `(0;-2;6)`
     if (items !== null) {
       return {
         kind: "tuple",
@@ -296,7 +318,6 @@ export function parseAnswer(s: string, nesting: number): Answer {
   return parseLeaf(stripUnits(s));
 }
 
-// `\{1 \pm \sqrt5, -2\}` has three elements: sets made by expanding `\pm` are flattened.
 // lhs = rhs as `lhs - rhs`, when both sides are expressions.
 function equationOf(src: string, sides: string[]): (Answer & { kind: "equation" }) | null {
   if (sides.length !== 2) return null;
@@ -311,9 +332,11 @@ function equationOf(src: string, sides: string[]): (Answer & { kind: "equation" 
   };
 }
 
-function makeSet(src: string, items: Answer[], plusMinus = false): Answer {
-  const flat = items.flatMap((x) => (x.kind === "set" && x.plusMinus ? x.items : [x]));
-  return flat.length === 1 ? flat[0] : { kind: "set", src, items: flat, plusMinus };
+// `\{1 \pm \sqrt5, -2\}` has three elements and `21, 16 or 11` three: items that are only a way of
+// writing several items (`flatten`) merge into the list.
+function makeSet(src: string, items: Answer[], flatten: boolean): Answer {
+  const flat = items.flatMap((x) => (x.kind === "set" && x.flatten ? x.items : [x]));
+  return flat.length === 1 ? flat[0] : { kind: "set", src, items: flat, flatten };
 }
 
 function parseLeaf(s: string): Answer {

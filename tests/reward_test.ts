@@ -388,6 +388,52 @@ Deno.test("the case table has at least 150 cases", () => {
 // stay wrong sit next to the cases they resemble.
 type Row = [string, string, Status, number];
 const ISSUE_13: Record<string, Row[]> = {
+  "list separators and words (issue 13 family 4)": [
+    ["\\{-12, -11, -10\\}", "-12;-11;-10", C, 1],
+    ["-12;-11;-10", "\\{-12, -11, -10\\}", C, 1],
+    ["-10; -12; -11", "-12, -11, -10", C, 1],
+    ["-12, -11", "-12;-11;-10", W, -1], // a missing element
+    ["-12;-11;-9", "-12;-11;-10", W, -1],
+    ["(7,11),\\ (11,7)", "(11,7) or (7,11)", C, 1],
+    ["(11,7)or(7,11)", "(7,11), (11,7)", C, 1],
+    ["(7,11)", "(11,7) or (7,11)", W, -1], // one element of the list
+    ["(7,11) or (7,11)", "(11,7) or (7,11)", W, -1],
+    ["21,16,11", "21,16 or 11", C, 1],
+    ["11, 16 \\text{ or } 21", "21,16 or 11", C, 1],
+    ["21, 16", "21,16 or 11", W, -1],
+    ["1,2,3", "1 and 2 and 3", C, 1],
+    ["1 and 2 and 3", "3, 2, 1", C, 1],
+    ["1 and 2", "1 and 2 and 3", W, -1],
+    ["1 and 2 and 4", "1 and 2 and 3", W, -1],
+    ["6 \\text{ and } 8", "6,8", C, 1],
+    ["6 \\text{ or } 8", "6,8", C, 1],
+    ["6 \\text{ and } 9", "6,8", W, -1],
+    ["2 or 3", "2", W, -1], // a list against a single element
+    ["2", "2 or 3", W, -1],
+    ["-2,1", "1 and -2", C, 1],
+    ["1; 2", "1, 2", C, 1],
+    ["1; 2", "(1, 2)", W, -1], // a list is not an ordered pair
+    ["(1,2);(3,4)", "(3,4),(1,2)", C, 1],
+    ["(1,2);(4,3)", "(3,4),(1,2)", W, -1],
+    ["\\{1,2\\}", "1 or 2", C, 1],
+    ["\\{1, 2\\}, \\{3\\}", "\\{1, 2, 3\\}", W, -1], // a set written as a set stays one element
+    ["(0, -2, 6)", "(0;-2;6)", C, 1],
+    ["(0, 6, -2)", "(0;-2;6)", W, -1],
+    [
+      "(4, 0, 6), (4, -2, 6), (0, 0, 6), (0, -2, 6)",
+      "(0;0;6),(0;-2;6),(4;0;6),(4;-2;6)",
+      C,
+      1,
+    ],
+    ["(4, 0, 6), (4, -2, 6), (0, 0, 6)", "(0;0;6),(0;-2;6),(4;0;6),(4;-2;6)", W, -1],
+    ["(1{,}5; 2{,}5)", "(1.5, 2.5)", C, 1],
+    ["x = 1 or x = 2", "1, 2", C, 1],
+    ["p = -1 \\text{ and } p = \\dfrac{15}{8}", "p=-1,p=\\frac{15}{8}", C, 1],
+    ["p = -1 \\text{ and } p = \\dfrac{8}{15}", "p=-1,p=\\frac{15}{8}", W, -1],
+    ["W(x)=1 or W(x)=-1", "W(n) = 1 \\text{ and } W(n) = -1", C, 1],
+    ["\\text{red and blue}", "\\text{red and blue}", C, 1],
+    ["a \\land b", "a \\land b", C, 1],
+  ],
   "comma-space lists and decimal commas (issue 13 family 5)": [
     ["32, 349", "32349", W, -1], // the false positive: a comma and a space separate list items
     ["32,349", "32349", C, 1],
