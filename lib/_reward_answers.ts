@@ -122,13 +122,16 @@ export type Answer =
   | { kind: "text"; src: string; value: string }
   | { kind: "expr"; src: string; node: Node; vars: Set<string> }
   | { kind: "base"; src: string; digits: string; base: string }
-  | { kind: "assign"; src: string; value: Answer } // `x = 5`, `x \in [1, 2]`
+  // `x = 5`, `(p, q) = (3, 2)`, `x \in [1, 2]`; `names` are the keys of the named quantities on the
+  // left (null for `\in`), one per item of `value` when there are several
+  | { kind: "assign"; src: string; names: string[] | null; value: Answer }
   | { kind: "equation"; src: string; diff: Node; vars: Set<string> } // lhs - rhs = 0
   // unordered; `flatten` when it is only a way of writing several items (`a \pm b`, `1, 2`), so
   // that it merges into a list around it; `\{1, 2\}` written as a set does not
   | { kind: "set"; src: string; items: Answer[]; flatten: boolean }
   | { kind: "tuple"; src: string; open: string; close: string; items: Answer[] } // ordered
   | { kind: "union"; src: string; items: Answer[] }
+  | { kind: "ratio"; src: string; items: Answer[] } // `11:21`
   | { kind: "matrix"; src: string; rows: Answer[][] };
 
 // Splits at top-level occurrences of `sep` (outside (), [], {}); null if the brackets do not
@@ -189,7 +192,37 @@ function enclosed(s: string): boolean {
 }
 
 const THOUSANDS = /^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$/;
-const SIMPLE_VARIABLE = /^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-zA-Z]\))?$/;
+
+// Named quantities: a left-hand side made only of these is a name, and `name = value` is the
+// answer `value` (issue 13). A variable (`x`, `a_{37}`, `\alpha`, `f(x)`, `f'(2)`), points
+// (`AB`, `A_1B_1`), a figure (`\angle ABC`, `\overline{AB}`, `|AB|`, `[ABC]`), or `\text{words}`;
+// then a ratio of those (`V_1:V_2`), a quotient (`\frac{NO}{BO}`), or a tuple (`(p, q)`). Not
+// an expression: `xy`, `2x`, `|x|` and `x^2` stay sides of an equation.
+const VARIABLE = String.raw`(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_(?:\{[^{}]{1,12}\}|[a-zA-Z0-9]))?'*` +
+  String.raw`(?:\([a-zA-Z0-9, ]{1,12}\))?`;
+const POINTS = String.raw`(?:[A-Z](?:_\{?\d{1,2}\}?)?'*){2,6}`;
+const FIGURE = String.raw`(?:m ?)?\\(?:angle|measuredangle|triangle) ?(?:${POINTS}|[A-Z])|` +
+  String.raw`\\(?:overline|overrightarrow|vec|widehat) ?\{[A-Z]{1,6}\}`;
+const QUANTITY = String.raw`(?:${VARIABLE}|${POINTS}|${FIGURE}|\|(?:${POINTS}|${FIGURE})\||` +
+  String.raw`\[${POINTS}\]|\\text\{[a-zA-Z ]{1,24}\})`;
+const NAME = new RegExp(
+  String.raw`^(?:${QUANTITY}(?: ?: ?${QUANTITY})*|\\frac\{${QUANTITY}\}\{${QUANTITY}\}|` +
+    String.raw`${QUANTITY} ?/ ?${QUANTITY})$`,
+);
+const NAME_TUPLE = new RegExp(String.raw`^\(${QUANTITY}(?: ?, ?${QUANTITY})+\)$`);
+/** Longer left-hand sides are never names (and the regexes above never see them). */
+const MAX_NAME_CHARS = 80;
+
+// The keys of the named quantities in `lhs` (several for a tuple `(p, q)`), or null when `lhs` is
+// not a name. Keys ignore spaces and braces: `a_{3}` and `a_3` are one name.
+function nameKeys(lhs: string): string[] | null {
+  if (lhs.length > MAX_NAME_CHARS) return null;
+  const key = (name: string) => name.replace(/[\s{}]/g, "");
+  if (NAME.test(lhs)) return [key(lhs)];
+  if (NAME_TUPLE.test(lhs)) return lhs.slice(1, -1).split(",").map(key);
+  return null;
+}
+
 const BASE_NUMERAL = /^([0-9A-Za-z]+)_\{?(\d+)\}?$/;
 const MATRIX = /^\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?([\s\S]*)\\end\{\1\}$/;
 
@@ -197,11 +230,11 @@ const MATRIX = /^\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?([\s\S]*)\\end\
 // `1 and 2 and 3`, `(11,7) or (7,11)`.
 const LIST_SEPARATORS = [";", ",", "and", "or"];
 
-function splitList(s: string): string[] | null {
+function splitList(s: string): { sep: string; items: string[] } | null {
   for (const sep of LIST_SEPARATORS) {
     if (!s.includes(sep)) continue;
     const items = splitItems(s, sep);
-    if (items !== null) return items;
+    if (items !== null) return { sep, items };
   }
   return null;
 }
@@ -238,7 +271,11 @@ export function parseAnswer(s: string, nesting: number): Answer {
   if (THOUSANDS.test(compact)) return parseLeaf(compact.replace(/,/g, ""));
 
   const list = splitList(s);
-  if (list !== null) return makeSet(s, list.map((p) => parseAnswer(p, nesting + 1)), true);
+  if (list !== null) {
+    const items = list.items.map((p) => parseAnswer(p, nesting + 1));
+    // `p=5, q=2; p=7, q=2` is two solutions: a `;` list keeps its named tuples whole.
+    return makeSet(s, list.sep === ";" ? items.map(keepNamedTuple) : items, true);
+  }
 
   const cups = splitItems(s, "\\cup");
   if (cups !== null) {
@@ -251,14 +288,21 @@ export function parseAnswer(s: string, nesting: number): Answer {
 
   const membership = splitTopLevel(s, "\\in");
   if (membership !== null && membership.length === 2) {
-    return { kind: "assign", src: s, value: parseAnswer(membership[1], nesting + 1) };
+    return { kind: "assign", src: s, names: null, value: parseAnswer(membership[1], nesting + 1) };
   }
   const sides = splitTopLevel(s, "=");
   if (sides !== null && sides.length >= 2) {
-    if (SIMPLE_VARIABLE.test(sides[0].trim())) {
-      return { kind: "assign", src: s, value: parseAnswer(sides[sides.length - 1], nesting + 1) };
+    const names = nameKeys(sides[0].trim());
+    if (names !== null) {
+      const value = parseAnswer(sides[sides.length - 1], nesting + 1);
+      return { kind: "assign", src: s, names, value };
     }
     return equationOf(s, sides) ?? raw;
+  }
+
+  const ratio = s.includes(":") ? splitItems(s, ":") : null;
+  if (ratio !== null && ratio.every((p) => p !== "")) {
+    return { kind: "ratio", src: s, items: ratio.map((p) => parseAnswer(p, nesting + 1)) };
   }
 
   const matrix = MATRIX.exec(s);
@@ -337,6 +381,23 @@ function equationOf(src: string, sides: string[]): (Answer & { kind: "equation" 
 function makeSet(src: string, items: Answer[], flatten: boolean): Answer {
   const flat = items.flatMap((x) => (x.kind === "set" && x.flatten ? x.items : [x]));
   return flat.length === 1 ? flat[0] : { kind: "set", src, items: flat, flatten };
+}
+
+// The values of `p = 5, q = 2` in order, when every item names one distinct quantity; else null.
+function namedTupleValues(a: Answer): Answer[] | null {
+  if (a.kind !== "set") return null;
+  const seen = new Set<string>();
+  for (const item of a.items) {
+    if (item.kind !== "assign" || item.names?.length !== 1 || seen.has(item.names[0])) return null;
+    seen.add(item.names[0]);
+  }
+  return a.items.map((item) => (item as Answer & { kind: "assign" }).value);
+}
+
+function keepNamedTuple(a: Answer): Answer {
+  return a.kind === "set" && a.flatten && namedTupleValues(a) !== null
+    ? { ...a, flatten: false }
+    : a;
 }
 
 function parseLeaf(s: string): Answer {
@@ -445,6 +506,73 @@ function vectorItems(m: Answer & { kind: "matrix" }): Answer[] | null {
   return null;
 }
 
+// (name, value) pairs of an answer that names every value: `k = 45, n = 2`, `(p, q) = (3, 2)`,
+// `x = 1 \pm \sqrt2` (two pairs); else null.
+function namedPairs(a: Answer): [string, Answer][] | null {
+  if (a.kind === "set") {
+    const pairs: [string, Answer][] = [];
+    for (const item of a.items) {
+      const p = namedPairs(item);
+      if (p === null) return null;
+      pairs.push(...p);
+    }
+    return pairs;
+  }
+  if (a.kind !== "assign" || a.names === null) return null;
+  const { names, value } = a;
+  if (names.length === 1) {
+    const values = value.kind === "set" && value.flatten ? value.items : [value];
+    return values.map((v) => [names[0], v]);
+  }
+  if (value.kind !== "tuple" || value.items.length !== names.length) return null;
+  return names.map((name, i) => [name, value.items[i]]);
+}
+
+// Both sides name the same quantities, so values pair by name: `k = 2, n = 45` is not
+// `k = 45, n = 2`. Except for labels of interchangeable roots, `x_1, x_2, ...` numbered from 1.
+function pairByName(a: [string, Answer][], b: [string, Answer][]): boolean {
+  if (a.length !== b.length) return false;
+  const names = a.map((p) => p[0]).sort();
+  const other = b.map((p) => p[0]).sort();
+  if (names.some((name, i) => name !== other[i])) return false;
+  const labels = names.map((name) => /^(.+)_(\d+)$/.exec(name));
+  return !labels.every((m, i) => m !== null && m[1] === labels[0]![1] && Number(m[2]) === i + 1);
+}
+
+function pairsEqual(a: [string, Answer][], b: [string, Answer][]): boolean {
+  const used = new Array<boolean>(b.length).fill(false);
+  for (const [name, value] of a) {
+    const j = b.findIndex((y, k) => !used[k] && y[0] === name && answersEqual(value, y[1]));
+    if (j < 0) return false;
+    used[j] = true;
+  }
+  return true;
+}
+
+// `11:21` against `22:42` (proportional) or against `\frac{11}{21}`.
+function ratioValues(a: Answer & { kind: "ratio" }): Value[] | null {
+  const values: Value[] = [];
+  for (const item of a.items) {
+    if (item.kind !== "expr" || item.vars.size !== 0) return null;
+    values.push(evaluate(item.node, new Map()));
+  }
+  return values;
+}
+
+function ratiosEqual(a: Answer & { kind: "ratio" }, b: Answer): boolean {
+  const x = ratioValues(a);
+  if (b.kind === "expr" && b.vars.size === 0) {
+    return x !== null && x.length === 2 &&
+      numbersEqual(div(x[0], x[1]), evaluate(b.node, new Map()));
+  }
+  if (b.kind !== "ratio" || b.items.length !== a.items.length) return false;
+  const y = ratioValues(b);
+  if (x === null || y === null) return orderedEqual(a.items, b.items);
+  const zero = exact(0n);
+  if (numbersEqual(x[0], zero) || numbersEqual(y[0], zero)) return orderedEqual(a.items, b.items);
+  return x.every((xi, i) => numbersEqual(mul(xi, y[0]), mul(y[i], x[0])));
+}
+
 // `y = 2x + 3` against `2x - y + 3 = 0`: compare as equations.
 function assignmentMatches(
   a: Answer & { kind: "assign" },
@@ -459,6 +587,11 @@ function assignmentMatches(
 export function answersEqual(a: Answer, b: Answer): boolean {
   if (squash(a.src) === squash(b.src)) return true;
   if (a.kind === "text" || b.kind === "text") return textKey(a.src) === textKey(b.src);
+  const pairsA = namedPairs(a), pairsB = pairsA === null ? null : namedPairs(b);
+  if (pairsA !== null && pairsB !== null && pairByName(pairsA, pairsB)) {
+    return pairsEqual(pairsA, pairsB);
+  }
+  // Otherwise a name is dropped: `(p, q) = (3, 2)` is `(3, 2)`, `x = 5` is `5` (and `y = 5`).
   if (a.kind === "assign" && b.kind === "equation") return assignmentMatches(a, b);
   if (b.kind === "assign" && a.kind === "equation") return assignmentMatches(b, a);
   if (a.kind === "assign" && b.kind === "assign") return answersEqual(a.value, b.value);
@@ -466,18 +599,26 @@ export function answersEqual(a: Answer, b: Answer): boolean {
   if (b.kind === "assign" && a.kind !== "equation") return answersEqual(a, b.value);
   switch (a.kind) {
     case "expr":
-      if (b.kind === "base") return answersEqual(b, a);
+      if (b.kind === "base" || b.kind === "ratio") return answersEqual(b, a);
       return b.kind === "expr" && expressionsEqual(a, b);
     case "equation":
       return b.kind === "equation" && equationsEqual(a, b);
     case "base":
       if (b.kind === "base") return a.digits === b.digits && a.base === b.base;
       return b.kind === "expr" && squash(b.src) === a.digits; // `204` for `204_5`
-    case "set":
-      return b.kind === "set" && unorderedEqual(a.items, b.items);
+    case "set": {
+      if (b.kind === "set") return unorderedEqual(a.items, b.items);
+      // `p = 3, q = 2` is the ordered pair `(3, 2)`
+      if (b.kind !== "tuple" || b.open !== "(" || b.close !== ")") return false;
+      const values = namedTupleValues(a);
+      return values !== null && orderedEqual(values, b.items);
+    }
+    case "ratio":
+      return ratiosEqual(a, b);
     case "union":
       return b.kind === "union" && unorderedEqual(a.items, b.items);
     case "tuple":
+      if (b.kind === "set" || b.kind === "ratio") return answersEqual(b, a);
       if (b.kind === "tuple") {
         return a.open === b.open && a.close === b.close && orderedEqual(a.items, b.items);
       }

@@ -388,6 +388,52 @@ Deno.test("the case table has at least 150 cases", () => {
 // stay wrong sit next to the cases they resemble.
 type Row = [string, string, Status, number];
 const ISSUE_13: Record<string, Row[]> = {
+  "named answers (issue 13 family 2)": [
+    ["(3,2)", "(p,q)=(3,2)", C, 1],
+    ["(p,q)=(3,2)", "(3,2)", C, 1],
+    ["(2,3)", "(p,q)=(3,2)", W, -1], // an ordered pair reordered
+    ["(q,p)=(2,3)", "(p,q)=(3,2)", C, 1], // names pair up the values
+    ["(p,q)=(2,3)", "(p,q)=(3,2)", W, -1],
+    ["p = 3, q = 2", "(p,q)=(3,2)", C, 1],
+    ["p = 2, q = 3", "(p,q)=(3,2)", W, -1],
+    ["p = 3, q = 2", "(3, 2)", C, 1],
+    ["(3,2,7)", "(p,q,r)=(3,2,7)", C, 1],
+    ["(3,7,2)", "(p,q,r)=(3,2,7)", W, -1],
+    ["45, 2", "k = 45, n = 2", C, 1],
+    ["k=45 \\text{ and } n=2", "k = 45, n = 2", C, 1],
+    ["k = 45 and n = 2", "45, 2", C, 1],
+    ["n = 2, k = 45", "k = 45, n = 2", C, 1],
+    ["k = 2, n = 45", "k = 45, n = 2", W, -1], // the same values under the wrong names
+    ["45", "k = 45, n = 2", W, -1], // a list against one of its elements
+    ["4, 5", "AB=4,CD=5", C, 1],
+    ["CD = 5, AB = 4", "AB=4,CD=5", C, 1],
+    ["AB = 5, CD = 4", "AB=4,CD=5", W, -1],
+    ["1", "|AB|=1", C, 1],
+    ["|AB| = 2", "|AB|=1", W, -1],
+    ["\\overline{AB} = 1", "1", C, 1],
+    ["\\angle ABC = 30^\\circ", "30", C, 1],
+    ["11:21", "V_{1}:V_{2}=11:21", C, 1],
+    ["V_1 : V_2 = 22:42", "11:21", C, 1], // ratios compare as ratios
+    ["21:11", "V_1:V_2=11:21", W, -1],
+    ["7:32", "S_{MBCN}:S=7:32", C, 1],
+    ["1", "A:B=1", C, 1],
+    ["\\frac{1}{\\sqrt6}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", C, 1],
+    ["\\frac{\\sqrt6}{6}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", C, 1],
+    ["\\sqrt6", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", W, -1],
+    ["y_1 = 3", "3", C, 1],
+    ["f(x) = 1", "1", C, 1],
+    ["a_{37} = 19, \\quad a_3 = 2", "a_3 = 2, a_{37} = 19", C, 1],
+    ["a_{37} = 2, a_3 = 19", "a_3 = 2, a_{37} = 19", W, -1], // indices are names
+    ["x_1 = 3, x_2 = 2", "x_1 = 2, x_2 = 3", C, 1], // x_1, x_2 label interchangeable roots
+    ["x = -5, p = \\frac{14}{3}", "-5, \\frac{14}{3}", C, 1],
+    ["a=4,\\,-8,\\,-10", "-10,-8,4", C, 1],
+    ["(x, y) = (5, 8) \\quad \\text{and} \\quad (8, 5)", "(5, 8), (8, 5)", C, 1],
+    ["(5,2),(7,2)", "p=5,q=2;p=7,q=2", C, 1],
+    ["(2,5),(7,2)", "p=5,q=2;p=7,q=2", W, -1],
+    ["3", "|x| = 3", W, -1], // |x| = 3 is an equation (x = ±3), not a name
+    ["4", "x^2 = 4", W, -1],
+    ["6", "xy = 6", W, -1], // a product of variables, not a name
+  ],
   "list separators and words (issue 13 family 4)": [
     ["\\{-12, -11, -10\\}", "-12;-11;-10", C, 1],
     ["-12;-11;-10", "\\{-12, -11, -10\\}", C, 1],
