@@ -7,10 +7,12 @@
  */
 
 import {
+  add,
   div,
   evaluate,
   exact,
   mul,
+  neg,
   type Node,
   numbersEqual,
   parseExpression,
@@ -42,6 +44,9 @@ const UNICODE: [RegExp, string][] = [
   [/\u03c0/g, "\\pi "],
   [/\u221e/g, "\\infty "],
   [/\u221a/g, "\\sqrt"],
+  [/[\u2264\u2a7d]/g, "\\le "],
+  [/[\u2265\u2a7e]/g, "\\ge "],
+  [/\u2260/g, "\\ne "],
   [/\u00b0/g, ""],
   [/[\u00a0\u2009\u202f]/g, " "],
 ];
@@ -74,7 +79,12 @@ export function normalize(raw: string): Normalized {
       /\\(?:mbox|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|text)\s*\{/g,
       "\\text{",
     )
-    .replace(/\\text\{\s*(?:and|or)\s*\}/g, ",");
+    .replace(/\\text\{\s*(?:and|or)\s*\}/g, ",")
+    // one spelling per relation: `\leq`, `\leqslant`, `<=` are `\le`; `\lt` is `<`
+    .replace(/\\(?:leqslant|leqq|leq|le)(?![a-zA-Z])|<=/g, "\\le ")
+    .replace(/\\(?:geqslant|geqq|geq|ge)(?![a-zA-Z])|>=/g, "\\ge ")
+    .replace(/\\(?:neq|ne)(?![a-zA-Z])|!=/g, "\\ne ")
+    .replace(/\\([lg])t(?![a-zA-Z])/g, (_m, c) => (c === "l" ? "<" : ">"));
   let percent = false;
   if (s.includes("%")) {
     percent = true;
@@ -129,32 +139,40 @@ export type Answer =
   // unordered; `flatten` when it is only a way of writing several items (`a \pm b`, `1, 2`), so
   // that it merges into a list around it; `\{1, 2\}` written as a set does not
   | { kind: "set"; src: string; items: Answer[]; flatten: boolean }
-  | { kind: "tuple"; src: string; open: string; close: string; items: Answer[] } // ordered
+  // ordered; `relation` when it is the interval an inequality describes (`-2 \le x \le 7`)
+  | {
+    kind: "tuple";
+    src: string;
+    open: string;
+    close: string;
+    items: Answer[];
+    relation?: boolean;
+  }
+  // an inequality that is not an interval of one variable (`x + y \le 5`): `diff op 0`
+  | { kind: "relation"; src: string; op: "<" | "\\le" | "\\ne"; diff: Node; vars: Set<string> }
   | { kind: "union"; src: string; items: Answer[] }
   | { kind: "ratio"; src: string; items: Answer[] } // `11:21`
   | { kind: "matrix"; src: string; rows: Answer[][] };
 
-// Splits at top-level occurrences of `sep` (outside (), [], {}); null if the brackets do not
-// balance. `(3,4]` balances: bracket kinds are not paired here. A word separator (`and`) splits
-// only where it stands alone: not in `band`, `\land` or `\text{...}`.
-function splitTopLevel(s: string, sep: string): string[] | null {
+// Splits `s` at the separators `separatorAt` finds (it returns the length of the separator that
+// starts at i, or 0) outside (), [], {}; null if the brackets do not balance. `(3,4]` balances:
+// bracket kinds are not paired here.
+function splitOutside(
+  s: string,
+  separatorAt: (i: number) => number,
+): { parts: string[]; separators: string[] } | null {
   const parts: string[] = [];
-  const command = sep[0] === "\\" && sep !== "\\\\";
-  const word = /^[a-z]+$/.test(sep);
+  const separators: string[] = [];
   let depth = 0;
   let last = 0;
   for (let i = 0; i < s.length; i++) {
     let c = s[i];
-    if (depth === 0 && s.startsWith(sep, i)) {
-      const next = s[i + sep.length] ?? "";
-      // `\in` must not match `\infty`, and `=` must not split `<=`.
-      if (
-        !((command || word) && /[a-zA-Z]/.test(next)) &&
-        !(word && /[a-zA-Z\\]/.test(s[i - 1] ?? "")) &&
-        !(sep === "=" && /[<>!]/.test(s[i - 1] ?? ""))
-      ) {
+    if (depth === 0) {
+      const n = separatorAt(i);
+      if (n > 0) {
         parts.push(s.slice(last, i));
-        i += sep.length - 1;
+        separators.push(s.slice(i, i + n));
+        i += n - 1;
         last = i + 1;
         continue;
       }
@@ -173,7 +191,31 @@ function splitTopLevel(s: string, sep: string): string[] | null {
   }
   if (depth !== 0) return null;
   parts.push(s.slice(last));
-  return parts;
+  return { parts, separators };
+}
+
+// Splits at top-level occurrences of `sep`. A word separator (`and`) splits only where it stands
+// alone: not in `band`, `\land` or `\text{...}`.
+function splitTopLevel(s: string, sep: string): string[] | null {
+  const command = sep[0] === "\\" && sep !== "\\\\";
+  const word = /^[a-z]+$/.test(sep);
+  return splitOutside(s, (i) => {
+    if (!s.startsWith(sep, i)) return 0;
+    const next = s[i + sep.length] ?? "";
+    // `\in` must not match `\infty`, and `=` must not split `<=`.
+    if ((command || word) && /[a-zA-Z]/.test(next)) return 0;
+    if (word && /[a-zA-Z\\]/.test(s[i - 1] ?? "")) return 0;
+    if (sep === "=" && /[<>!]/.test(s[i - 1] ?? "")) return 0;
+    return sep.length;
+  })?.parts ?? null;
+}
+
+// A relation operator at i (normalised: `<`, `>`, `\le`, `\ge`, `\ne`): its length, or 0.
+function relationAt(s: string, i: number): number {
+  const c = s[i];
+  if (c === "<" || c === ">") return 1;
+  if (c !== "\\" || !"lgn".includes(s[i + 1]) || s[i + 2] !== "e") return 0;
+  return /[a-zA-Z]/.test(s[i + 3] ?? "") ? 0 : 3;
 }
 
 // The bracket that opens at 0 closes at the end: `(1, 2)`, `[0, 1)`, but not `(a+5)(b+2)`.
@@ -273,6 +315,10 @@ export function parseAnswer(s: string, nesting: number): Answer {
   const list = splitList(s);
   if (list !== null) {
     const items = list.items.map((p) => parseAnswer(p, nesting + 1));
+    // `x < -1 or x > 2` is a union of intervals
+    if (items.every((x) => x.kind === "tuple" && x.relation)) {
+      return { kind: "union", src: s, items };
+    }
     // `p=5, q=2; p=7, q=2` is two solutions: a `;` list keeps its named tuples whole.
     return makeSet(s, list.sep === ";" ? items.map(keepNamedTuple) : items, true);
   }
@@ -284,6 +330,13 @@ export function parseAnswer(s: string, nesting: number): Answer {
       src: s,
       items: cups.map((p) => parseAnswer(p, nesting + 1)),
     };
+  }
+
+  if (/[<>]|\\[lgn]e(?![a-zA-Z])/.test(s)) {
+    const relation = splitOutside(s, (i) => relationAt(s, i));
+    if (relation !== null && relation.parts.length > 1) {
+      return relationOf(s, relation.parts, relation.separators) ?? raw;
+    }
   }
 
   const membership = splitTopLevel(s, "\\in");
@@ -360,6 +413,108 @@ export function parseAnswer(s: string, nesting: number): Answer {
     return { kind: "text", src: s, value: textKey(s) };
   }
   return parseLeaf(stripUnits(s));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relations: `x \le 5`, `-x > -1`, `-2 \le x \le 7`, `0 < f(x) < 1` are intervals of one
+// quantity; other inequalities compare as `lhs - rhs` against 0.
+
+/** One side of an interval: `quantity < end` (upper) or `quantity > end` (lower). */
+interface Bound {
+  key: string; // the quantity (a name or the only variable)
+  side: "lower" | "upper";
+  end: Answer;
+  strict: boolean;
+}
+
+// Rational points to test that `lhs - rhs` is a line in its variable. Not integers: `\lfloor x
+// \rfloor` is linear on them.
+const LINE_POINTS: Value[] = [exact(1n, 3n), exact(5n, 4n), exact(11n, 5n), exact(-7n, 2n)];
+
+// `lhs - rhs = slope * (v - root)`, or null when it is not a line in `v` with a non-zero slope.
+function lineOf(diff: Node, v: string): { slope: Value; root: Value } | null {
+  const d = LINE_POINTS.map((p) => evaluate(diff, new Map([[v, p]])));
+  if (!d.every((x) => isFinite(x) && !Number.isNaN(toFloat(x)))) return null;
+  const slopes = [1, 2, 3].map((k) =>
+    div(add(d[k], neg(d[0])), add(LINE_POINTS[k], neg(LINE_POINTS[0])))
+  );
+  const slope = slopes[0];
+  if (!numbersEqual(slope, slopes[1]) || !numbersEqual(slope, slopes[2])) return null;
+  if (!(toFloat(slope) !== 0)) return null;
+  return { slope, root: add(LINE_POINTS[0], neg(div(d[0], slope))) };
+}
+
+function constant(v: Value): Answer {
+  const src = typeof v === "number"
+    ? (Number.isFinite(v) ? String(v) : v > 0 ? "\\infty" : "-\\infty")
+    : v.d === 1n
+    ? String(v.n)
+    : `${v.n}/${v.d}`;
+  return { kind: "expr", src, node: { t: "num", v, literal: false }, vars: new Set() };
+}
+
+// `left op right` as a bound on one quantity: a name against a constant (`x \le 5`,
+// `0 < f(x)`), or a line in one variable (`-x > -1` is `x < 1`).
+function boundOf(left: string, op: string, right: string): Bound | null {
+  const below = op === "<" || op === "\\le"; // left is below right
+  const strict = op === "<" || op === ">";
+  const sides: [string, string, "lower" | "upper"][] = [
+    [left, right, below ? "upper" : "lower"],
+    [right, left, below ? "lower" : "upper"],
+  ];
+  for (const [name, other, side] of sides) {
+    const keys = nameKeys(name.trim());
+    const end = keys?.length === 1 ? parseExpression(other.trim()) : null;
+    if (keys !== null && end !== null && end.vars.size === 0) {
+      return { key: keys[0], side, strict, end: { kind: "expr", src: other.trim(), ...end } };
+    }
+  }
+  const l = parseExpression(left.trim()), r = parseExpression(right.trim());
+  if (l === null || r === null) return null;
+  const vars = new Set([...l.vars, ...r.vars]);
+  if (vars.size !== 1) return null;
+  const [v] = vars;
+  const line = lineOf({ t: "sub", a: l.node, b: r.node }, v);
+  if (line === null) return null;
+  const side = (toFloat(line.slope) > 0) === below ? "upper" : "lower";
+  return { key: v, side, strict, end: constant(line.root) };
+}
+
+function relationOf(src: string, parts: string[], ops: string[]): Answer | null {
+  const bounds: Bound[] = [];
+  for (let i = 0; i < ops.length && ops[i] !== "\\ne"; i++) {
+    const bound = boundOf(parts[i], ops[i], parts[i + 1]);
+    if (bound === null) break;
+    bounds.push(bound);
+  }
+  if (bounds.length === ops.length && bounds.length <= 2) {
+    const lower = bounds.find((b) => b.side === "lower") ?? null;
+    const upper = bounds.find((b) => b.side === "upper") ?? null;
+    // `a < x < b` bounds one quantity from both sides; `x > 1 > y` is not an interval
+    if (bounds.length === 1 || (lower !== null && upper !== null && lower.key === upper.key)) {
+      return {
+        kind: "tuple",
+        src,
+        open: lower === null || lower.strict ? "(" : "[",
+        close: upper === null || upper.strict ? ")" : "]",
+        items: [lower?.end ?? constant(-Infinity), upper?.end ?? constant(Infinity)],
+        relation: true,
+      };
+    }
+  }
+  if (ops.length !== 1) return null;
+  const l = parseExpression(stripUnits(parts[0].trim()));
+  const r = parseExpression(stripUnits(parts[1].trim()));
+  if (l === null || r === null) return null;
+  // `a > b` is `b < a`
+  const [a, b] = ops[0] === ">" || ops[0] === "\\ge" ? [r, l] : [l, r];
+  return {
+    kind: "relation",
+    src,
+    op: ops[0] === "\\ne" ? "\\ne" : ops[0] === "<" || ops[0] === ">" ? "<" : "\\le",
+    diff: { t: "sub", a: a.node, b: b.node },
+    vars: new Set([...l.vars, ...r.vars]),
+  };
 }
 
 // lhs = rhs as `lhs - rhs`, when both sides are expressions.
@@ -458,9 +613,11 @@ function expressionsEqual(
 }
 
 // Equations are equal when lhs - rhs agree up to a non-zero constant: `2x = 4` and `x - 2 = 0`.
+// Inequalities (`diff < 0`) need a positive constant: `2x < 4` is `x - 2 < 0`, not `2 - x < 0`.
 function equationsEqual(
   a: { diff: Node; vars: Set<string> },
   b: { diff: Node; vars: Set<string> },
+  positive = false,
 ): boolean {
   const vars = new Set([...a.vars, ...b.vars]);
   let ratio: Value | null = null;
@@ -477,8 +634,10 @@ function equationsEqual(
       if (zeroX !== zeroY) return false;
       continue;
     }
-    if (ratio === null) ratio = div(x, y);
-    else if (!numbersEqual(x, mul(ratio, y))) return false;
+    if (ratio === null) {
+      ratio = div(x, y);
+      if (positive && !(toFloat(ratio) > 0)) return false;
+    } else if (!numbersEqual(x, mul(ratio, y))) return false;
   }
   return conclusive > 0;
 }
@@ -603,6 +762,8 @@ export function answersEqual(a: Answer, b: Answer): boolean {
       return b.kind === "expr" && expressionsEqual(a, b);
     case "equation":
       return b.kind === "equation" && equationsEqual(a, b);
+    case "relation":
+      return b.kind === "relation" && a.op === b.op && equationsEqual(a, b, a.op !== "\\ne");
     case "base":
       if (b.kind === "base") return a.digits === b.digits && a.base === b.base;
       return b.kind === "expr" && squash(b.src) === a.digits; // `204` for `204_5`

@@ -388,6 +388,52 @@ Deno.test("the case table has at least 150 cases", () => {
 // stay wrong sit next to the cases they resemble.
 type Row = [string, string, Status, number];
 const ISSUE_13: Record<string, Row[]> = {
+  "relations and intervals (issue 13 family 3)": [
+    ["x \\le 5", "5 \\ge x", C, 1],
+    ["x \\leq 5", "x \\le 5", C, 1],
+    ["x ≤ 5", "x \\leqslant 5", C, 1],
+    ["x <= 5", "x \\le 5", C, 1],
+    ["x < 5", "x \\le 5", W, -1], // strict is not non-strict
+    ["x \\ge 5", "x \\le 5", W, -1],
+    ["x \\le 6", "x \\le 5", W, -1],
+    ["-x > -1", "x < 1", C, 1],
+    ["-x < -1", "x < 1", W, -1],
+    ["2x + 1 \\le 11", "x \\le 5", C, 1],
+    ["x < \\frac{1}{2}", "x < 0.5", C, 1],
+    ["(-\\infty, 5]", "x \\le 5", C, 1],
+    ["(-\\infty, 5)", "x \\le 5", W, -1],
+    ["x \\le 5", "5", W, -1], // an inequality is not its bound
+    ["x \\in [-2,7]", "-2 \\le x \\le 7", C, 1],
+    ["[-2,7]", "-2 \\le x \\le 7", C, 1],
+    ["-2 \\le x \\le 7", "x \\in [-2,7]", C, 1],
+    ["7 \\ge x \\ge -2", "[-2,7]", C, 1],
+    ["-2 < x \\le 7", "x \\in [-2,7]", W, -1],
+    ["-2 \\le x \\le 8", "-2 \\le x \\le 7", W, -1],
+    ["-1 \\le 2x + 3 \\le 17", "[-2,7]", C, 1],
+    ["(0,1)", "0<f(x)<1", C, 1],
+    ["[0,1)", "0<f(x)<1", W, -1],
+    ["(-793, 10)", "-793 < a < 10", C, 1],
+    ["(-793, 11)", "-793 < a < 10", W, -1],
+    ["(10, -793)", "-793 < a < 10", W, -1],
+    ["k \\ge 2", "[2, \\infty)", C, 1],
+    ["k \\geq 2", "k \\ge 2", C, 1],
+    ["k > 2", "[2, \\infty)", W, -1],
+    ["x > 2", "(2,\\infty)", C, 1],
+    ["(2, +\\infty)", "x > 2", C, 1],
+    ["x < -1 \\text{ or } x > 2", "(-\\infty,-1)\\cup(2,\\infty)", C, 1],
+    ["x > 2 or x < -1", "x < -1 or x > 2", C, 1],
+    ["x \\le -1 or x > 2", "(-\\infty,-1)\\cup(2,\\infty)", W, -1],
+    ["x < -1", "(-\\infty,-1)\\cup(2,\\infty)", W, -1], // one interval of a union
+    ["x \\in (-\\infty, 2) \\cup (3, \\infty)", "(-\\infty, 2) \\cup (3, \\infty)", C, 1],
+    ["x + y \\le 5", "5 \\ge y + x", C, 1], // not an interval: lhs - rhs compared
+    ["2x + 2y \\le 10", "x + y \\le 5", C, 1],
+    ["x + y < 5", "x + y \\le 5", W, -1],
+    ["x + y \\ge 5", "x + y \\le 5", W, -1],
+    ["x^2 < 4", "4 > x^2", C, 1],
+    ["x^2 > 4", "x^2 < 4", W, -1],
+    ["x \\neq 3", "x \\ne 3", C, 1],
+    ["x \\ne 4", "x \\ne 3", W, -1],
+  ],
   "named answers (issue 13 family 2)": [
     ["(3,2)", "(p,q)=(3,2)", C, 1],
     ["(p,q)=(3,2)", "(3,2)", C, 1],
