@@ -732,6 +732,14 @@ function ratiosEqual(a: Answer & { kind: "ratio" }, b: Answer): boolean {
   return x.every((xi, i) => numbersEqual(mul(xi, y[0]), mul(y[i], x[0])));
 }
 
+function restatedEqual(list: Answer & { kind: "set" }, b: Answer): boolean {
+  const [first, ...rest] = list.items;
+  if (rest.every((x) => answersEqual(first, x))) return answersEqual(first, b);
+  if (b.kind !== "tuple" || b.open !== "(" || b.close !== ")") return false;
+  const values = namedTupleValues(list); // `p = 3, q = 2` is the ordered pair `(3, 2)`
+  return values !== null && orderedEqual(values, b.items);
+}
+
 // `y = 2x + 3` against `2x - y + 3 = 0`: compare as equations.
 function assignmentMatches(
   a: Answer & { kind: "assign" },
@@ -756,6 +764,10 @@ export function answersEqual(a: Answer, b: Answer): boolean {
   if (a.kind === "assign" && b.kind === "assign") return answersEqual(a.value, b.value);
   if (a.kind === "assign" && b.kind !== "equation") return answersEqual(a.value, b);
   if (b.kind === "assign" && a.kind !== "equation") return answersEqual(a, b.value);
+  // A list that only restates one answer is that answer: `\boxed{15\frac{39}{40}}, or
+  // \boxed{\frac{639}{40}}` (and `1, 1` is 1). A list of different answers is never one of them.
+  if (a.kind === "set" && b.kind !== "set" && b.kind !== "union") return restatedEqual(a, b);
+  if (b.kind === "set" && a.kind !== "set" && a.kind !== "union") return restatedEqual(b, a);
   switch (a.kind) {
     case "expr":
       if (b.kind === "base" || b.kind === "ratio") return answersEqual(b, a);
@@ -767,19 +779,14 @@ export function answersEqual(a: Answer, b: Answer): boolean {
     case "base":
       if (b.kind === "base") return a.digits === b.digits && a.base === b.base;
       return b.kind === "expr" && squash(b.src) === a.digits; // `204` for `204_5`
-    case "set": {
-      if (b.kind === "set") return unorderedEqual(a.items, b.items);
-      // `p = 3, q = 2` is the ordered pair `(3, 2)`
-      if (b.kind !== "tuple" || b.open !== "(" || b.close !== ")") return false;
-      const values = namedTupleValues(a);
-      return values !== null && orderedEqual(values, b.items);
-    }
+    case "set":
+      return b.kind === "set" && unorderedEqual(a.items, b.items);
     case "ratio":
       return ratiosEqual(a, b);
     case "union":
       return b.kind === "union" && unorderedEqual(a.items, b.items);
     case "tuple":
-      if (b.kind === "set" || b.kind === "ratio") return answersEqual(b, a);
+      if (b.kind === "ratio") return answersEqual(b, a);
       if (b.kind === "tuple") {
         return a.open === b.open && a.close === b.close && orderedEqual(a.items, b.items);
       }

@@ -26,13 +26,17 @@ export interface BoxSpan {
   end: number; // index just past the box
 }
 
-/** The last box of `text`: null when there is none, "unclosed" when its braces never close. */
-export function lastBox(text: string): BoxSpan | null | "unclosed" {
-  const boxed = text.lastIndexOf("\\boxed");
-  const fbox = text.lastIndexOf("\\fbox");
-  const start = Math.max(boxed, fbox);
-  if (start < 0) return null;
-  let i = start + (start === boxed ? 6 : 5);
+/** At most this many boxes form one answer list; a longer run counts as its last box. */
+const MAX_BOXES = 64;
+/** Boxes further apart than this are separate answers: the last one counts. */
+const MAX_GAP_CHARS = 80;
+/** At most this many words (besides `and`, `or` and labels) between two boxes of one list. */
+const MAX_GAP_WORDS = 3;
+
+// The box whose command starts at `start` (`\boxed{...}`, `\fbox{...}` or `\boxed 5`).
+function boxAt(text: string, start: number): BoxSpan | null | "unclosed" {
+  const command = text.startsWith("\\boxed", start) ? 6 : 5;
+  let i = start + command;
   while (i < text.length && (text[i] === " " || text[i] === "\t")) i++;
   if (text[i] === "{") {
     const close = matchBrace(text, i);
@@ -40,8 +44,107 @@ export function lastBox(text: string): BoxSpan | null | "unclosed" {
     return { start, content: text.slice(i + 1, close), end: close + 1 };
   }
   // `\boxed 5`: the argument runs to the next whitespace or `$`.
-  if (i === start + (start === boxed ? 6 : 5)) return null; // `\boxedfoo` is another command
+  if (i === start + command) return null; // `\boxedfoo` is another command
   let j = i;
   while (j < text.length && !/[\s$]/.test(text[j])) j++;
   return { start, content: trimEnd(text.slice(i, j), ".,"), end: j };
+}
+
+// A function that returns the start of the last box command before its argument, or -1; its
+// arguments must decrease. It remembers the last `\boxed` and `\fbox` it found, so that all its
+// calls together scan the text once (a text without `\fbox` is not scanned for it again).
+function boxStartsBackwards(text: string): (before: number) => number {
+  let boxed = text.length, fbox = text.length;
+  return (before) => {
+    if (boxed >= before) boxed = before > 0 ? text.lastIndexOf("\\boxed", before - 1) : -1;
+    if (fbox >= before) fbox = before > 0 ? text.lastIndexOf("\\fbox", before - 1) : -1;
+    return Math.max(boxed, fbox);
+  };
+}
+
+/** The last box of `text`: null when there is none, "unclosed" when its braces never close. */
+export function lastBox(text: string): BoxSpan | null | "unclosed" {
+  const start = boxStartsBackwards(text)(text.length);
+  return start < 0 ? null : boxAt(text, start);
+}
+
+// Words that revise or conclude rather than continue a list: `\boxed{3}, finally \boxed{4}` and
+// `\boxed{1} or rather \boxed{2}` answer with their last box.
+const REVISION_WORDS = new Set([
+  "actually",
+  "again",
+  "answer",
+  "but",
+  "check",
+  "correct",
+  "corrected",
+  "correction",
+  "final",
+  "finally",
+  "gives",
+  "hence",
+  "instead",
+  "is",
+  "mistake",
+  "no",
+  "not",
+  "oops",
+  "rather",
+  "so",
+  "sorry",
+  "then",
+  "therefore",
+  "thus",
+  "wait",
+  "was",
+  "wrong",
+]);
+
+// A label for the next box at the end of the text between two boxes: `y_2 =`, `(x, y) =`.
+const LABEL = /(?:[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,4}\}?)?|\([a-zA-Z, ]{1,20}\))\s*=\s*$/;
+
+// Whether the text between two boxes joins them into one answer list: at least one connector
+// (`,`, `;`, `and`, `or`), besides which only math delimiters, spacing, `\text{...}` wrappers, a
+// label for the next box and at most MAX_GAP_WORDS other words (`papers`, `for part (a)`), none
+// of them a revision. A blank line, a full stop, a digit or an operator separates the boxes.
+function joinsBoxes(gap: string): boolean {
+  if (gap.includes("\n\n")) return false;
+  const words = gap
+    .replace(/\\(?:text|textbf|textit|textrm|mathrm|mbox)\s*\{([^{}]*)\}/g, " $1 ")
+    .replace(/\\[()[\]]|\$|\\q?quad(?![a-zA-Z])|\\[,;:! ]|~/g, " ")
+    .replace(LABEL, " ");
+  if (/[^a-zA-Z\s,;()]/.test(words)) return false;
+  let connectors = 0, others = 0;
+  for (const token of words.match(/[a-zA-Z]+|[,;]/g) ?? []) {
+    const word = token.toLowerCase();
+    if (word === "," || word === ";" || word === "and" || word === "or") connectors++;
+    else if (REVISION_WORDS.has(word) || ++others > MAX_GAP_WORDS) return false;
+  }
+  return connectors > 0;
+}
+
+/**
+ * The boxes of the completion's final answer: the last box, and the boxes before it that
+ * {@linkcode joinsBoxes} joins to it within MAX_GAP_CHARS (`\boxed{1} and \boxed{2}`,
+ * `\boxed{(2, 2)} \quad \text{and} \quad \boxed{(6, 2)}`), in order. Null when there is no box,
+ * "unclosed" when the last box never closes. Linear time: each step scans back to the previous
+ * box once, and at most MAX_BOXES + 1 steps are taken.
+ */
+export function finalBoxes(text: string): BoxSpan[] | null | "unclosed" {
+  const previousStart = boxStartsBackwards(text);
+  const lastStart = previousStart(text.length);
+  const last = lastStart < 0 ? null : boxAt(text, lastStart);
+  if (last === null || last === "unclosed") return last;
+  const boxes = [last];
+  for (let next = last; boxes.length <= MAX_BOXES;) {
+    const start = previousStart(next.start);
+    if (start < 0) break;
+    const box = boxAt(text, start);
+    if (box === null || box === "unclosed" || box.end > next.start) break;
+    if (next.start - box.end > MAX_GAP_CHARS) break;
+    if (!joinsBoxes(text.slice(box.end, next.start))) break;
+    boxes.push(box);
+    next = box;
+  }
+  return boxes.length > MAX_BOXES ? [last] : boxes.reverse();
 }

@@ -32,7 +32,7 @@
  */
 
 import { answersEqual, normalize, parseAnswer, percentOf, squash } from "./_reward_answers.ts";
-import { lastBox } from "./_reward_boxes.ts";
+import { finalBoxes, lastBox } from "./_reward_boxes.ts";
 import { RELATIVE_TOLERANCE } from "./_reward_latex.ts";
 
 /**
@@ -61,6 +61,13 @@ const MAX_RAW_CHARS = 4096;
  * The content of the last `\boxed{...}` (or `\fbox{...}`, or `\boxed 5`) in `text`, with nested
  * braces kept intact. Escaped braces `\{ \}` do not count as nesting.
  *
+ * When the final answer holds several boxes joined only by connectors (`,`, `;`, `and`, `or`),
+ * math delimiters, spacing, `\text{...}`, a label such as `y_2 =` and at most three other words,
+ * within 80 characters of each other (`\boxed{1} and \boxed{2}`, `\boxed{(2, 2)} \quad
+ * \text{and} \quad \boxed{(6, 2)}`), their contents are joined with `; ` into one answer list.
+ * Boxes further apart, or separated by a revision (`\boxed{3}, finally \boxed{4}`), a full stop
+ * or nothing but spaces, leave the last box alone.
+ *
  * Runs in linear time on any input.
  *
  * @param text A model completion.
@@ -71,15 +78,16 @@ const MAX_RAW_CHARS = 4096;
  * import assert from "node:assert/strict";
  * import { extractAnswer } from "./reward.ts";
  * assert.equal(extractAnswer("so \\boxed{1} or rather \\boxed{\\frac{1}{2}}."), "\\frac{1}{2}");
+ * assert.equal(extractAnswer("$x = \\boxed{1}$ and $x = \\boxed{-2}$."), "1; -2");
  * assert.equal(extractAnswer("no box here"), null);
  * assert.equal(extractAnswer("\\boxed{\\frac{1}{2}"), null);
  * ```
  */
 export function extractAnswer(text: string): string | null {
-  const box = lastBox(text);
-  if (box === null || box === "unclosed") return null;
-  const content = box.content.trim();
-  return content === "" ? null : content;
+  const boxes = finalBoxes(text);
+  if (boxes === null || boxes === "unclosed") return null;
+  const contents = boxes.map((box) => box.content.trim()).filter((c) => c !== "");
+  return contents.length === 0 ? null : contents.join("; ");
 }
 
 function groundTruthAnswer(groundTruth: string): string {

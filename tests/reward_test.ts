@@ -387,7 +387,89 @@ Deno.test("the case table has at least 150 cases", () => {
 // truth, status, reward]; a completion without a box is boxed by box(). Near-misses that must
 // stay wrong sit next to the cases they resemble.
 type Row = [string, string, Status, number];
+const LONG_REASONING =
+  "Checking the other case gives the same count, so the first value is not the " +
+  "answer we want; we need the second one.";
 const ISSUE_13: Record<string, Row[]> = {
+  "several boxes in the final answer (issue 13 family 1)": [
+    ["\\boxed{1} and \\boxed{2} and \\boxed{3}", "\\{1,2,3\\}", C, 1],
+    ["\\boxed{1},\\boxed{2},\\boxed{3}", "{1,2,3}", C, 1],
+    ["So $\\boxed{3}$, $\\boxed{1}$, $\\boxed{2}$.", "1, 2, 3", C, 1],
+    ["\\boxed{1} and \\boxed{2}", "1, 2, 3", W, -1], // a missing element
+    ["\\boxed{1} and \\boxed{2} and \\boxed{3}", "1, 2", W, -1],
+    ["$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$", "(2, 2), (6, 2)", C, 1],
+    ["$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(2, 6)}$", "(2, 2), (6, 2)", W, -1],
+    ["$\\boxed{(98, 2)} \\quad \\text{and} \\quad \\boxed{(99, 503)}$", "(98, 2), (99, 503)", C, 1],
+    ["$\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}$", "(3, 3), (1, 1)", C, 1],
+    ["$\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}$", "k = 45, n = 2", C, 1],
+    ["$\\boxed{k = 2} \\quad \\text{and} \\quad \\boxed{n = 45}$", "k = 45, n = 2", W, -1],
+    [
+      "\\( y_1 = \\boxed{-2(x - 1)^2 + 5} \\) and \\( y_2 = \\boxed{3(x + 2)^2 - 2} \\)",
+      "y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10",
+      C,
+      1,
+    ],
+    [
+      "\\( y_1 = \\boxed{-2(x - 1)^2 + 5} \\) and \\( y_2 = \\boxed{3(x + 2)^2 + 2} \\)",
+      "y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10",
+      W,
+      -1,
+    ],
+    [
+      "The solutions are:\n\n\\[\n\\boxed{(1, 2)}, \\boxed{(2, 1)}, \\boxed{(-1, -20)}, \\boxed{(-20, -1)}\n\\]",
+      "(2,1),(1,2),(-1,-20),(-20,-1)",
+      C,
+      1,
+    ],
+    [
+      "The solutions are:\n\n\\[\n\\boxed{(1, 2)}, \\boxed{(2, 1)}, \\boxed{(-1, -20)}\n\\]",
+      "(2,1),(1,2),(-1,-20),(-20,-1)",
+      W,
+      -1,
+    ],
+    [
+      "$\\boxed{\\dfrac{108 + 31\\sqrt{5}}{216}} \\quad \\text{and} \\quad \\boxed{\\dfrac{108 - 31\\sqrt{5}}{216}}$",
+      "x_{1}=\\frac{1}{2}+\\frac{31\\sqrt{5}}{216},\\quad x_{2}=\\frac{1}{2}-\\frac{31\\sqrt{5}}{216}",
+      C,
+      1,
+    ],
+    [
+      "$\\boxed{10^{\\frac{\\sqrt{13} - 5}{6}}} \\quad \\text{and} \\quad \\boxed{10^{-\\frac{5 + \\sqrt{13}}{6}}}$",
+      "x_{1}=10^{\\frac{-5+\\sqrt{13}}{6}}, x_{2}=10^{\\frac{-5-\\sqrt{13}}{6}}",
+      C,
+      1,
+    ],
+    ["$x = \\boxed{1}$ or $x = \\boxed{-2}$.", "1, -2", C, 1],
+    ["\\boxed{x = 1}, \\boxed{x = -2}", "x=1, x=-2", C, 1],
+    ["\\boxed{p = 5, q = 2} and \\boxed{p = 7, q = 2}", "(5,2),(7,2)", C, 1],
+    ["\\boxed{p = 5, q = 2} and \\boxed{p = 2, q = 7}", "(5,2),(7,2)", W, -1],
+    ["\\boxed{1} papers and \\boxed{2} bins", "1, 2", C, 1],
+    ["\\boxed{1} no no no no no \\boxed{2}", "1, 2", W, -1], // no connector: the last box
+    ["\\boxed{1} no no no no no \\boxed{2}", "2", C, 1],
+    ["First \\boxed{3}, finally \\boxed{4}", "4", C, 1], // a revision: the last box
+    ["So \\boxed{3}, or rather \\boxed{4}.", "4", C, 1],
+    ["\\boxed{3}. Then \\boxed{4}.", "4", C, 1],
+    ["\\boxed{3} or \\boxed{4}", "4", W, -1], // a hedge is a list, and the list is wrong
+    ["\\boxed{3}, \\boxed{4}", "3", W, -1],
+    ["$$\\boxed{20}$$ \\boxed{143}", "143", C, 1], // only spaces between: the last box
+    ["$\\boxed{1}\\boxed{2}$", "2", C, 1],
+    [
+      "So $d = \\boxed{15\\frac{39}{40}}$, or $\\boxed{\\frac{639}{40}}$ inches.",
+      "\\frac{639}{40}",
+      C,
+      1,
+    ],
+    [`We first get \\boxed{12}. ${LONG_REASONING} Hence the answer is \\boxed{15}.`, "15", C, 1],
+    [`We first get \\boxed{12}, and ${LONG_REASONING} \\boxed{15}.`, "12, 15", W, -1], // far apart
+    ["\\boxed{1} and \\boxed{2", "1, 2", "no_answer", -0.5], // the last box never closes
+    // ground truths with several boxes
+    ["\\boxed{-2, 1}", "\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", C, 1],
+    ["\\boxed{1}", "\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", W, -1],
+    ["2, 3, 5, 7, 13", "$$\\boxed{2}, \\boxed{3}, \\boxed{5}, \\boxed{7}, \\boxed{13}$$", C, 1],
+    ["2, 3, 5, 7", "$$\\boxed{2}, \\boxed{3}, \\boxed{5}, \\boxed{7}, \\boxed{13}$$", W, -1],
+    ["1,2", "\\boxed{1} papers and \\boxed{2} bins", C, 1],
+    ["1,2", "\\boxed{1} no no no no no \\boxed{2}", W, -1],
+  ],
   "relations and intervals (issue 13 family 3)": [
     ["x \\le 5", "5 \\ge x", C, 1],
     ["x \\leq 5", "x \\le 5", C, 1],
@@ -564,6 +646,13 @@ for (const [family, rows] of Object.entries(ISSUE_13)) {
   });
 }
 
+Deno.test("the issue 13 tables have at least 120 cases, near-misses included", () => {
+  const rows = Object.values(ISSUE_13).flat();
+  assert.ok(rows.length >= 120, `only ${rows.length} cases`);
+  assert.ok(rows.filter((r) => r[2] === W).length >= 40, "too few near-misses");
+  for (const [, , status, reward] of rows) assert.equal(reward, REWARD[status]);
+});
+
 Deno.test("extractAnswer() takes the last box, nested braces, \\fbox and \\boxed 5", () => {
   assert.equal(extractAnswer("\\boxed{\\frac{1}{\\sqrt{2}}}"), "\\frac{1}{\\sqrt{2}}");
   assert.equal(extractAnswer("\\boxed{1} then \\boxed{2}"), "2");
@@ -577,6 +666,30 @@ Deno.test("extractAnswer() takes the last box, nested braces, \\fbox and \\boxed
   assert.equal(extractAnswer("\\boxed{}"), null);
   assert.equal(extractAnswer("\\boxed{1} and \\boxed{2"), null);
   assert.equal(extractAnswer("\\boxed"), null);
+});
+
+Deno.test("extractAnswer() joins the boxes of the final answer with '; ', else keeps the last", () => {
+  assert.equal(extractAnswer("\\boxed{1} and \\boxed{2} and \\boxed{3}"), "1; 2; 3");
+  assert.equal(extractAnswer("\\boxed{1},\\boxed{2}"), "1; 2");
+  assert.equal(
+    extractAnswer("$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$"),
+    "(2, 2); (6, 2)",
+  );
+  assert.equal(extractAnswer("\\(y_1 = \\boxed{a}\\) and \\(y_2 = \\boxed{b}\\)"), "a; b");
+  assert.equal(extractAnswer("\\boxed{1} and \\boxed{} and \\boxed{3}"), "1; 3");
+  assert.equal(extractAnswer("\\fbox{1} or \\boxed 2"), "1; 2");
+  // not joined: no connector, a revision word, a full stop, a digit, a blank line, too far
+  assert.equal(extractAnswer("\\boxed{1} \\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1}, finally \\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1}. And \\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1} and 3 \\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1},\n\n\\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1} and so on we go, all the way to \\boxed{2}"), "2");
+  assert.equal(extractAnswer(`\\boxed{1}, ${"and ".repeat(30)}\\boxed{2}`), "2");
+  assert.equal(extractAnswer("\\boxed{\\boxed{1}, 2}"), "1"); // a box inside a box
+  // a run of more than 64 joined boxes is no answer list: its last box counts
+  assert.equal(extractAnswer("\\boxed{1}, ".repeat(64) + "\\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1}, ".repeat(63) + "\\boxed{2}")?.split("; ").length, 64);
 });
 
 Deno.test("computeReward() reports no_answer without a closed box", () => {
@@ -875,6 +988,12 @@ Deno.test("hostile inputs finish quickly and never throw", () => {
     "\\boxed{1e9999}",
     `\\boxed{${"(1,".repeat(300)}1${")".repeat(300)}}`,
     `\\boxed{${"9".repeat(999)}}`,
+    "\\boxed{1}, ".repeat(100_000), // 100,000 boxes joined by commas
+    `\\boxed{${"x < ".repeat(300)}1}`, // a 300-term chain of inequalities
+    `\\boxed{${"1 and ".repeat(300)}1}`,
+    `\\boxed{${"1;".repeat(300)}1}`,
+    `\\boxed{(${"p,".repeat(30)}q)=(${"1,".repeat(30)}1)}`,
+    `\\boxed{${"A".repeat(70)}:${"B".repeat(70)}=1}`, // a long name-like left-hand side
   ];
   for (const text of hostile) {
     for (const truth of ["1", "x^{99999998}", "(1,2)", "10^{10^{10}}"]) {
