@@ -58,17 +58,15 @@ const UNICODE: [RegExp, string][] = [
  */
 export function normalize(raw: string): Normalized {
   let s = raw;
-  for (const [pattern, replacement] of UNICODE) s = s.replace(pattern, replacement);
+  if (/[\u0080-\uffff]/.test(s)) {
+    for (const [pattern, replacement] of UNICODE) s = s.replace(pattern, replacement);
+  }
   s = s
     .replace(/\\[dtc]frac(?![a-zA-Z])/g, "\\frac")
     .replace(/\\[dt]binom(?![a-zA-Z])/g, "\\binom")
     .replace(/\\(?:left|right)(?:\.|(?![a-zA-Z]))/g, "")
     .replace(/\\[bB]igg?[lr]?(?![a-zA-Z])/g, "")
     .replace(/\\(?:displaystyle|textstyle|limits)(?![a-zA-Z])/g, "")
-    // `{,}` is number syntax, never a list separator: before exactly three digits it groups
-    // thousands (`1{,}000`), otherwise it is a decimal comma (`3{,}5`, `1000{,}99`).
-    .replace(/(?<=\d)\{,\}(?=\d)(?!\d{3}(?!\d))/g, ".")
-    .replace(/\{,\}/g, ",")
     .replace(/,\\!\s*/g, ",") // `10,\!080`: a thousands separator
     .replace(/(?<=\d)\\[,!]\s*(?=\d{3}(?!\d))/g, "") // `10\,080`, `1\!000`
     // subtle: keep `\\` (matrix row break) intact while dropping `\ ` and friends
@@ -79,12 +77,20 @@ export function normalize(raw: string): Normalized {
       /\\(?:mbox|textbf|textit|textrm|textnormal|mathrm|mathbf|mathit|text)\s*\{/g,
       "\\text{",
     )
-    .replace(/\\text\{\s*(?:and|or)\s*\}/g, ",")
+    .replace(/\\text\{\s*(?:and|or)\s*\}/g, ",");
+  if (s.includes("{,}")) {
+    // `{,}` is number syntax, never a list separator: before exactly three digits it groups
+    // thousands (`1{,}000`), otherwise it is a decimal comma (`3{,}5`, `1000{,}99`).
+    s = s.replace(/(?<=\d)\{,\}(?=\d)(?!\d{3}(?!\d))/g, ".").replace(/\{,\}/g, ",");
+  }
+  if (/\\[lgn][etq]|[<>!]=/.test(s)) {
     // one spelling per relation: `\leq`, `\leqslant`, `<=` are `\le`; `\lt` is `<`
-    .replace(/\\(?:leqslant|leqq|leq|le)(?![a-zA-Z])|<=/g, "\\le ")
-    .replace(/\\(?:geqslant|geqq|geq|ge)(?![a-zA-Z])|>=/g, "\\ge ")
-    .replace(/\\(?:neq|ne)(?![a-zA-Z])|!=/g, "\\ne ")
-    .replace(/\\([lg])t(?![a-zA-Z])/g, (_m, c) => (c === "l" ? "<" : ">"));
+    s = s
+      .replace(/\\(?:leqslant|leqq|leq|le)(?![a-zA-Z])|<=/g, "\\le ")
+      .replace(/\\(?:geqslant|geqq|geq|ge)(?![a-zA-Z])|>=/g, "\\ge ")
+      .replace(/\\(?:neq|ne)(?![a-zA-Z])|!=/g, "\\ne ")
+      .replace(/\\([lg])t(?![a-zA-Z])/g, (_m, c) => (c === "l" ? "<" : ">"));
+  }
   let percent = false;
   if (s.includes("%")) {
     percent = true;

@@ -32,6 +32,10 @@ const MAX_BOXES = 64;
 const MAX_GAP_CHARS = 80;
 /** At most this many words (besides `and`, `or` and labels) between two boxes of one list. */
 const MAX_GAP_WORDS = 3;
+/** A box of a list starts at most this far before the next box (its content is shorter). */
+const MAX_LOOKBACK_CHARS = 300;
+
+const ARGUMENT_END = /[\s$]/g;
 
 // The box whose command starts at `start` (`\boxed{...}`, `\fbox{...}` or `\boxed 5`).
 function boxAt(text: string, start: number): BoxSpan | null | "unclosed" {
@@ -45,27 +49,33 @@ function boxAt(text: string, start: number): BoxSpan | null | "unclosed" {
   }
   // `\boxed 5`: the argument runs to the next whitespace or `$`.
   if (i === start + command) return null; // `\boxedfoo` is another command
-  let j = i;
-  while (j < text.length && !/[\s$]/.test(text[j])) j++;
+  ARGUMENT_END.lastIndex = i;
+  const j = ARGUMENT_END.exec(text)?.index ?? text.length;
   return { start, content: trimEnd(text.slice(i, j), ".,"), end: j };
 }
 
-// A function that returns the start of the last box command before its argument, or -1; its
-// arguments must decrease. It remembers the last `\boxed` and `\fbox` it found, so that all its
-// calls together scan the text once (a text without `\fbox` is not scanned for it again).
-function boxStartsBackwards(text: string): (before: number) => number {
-  let boxed = text.length, fbox = text.length;
-  return (before) => {
-    if (boxed >= before) boxed = before > 0 ? text.lastIndexOf("\\boxed", before - 1) : -1;
-    if (fbox >= before) fbox = before > 0 ? text.lastIndexOf("\\fbox", before - 1) : -1;
-    return Math.max(boxed, fbox);
-  };
+// The start of the last `\boxed` or `\fbox` in `text`, or -1. One backward scan for "box" (not one
+// per command), which usually stops at the last box, near the end.
+function lastBoxStart(text: string): number {
+  for (let i = text.lastIndexOf("box"); i > 0; i = text.lastIndexOf("box", i - 1)) {
+    if (text.startsWith("\\boxed", i - 1)) return i - 1;
+    if (i >= 2 && text.startsWith("\\fbox", i - 2)) return i - 2;
+  }
+  return -1;
 }
 
 /** The last box of `text`: null when there is none, "unclosed" when its braces never close. */
 export function lastBox(text: string): BoxSpan | null | "unclosed" {
-  const start = boxStartsBackwards(text)(text.length);
+  const start = lastBoxStart(text);
   return start < 0 ? null : boxAt(text, start);
+}
+
+// The start of the last box command in the MAX_LOOKBACK_CHARS before `before`, or -1. Bounded, so
+// that a completion with one box is not scanned again from its end to its start.
+function previousBoxStart(text: string, before: number): number {
+  const from = Math.max(0, before - MAX_LOOKBACK_CHARS);
+  const start = lastBoxStart(text.slice(from, before));
+  return start < 0 ? -1 : from + start;
 }
 
 // Words that revise or conclude rather than continue a list: `\boxed{3}, finally \boxed{4}` and
@@ -127,17 +137,15 @@ function joinsBoxes(gap: string): boolean {
  * The boxes of the completion's final answer: the last box, and the boxes before it that
  * {@linkcode joinsBoxes} joins to it within MAX_GAP_CHARS (`\boxed{1} and \boxed{2}`,
  * `\boxed{(2, 2)} \quad \text{and} \quad \boxed{(6, 2)}`), in order. Null when there is no box,
- * "unclosed" when the last box never closes. Linear time: each step scans back to the previous
- * box once, and at most MAX_BOXES + 1 steps are taken.
+ * "unclosed" when the last box never closes. Linear time: after finding the last box, each of at
+ * most MAX_BOXES + 1 steps scans back at most MAX_LOOKBACK_CHARS.
  */
 export function finalBoxes(text: string): BoxSpan[] | null | "unclosed" {
-  const previousStart = boxStartsBackwards(text);
-  const lastStart = previousStart(text.length);
-  const last = lastStart < 0 ? null : boxAt(text, lastStart);
+  const last = lastBox(text);
   if (last === null || last === "unclosed") return last;
   const boxes = [last];
   for (let next = last; boxes.length <= MAX_BOXES;) {
-    const start = previousStart(next.start);
+    const start = previousBoxStart(text, next.start);
     if (start < 0) break;
     const box = boxAt(text, start);
     if (box === null || box === "unclosed" || box.end > next.start) break;
