@@ -31,7 +31,7 @@ const MAX_BOXES = 64;
 /** Boxes further apart than this are separate answers: the last one counts. */
 const MAX_GAP_CHARS = 80;
 /** At most this many words (besides `and`, `or` and labels) between two boxes of one list. */
-const MAX_GAP_WORDS = 3;
+const MAX_GAP_WORDS = 2;
 /** A box of a list starts at most this far before the next box (its content is shorter). */
 const MAX_LOOKBACK_CHARS = 300;
 
@@ -115,14 +115,16 @@ const LABEL = /(?:[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,4}\}?)?|\([a-zA-Z, ]{1,20}\))\s*=
 
 // Whether the text between two boxes joins them into one answer list: at least one connector
 // (`,`, `;`, `and`, `or`), besides which only math delimiters, spacing, `\text{...}` wrappers, a
-// label for the next box and at most MAX_GAP_WORDS other words (`papers`, `for part (a)`), none
-// of them a revision. A blank line, a full stop, a digit or an operator separates the boxes.
+// label for the next box (`y_2 =`, `(b)`) and at most MAX_GAP_WORDS other words (`papers`, `for
+// part (a)`), none of them a revision. A blank line, a full stop, a digit or an operator separates
+// the boxes, and so does a clause (`\boxed{16} eggs, and she sells \boxed{9}`).
 function joinsBoxes(gap: string): boolean {
   if (gap.includes("\n\n")) return false;
   const words = gap
     .replace(/\\(?:text|textbf|textit|textrm|mathrm|mbox)\s*\{([^{}]*)\}/g, " $1 ")
     .replace(/\\[()[\]]|\$|\\q?quad(?![a-zA-Z])|\\[,;:! ]|~/g, " ")
-    .replace(LABEL, " ");
+    .replace(LABEL, " ")
+    .replace(/\([a-zA-Z]{1,4}\)/g, " ");
   if (/[^a-zA-Z\s,;()]/.test(words)) return false;
   let connectors = 0, others = 0;
   for (const token of words.match(/[a-zA-Z]+|[,;]/g) ?? []) {

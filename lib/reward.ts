@@ -62,7 +62,7 @@ const MAX_RAW_CHARS = 4096;
  * braces kept intact. Escaped braces `\{ \}` do not count as nesting.
  *
  * When the final answer holds several boxes joined only by connectors (`,`, `;`, `and`, `or`),
- * math delimiters, spacing, `\text{...}`, a label such as `y_2 =` and at most three other words,
+ * math delimiters, spacing, `\text{...}`, labels such as `y_2 =` and at most two other words,
  * within 80 characters of each other (`\boxed{1} and \boxed{2}`, `\boxed{(2, 2)} \quad
  * \text{and} \quad \boxed{(6, 2)}`), their contents are joined with `; ` into one answer list.
  * Boxes further apart, or separated by a revision (`\boxed{3}, finally \boxed{4}`), a full stop

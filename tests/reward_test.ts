@@ -444,6 +444,8 @@ const ISSUE_13: Record<string, Row[]> = {
     ["\\boxed{p = 5, q = 2} and \\boxed{p = 7, q = 2}", "(5,2),(7,2)", C, 1],
     ["\\boxed{p = 5, q = 2} and \\boxed{p = 2, q = 7}", "(5,2),(7,2)", W, -1],
     ["\\boxed{1} papers and \\boxed{2} bins", "1, 2", C, 1],
+    ["Janet has \\boxed{16} eggs, and she sells \\boxed{9}", "9", C, 1], // a clause between
+    ["(a) \\boxed{4}, (b) \\boxed{6}", "4, 6", C, 1],
     ["\\boxed{1} no no no no no \\boxed{2}", "1, 2", W, -1], // no connector: the last box
     ["\\boxed{1} no no no no no \\boxed{2}", "2", C, 1],
     ["First \\boxed{3}, finally \\boxed{4}", "4", C, 1], // a revision: the last box
