@@ -693,25 +693,33 @@ function namedPairs(a: Answer): [string, Answer][] | null {
   return names.map((name, i) => [name, value.items[i]]);
 }
 
-// Both sides name the same quantities, so values pair by name: `k = 2, n = 45` is not
-// `k = 45, n = 2`. Except for labels of interchangeable roots, `x_1, x_2, ...` numbered from 1.
-function pairByName(a: [string, Answer][], b: [string, Answer][]): boolean {
-  if (a.length !== b.length) return false;
-  const names = a.map((p) => p[0]).sort();
-  const other = b.map((p) => p[0]).sort();
-  if (names.some((name, i) => name !== other[i])) return false;
-  const labels = names.map((name) => /^(.+)_(\d+)$/.exec(name));
-  return !labels.every((m, i) => m !== null && m[1] === labels[0]![1] && Number(m[2]) === i + 1);
+// The names of `pairs` as compared: `x_1, x_2, ...` numbered from 1 label interchangeable roots,
+// so they are all `x`. Other indexed names keep their index (`a_3` is the third term, `y_1` the
+// first of two functions).
+function pairNames(pairs: [string, Answer][]): string[] {
+  const numbers = pairs.map(([name]) => (/^x_\d+$/.test(name) ? Number(name.slice(2)) : NaN));
+  const roots = numbers.sort((p, q) => p - q).every((k, i) => k === i + 1);
+  return pairs.map(([name]) => (roots ? "x" : name));
 }
 
+// Both sides name several quantities: the names must agree, and values pair by name, so
+// `k = 2, n = 45` is not `k = 45, n = 2` and `a_{38} = 19` is not `a_{37} = 19`.
 function pairsEqual(a: [string, Answer][], b: [string, Answer][]): boolean {
+  if (a.length !== b.length) return false;
+  const namesA = pairNames(a), namesB = pairNames(b);
   const used = new Array<boolean>(b.length).fill(false);
-  for (const [name, value] of a) {
-    const j = b.findIndex((y, k) => !used[k] && y[0] === name && answersEqual(value, y[1]));
+  for (let i = 0; i < a.length; i++) {
+    const j = b.findIndex((y, k) =>
+      !used[k] && namesB[k] === namesA[i] && answersEqual(a[i][1], y[1])
+    );
     if (j < 0) return false;
     used[j] = true;
   }
   return true;
+}
+
+function severalNames(pairs: [string, Answer][]): boolean {
+  return new Set(pairNames(pairs)).size > 1;
 }
 
 // `11:21` against `22:42` (proportional) or against `\frac{11}{21}`.
@@ -761,10 +769,11 @@ export function answersEqual(a: Answer, b: Answer): boolean {
   if (squash(a.src) === squash(b.src)) return true;
   if (a.kind === "text" || b.kind === "text") return textKey(a.src) === textKey(b.src);
   const pairsA = namedPairs(a), pairsB = pairsA === null ? null : namedPairs(b);
-  if (pairsA !== null && pairsB !== null && pairByName(pairsA, pairsB)) {
+  if (pairsA !== null && pairsB !== null && (severalNames(pairsA) || severalNames(pairsB))) {
     return pairsEqual(pairsA, pairsB);
   }
-  // Otherwise a name is dropped: `(p, q) = (3, 2)` is `(3, 2)`, `x = 5` is `5` (and `y = 5`).
+  // Otherwise a name is dropped: `(p, q) = (3, 2)` is `(3, 2)`, `x = 5` is `5`, and one named
+  // quantity against another compares values (`x = 5` is `y = 5`).
   if (a.kind === "assign" && b.kind === "equation") return assignmentMatches(a, b);
   if (b.kind === "assign" && a.kind === "equation") return assignmentMatches(b, a);
   if (a.kind === "assign" && b.kind === "assign") return answersEqual(a.value, b.value);

@@ -555,6 +555,11 @@ const ISSUE_13: Record<string, Row[]> = {
     ["a_{37} = 19, \\quad a_3 = 2", "a_3 = 2, a_{37} = 19", C, 1],
     ["a_{37} = 2, a_3 = 19", "a_3 = 2, a_{37} = 19", W, -1], // indices are names
     ["x_1 = 3, x_2 = 2", "x_1 = 2, x_2 = 3", C, 1], // x_1, x_2 label interchangeable roots
+    ["x = 1 \\pm 2", "x_1 = 3, x_2 = -1", C, 1],
+    ["y_1 = 3, y_2 = 1", "y_1 = 1, y_2 = 3", W, -1], // other indices are names
+    ["a_{38} = 19, a_3 = 2", "a_3 = 2, a_{37} = 19", W, -1],
+    ["a = 45, b = 2", "k = 45, n = 2", W, -1], // several values under other names
+    ["y = 5", "x = 5", C, 1], // one value: its name is dropped, as before
     ["x = -5, p = \\frac{14}{3}", "-5, \\frac{14}{3}", C, 1],
     ["a=4,\\,-8,\\,-10", "-10,-8,4", C, 1],
     ["(x, y) = (5, 8) \\quad \\text{and} \\quad (8, 5)", "(5, 8), (8, 5)", C, 1],
