@@ -963,6 +963,49 @@ Deno.test("isEquivalent() compares fractions exactly and lists as multisets", ()
   );
 });
 
+Deno.test("isEquivalent() reads a linear inequality as the interval it describes", () => {
+  const nonzero = fc.integer({ min: -20, max: 20 }).filter((x) => x !== 0);
+  const small = fc.integer({ min: -50, max: 50 });
+  fc.assert(
+    fc.property(nonzero, small, small, fc.boolean(), (a, b, c, strict) => {
+      // a x + b < c (or \le): x < (c - b) / a when a > 0, x > (c - b) / a when a < 0
+      const op = strict ? "<" : "\\le";
+      const relation = `${a}x + ${b} ${op} ${c}`;
+      const end = `\\frac{${c - b}}{${a}}`;
+      const interval = a > 0
+        ? `(-\\infty, ${end}${strict ? ")" : "]"}`
+        : `${strict ? "(" : "["}${end}, \\infty)`;
+      assert.ok(isEquivalent(relation, interval), `${relation} vs ${interval}`);
+      assert.ok(isEquivalent(interval, relation));
+      const flipped = a > 0
+        ? `${end} ${strict ? ">" : "\\ge"} x`
+        : `${end} ${strict ? "<" : "\\le"} x`;
+      assert.ok(isEquivalent(relation, flipped), `${relation} vs ${flipped}`);
+      // near-misses: the other strictness, the other side, an endpoint off by one
+      const other = a > 0
+        ? `(-\\infty, ${end}${strict ? "]" : ")"}`
+        : `${strict ? "[" : "("}${end}, \\infty)`;
+      assert.ok(!isEquivalent(relation, other), `${relation} vs ${other}`);
+      assert.ok(!isEquivalent(relation, a > 0 ? `(${end}, \\infty)` : `(-\\infty, ${end})`));
+      assert.ok(!isEquivalent(relation, `${a}x + ${b} ${op} ${c + 1}`));
+    }),
+    { numRuns: 200, seed: 19 },
+  );
+});
+
+Deno.test("isEquivalent() pairs named values by name", () => {
+  fc.assert(
+    fc.property(fc.integer({ min: -99, max: 99 }), fc.integer({ min: -99, max: 99 }), (k, n) => {
+      assert.ok(isEquivalent(`k = ${k}, n = ${n}`, `n = ${n}, k = ${k}`));
+      assert.ok(isEquivalent(`(k, n) = (${k}, ${n})`, `k = ${k} \\text{ and } n = ${n}`));
+      assert.ok(isEquivalent(`k = ${k}, n = ${n}`, `${n}, ${k}`));
+      assert.equal(isEquivalent(`k = ${k}, n = ${n}`, `k = ${n}, n = ${k}`), k === n);
+      assert.equal(isEquivalent(`(k, n) = (${k}, ${n})`, `(${n}, ${k})`), k === n);
+    }),
+    { numRuns: 200, seed: 23 },
+  );
+});
+
 function timed(fn: () => void): number {
   const start = performance.now();
   fn();
