@@ -897,6 +897,24 @@ const LATEX_TOKENS = [
   "é",
   "😀",
   "\u0000",
+  // issue 13 paths: several boxes, names, relations, separators, decimal commas
+  "\\boxed{1}, ",
+  " and ",
+  "or",
+  ";",
+  ":",
+  "<",
+  ">",
+  "\\le ",
+  "\\ge",
+  "\\ne",
+  "{,}",
+  "\\quad",
+  "\\text{ and }",
+  "AB",
+  "x_1",
+  "y_2 = ",
+  "(p,q)=",
 ];
 
 Deno.test("computeReward() and isEquivalent() never throw on random input", () => {
