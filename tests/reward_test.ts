@@ -773,7 +773,7 @@ function readJsonl(path: string): Record<string, unknown>[] {
 Deno.test("every GSM8K test answer scores correct when boxed and wrong when off by one", () => {
   const rows = readJsonl("../data/gsm8k/test.jsonl");
   assert.equal(rows.length, 1319);
-  let correct = 0, wrong = 0, formatted = 0;
+  let correct = 0, wrong = 0, formatted = 0, thousands = 0, listed = 0;
   for (const row of rows) {
     const truth = String(row.answer).split("####").pop()!.trim();
     const n = BigInt(truth.replace(/,/g, ""));
@@ -781,8 +781,16 @@ Deno.test("every GSM8K test answer scores correct when boxed and wrong when off 
     if (computeReward(box(String(n + 1n)), truth).status === "wrong") wrong++;
     const pretty = `\\$${n.toLocaleString("en-US")}.00`; // e.g. \$1,450,000.00
     if (computeReward(box(pretty), truth).status === "correct") formatted++;
+    // `1, 450, 000` is a list (issue 13): never the number, however it is written in the truth
+    if (n >= 1000n) {
+      thousands++;
+      const spaced = n.toLocaleString("en-US").replace(/,/g, ", ");
+      if (computeReward(box(spaced), truth).status === "wrong") listed++;
+    }
   }
   assert.deepEqual({ correct, wrong, formatted }, { correct: 1319, wrong: 1319, formatted: 1319 });
+  assert.ok(thousands > 100);
+  assert.equal(listed, thousands);
 });
 
 // One wrong variant per MATH-500 answer: integer + 1, fraction inverted, tuple reordered, else the
