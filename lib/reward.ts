@@ -8,9 +8,10 @@
  *
  * 1. Normalise both strings (`\dfrac` → `\frac`, drop `\left`/`\right`, `\!`, `\,`, `\$`, `\%`,
  *    `^\circ`, trailing `\text{units}`, thousands separators) and compare them as strings.
- * 2. Parse both into structure (lib/_reward_answers.ts): text, number/expression, `x = ...`,
- *    equation, unordered list or set (`2, -3`, `\{...\}`, `a \pm b`), tuple or interval (ordered;
- *    brackets must match), union of intervals, matrix, base-n numeral (`204_5`).
+ * 2. Parse both into structure (lib/_reward_answers.ts): text, number/expression, `name = ...`,
+ *    equation, inequality, ratio, unordered list or set (`2, -3`, `-12; -11`, `1 and 2`, `\{...\}`,
+ *    `a \pm b`), tuple or interval (ordered; brackets must match; `-2 \le x \le 7` is one), union
+ *    of intervals, matrix, base-n numeral (`204_5`).
  * 3. Compare expressions by evaluation with a hand-written evaluator of a LaTeX subset
  *    (lib/_reward_latex.ts): exact rational arithmetic while it stays rational, doubles once it
  *    involves `\pi`, roots of non-squares or functions. Free variables are substituted with three
@@ -105,11 +106,13 @@ function groundTruthAnswer(groundTruth: string): string {
  *
  * Handles GSM8K numbers (`1,234`, `\$18.00`, `18 dollars`), units and `\text{...}` words, `\%`,
  * degrees, decimals vs fractions (`0.5`, `1/2`, `\frac12`, `\dfrac{1}{2}`), mixed numbers
- * (`1\frac{4}{5}`), roots, `\pi`, scientific notation, `x = 5` vs `5`, tuples and intervals
- * (ordered, brackets must match), unordered lists and sets (`2, -3` vs `-3, 2`, `1 \pm \sqrt2`),
- * unions of intervals, matrices, base-n numerals, multiple-choice letters (`\text{(C)}` vs `C`)
- * and plain text (case-insensitive). Expressions with variables are compared at three exact
- * rational sample points.
+ * (`1\frac{4}{5}`), roots, `\pi`, scientific notation, `x = 5` vs `5` and other named answers
+ * (`(p,q)=(3,2)` vs `(3,2)`, `|AB| = 1`; several named values pair by name), tuples and intervals
+ * (ordered, brackets must match), inequalities (`-x > -1` vs `x < 1` vs `(-\infty, 1)`), ratios
+ * (`11:21`), unordered lists and sets (`2, -3` vs `-3, 2`, `1 \pm \sqrt2`, `-12; -11`,
+ * `21, 16 or 11`; `32, 349` is a list, `32,349` a number), unions of intervals, matrices, base-n
+ * numerals, multiple-choice letters (`\text{(C)}` vs `C`) and plain text (case-insensitive).
+ * Expressions with variables are compared at three exact rational sample points.
  *
  * Numeric tolerance: exact when either side is an exact integer (13535 ≠ 13536); an integer
  * against an irrational value allows |x - n| <= 1e-9 * max(1, |n|); otherwise relative tolerance
@@ -130,6 +133,9 @@ function groundTruthAnswer(groundTruth: string): string {
  * assert.ok(isEquivalent("-3, 2", "2,-3"));
  * assert.ok(!isEquivalent("13535", "13536"));
  * assert.ok(!isEquivalent("(2, 1)", "(1, 2)"));
+ * assert.ok(isEquivalent("(p,q)=(3,2)", "(3,2)"));
+ * assert.ok(isEquivalent("-2 \\le x \\le 7", "x \\in [-2,7]"));
+ * assert.ok(!isEquivalent("32, 349", "32349"));
  * ```
  */
 export function isEquivalent(predicted: string, truth: string): boolean {
