@@ -97,7 +97,7 @@ function floatResult(r: number, a: number, b: number): number {
 }
 
 /** a + b. */
-function add(a: Value, b: Value): Value {
+export function add(a: Value, b: Value): Value {
   if (typeof a !== "number" && typeof b !== "number") {
     return exact(a.n * b.d + b.n * a.d, a.d * b.d);
   }
@@ -106,7 +106,7 @@ function add(a: Value, b: Value): Value {
 }
 
 /** -a. */
-function neg(a: Value): Value {
+export function neg(a: Value): Value {
   return typeof a === "number" ? -a : new Exact(-a.n, a.d);
 }
 

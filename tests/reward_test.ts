@@ -382,6 +382,284 @@ Deno.test("the case table has at least 150 cases", () => {
   assert.ok(n >= 150, `only ${n} cases`);
 });
 
+// Issue 13: answers as models trained on NuminaMath / OpenThoughts-style data write them, one
+// table per family, with the exact status and reward (DEFAULT_REWARDS). Rows are [completion,
+// truth, status, reward]; a completion without a box is boxed by box(). Near-misses that must
+// stay wrong sit next to the cases they resemble.
+type Row = [string, string, Status, number];
+const LONG_REASONING =
+  "Checking the other case gives the same count, so the first value is not the " +
+  "answer we want; we need the second one.";
+const ISSUE_13: Record<string, Row[]> = {
+  "several boxes in the final answer (issue 13 family 1)": [
+    ["\\boxed{1} and \\boxed{2} and \\boxed{3}", "\\{1,2,3\\}", C, 1],
+    ["\\boxed{1},\\boxed{2},\\boxed{3}", "{1,2,3}", C, 1],
+    ["So $\\boxed{3}$, $\\boxed{1}$, $\\boxed{2}$.", "1, 2, 3", C, 1],
+    ["\\boxed{1} and \\boxed{2}", "1, 2, 3", W, -1], // a missing element
+    ["\\boxed{1} and \\boxed{2} and \\boxed{3}", "1, 2", W, -1],
+    ["$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$", "(2, 2), (6, 2)", C, 1],
+    ["$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(2, 6)}$", "(2, 2), (6, 2)", W, -1],
+    ["$\\boxed{(98, 2)} \\quad \\text{and} \\quad \\boxed{(99, 503)}$", "(98, 2), (99, 503)", C, 1],
+    ["$\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}$", "(3, 3), (1, 1)", C, 1],
+    ["$\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}$", "k = 45, n = 2", C, 1],
+    ["$\\boxed{k = 2} \\quad \\text{and} \\quad \\boxed{n = 45}$", "k = 45, n = 2", W, -1],
+    [
+      "\\( y_1 = \\boxed{-2(x - 1)^2 + 5} \\) and \\( y_2 = \\boxed{3(x + 2)^2 - 2} \\)",
+      "y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10",
+      C,
+      1,
+    ],
+    [
+      "\\( y_1 = \\boxed{-2(x - 1)^2 + 5} \\) and \\( y_2 = \\boxed{3(x + 2)^2 + 2} \\)",
+      "y_{1}=-2 x^{2}+4 x+3, y_{2}=3 x^{2}+12 x+10",
+      W,
+      -1,
+    ],
+    [
+      "The solutions are:\n\n\\[\n\\boxed{(1, 2)}, \\boxed{(2, 1)}, \\boxed{(-1, -20)}, \\boxed{(-20, -1)}\n\\]",
+      "(2,1),(1,2),(-1,-20),(-20,-1)",
+      C,
+      1,
+    ],
+    [
+      "The solutions are:\n\n\\[\n\\boxed{(1, 2)}, \\boxed{(2, 1)}, \\boxed{(-1, -20)}\n\\]",
+      "(2,1),(1,2),(-1,-20),(-20,-1)",
+      W,
+      -1,
+    ],
+    [
+      "$\\boxed{\\dfrac{108 + 31\\sqrt{5}}{216}} \\quad \\text{and} \\quad \\boxed{\\dfrac{108 - 31\\sqrt{5}}{216}}$",
+      "x_{1}=\\frac{1}{2}+\\frac{31\\sqrt{5}}{216},\\quad x_{2}=\\frac{1}{2}-\\frac{31\\sqrt{5}}{216}",
+      C,
+      1,
+    ],
+    [
+      "$\\boxed{10^{\\frac{\\sqrt{13} - 5}{6}}} \\quad \\text{and} \\quad \\boxed{10^{-\\frac{5 + \\sqrt{13}}{6}}}$",
+      "x_{1}=10^{\\frac{-5+\\sqrt{13}}{6}}, x_{2}=10^{\\frac{-5-\\sqrt{13}}{6}}",
+      C,
+      1,
+    ],
+    ["$x = \\boxed{1}$ or $x = \\boxed{-2}$.", "1, -2", C, 1],
+    ["\\boxed{x = 1}, \\boxed{x = -2}", "x=1, x=-2", C, 1],
+    ["\\boxed{p = 5, q = 2} and \\boxed{p = 7, q = 2}", "(5,2),(7,2)", C, 1],
+    ["\\boxed{p = 5, q = 2} and \\boxed{p = 2, q = 7}", "(5,2),(7,2)", W, -1],
+    ["\\boxed{1} papers and \\boxed{2} bins", "1, 2", C, 1],
+    ["Janet has \\boxed{16} eggs, and she sells \\boxed{9}", "9", C, 1], // a clause between
+    ["(a) \\boxed{4}, (b) \\boxed{6}", "4, 6", C, 1],
+    ["\\boxed{1} no no no no no \\boxed{2}", "1, 2", W, -1], // no connector: the last box
+    ["\\boxed{1} no no no no no \\boxed{2}", "2", C, 1],
+    ["First \\boxed{3}, finally \\boxed{4}", "4", C, 1], // a revision: the last box
+    ["So \\boxed{3}, or rather \\boxed{4}.", "4", C, 1],
+    ["\\boxed{3}. Then \\boxed{4}.", "4", C, 1],
+    ["\\boxed{3} or \\boxed{4}", "4", W, -1], // a hedge is a list, and the list is wrong
+    ["\\boxed{3}, \\boxed{4}", "3", W, -1],
+    ["$$\\boxed{20}$$ \\boxed{143}", "143", C, 1], // only spaces between: the last box
+    ["$\\boxed{1}\\boxed{2}$", "2", C, 1],
+    [
+      "So $d = \\boxed{15\\frac{39}{40}}$, or $\\boxed{\\frac{639}{40}}$ inches.",
+      "\\frac{639}{40}",
+      C,
+      1,
+    ],
+    [`We first get \\boxed{12}. ${LONG_REASONING} Hence the answer is \\boxed{15}.`, "15", C, 1],
+    [`We first get \\boxed{12}, and ${LONG_REASONING} \\boxed{15}.`, "12, 15", W, -1], // far apart
+    ["\\boxed{1} and \\boxed{2", "1, 2", "no_answer", -0.5], // the last box never closes
+    // ground truths with several boxes
+    ["\\boxed{-2, 1}", "\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", C, 1],
+    ["\\boxed{1}", "\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", W, -1],
+    ["2, 3, 5, 7, 13", "$$\\boxed{2}, \\boxed{3}, \\boxed{5}, \\boxed{7}, \\boxed{13}$$", C, 1],
+    ["2, 3, 5, 7", "$$\\boxed{2}, \\boxed{3}, \\boxed{5}, \\boxed{7}, \\boxed{13}$$", W, -1],
+    ["1,2", "\\boxed{1} papers and \\boxed{2} bins", C, 1],
+    ["1,2", "\\boxed{1} no no no no no \\boxed{2}", W, -1],
+  ],
+  "relations and intervals (issue 13 family 3)": [
+    ["x \\le 5", "5 \\ge x", C, 1],
+    ["x \\leq 5", "x \\le 5", C, 1],
+    ["x ≤ 5", "x \\leqslant 5", C, 1],
+    ["x <= 5", "x \\le 5", C, 1],
+    ["x < 5", "x \\le 5", W, -1], // strict is not non-strict
+    ["x \\ge 5", "x \\le 5", W, -1],
+    ["x \\le 6", "x \\le 5", W, -1],
+    ["-x > -1", "x < 1", C, 1],
+    ["-x < -1", "x < 1", W, -1],
+    ["2x + 1 \\le 11", "x \\le 5", C, 1],
+    ["x < \\frac{1}{2}", "x < 0.5", C, 1],
+    ["(-\\infty, 5]", "x \\le 5", C, 1],
+    ["(-\\infty, 5)", "x \\le 5", W, -1],
+    ["x \\le 5", "5", W, -1], // an inequality is not its bound
+    ["x \\in [-2,7]", "-2 \\le x \\le 7", C, 1],
+    ["[-2,7]", "-2 \\le x \\le 7", C, 1],
+    ["-2 \\le x \\le 7", "x \\in [-2,7]", C, 1],
+    ["7 \\ge x \\ge -2", "[-2,7]", C, 1],
+    ["-2 < x \\le 7", "x \\in [-2,7]", W, -1],
+    ["-2 \\le x \\le 8", "-2 \\le x \\le 7", W, -1],
+    ["-1 \\le 2x + 3 \\le 17", "[-2,7]", C, 1],
+    ["(0,1)", "0<f(x)<1", C, 1],
+    ["[0,1)", "0<f(x)<1", W, -1],
+    ["(-793, 10)", "-793 < a < 10", C, 1],
+    ["(-793, 11)", "-793 < a < 10", W, -1],
+    ["(10, -793)", "-793 < a < 10", W, -1],
+    ["k \\ge 2", "[2, \\infty)", C, 1],
+    ["k \\geq 2", "k \\ge 2", C, 1],
+    ["k > 2", "[2, \\infty)", W, -1],
+    ["x > 2", "(2,\\infty)", C, 1],
+    ["(2, +\\infty)", "x > 2", C, 1],
+    ["x < -1 \\text{ or } x > 2", "(-\\infty,-1)\\cup(2,\\infty)", C, 1],
+    ["x > 2 or x < -1", "x < -1 or x > 2", C, 1],
+    ["x \\le -1 or x > 2", "(-\\infty,-1)\\cup(2,\\infty)", W, -1],
+    ["x < -1", "(-\\infty,-1)\\cup(2,\\infty)", W, -1], // one interval of a union
+    ["x \\in (-\\infty, 2) \\cup (3, \\infty)", "(-\\infty, 2) \\cup (3, \\infty)", C, 1],
+    ["x + y \\le 5", "5 \\ge y + x", C, 1], // not an interval: lhs - rhs compared
+    ["2x + 2y \\le 10", "x + y \\le 5", C, 1],
+    ["x + y < 5", "x + y \\le 5", W, -1],
+    ["x + y \\ge 5", "x + y \\le 5", W, -1],
+    ["x^2 < 4", "4 > x^2", C, 1],
+    ["x^2 > 4", "x^2 < 4", W, -1],
+    ["x \\neq 3", "x \\ne 3", C, 1],
+    ["x \\ne 4", "x \\ne 3", W, -1],
+  ],
+  "named answers (issue 13 family 2)": [
+    ["(3,2)", "(p,q)=(3,2)", C, 1],
+    ["(p,q)=(3,2)", "(3,2)", C, 1],
+    ["(2,3)", "(p,q)=(3,2)", W, -1], // an ordered pair reordered
+    ["(q,p)=(2,3)", "(p,q)=(3,2)", C, 1], // names pair up the values
+    ["(p,q)=(2,3)", "(p,q)=(3,2)", W, -1],
+    ["p = 3, q = 2", "(p,q)=(3,2)", C, 1],
+    ["p = 2, q = 3", "(p,q)=(3,2)", W, -1],
+    ["p = 3, q = 2", "(3, 2)", C, 1],
+    ["(3,2,7)", "(p,q,r)=(3,2,7)", C, 1],
+    ["(3,7,2)", "(p,q,r)=(3,2,7)", W, -1],
+    ["45, 2", "k = 45, n = 2", C, 1],
+    ["k=45 \\text{ and } n=2", "k = 45, n = 2", C, 1],
+    ["k = 45 and n = 2", "45, 2", C, 1],
+    ["n = 2, k = 45", "k = 45, n = 2", C, 1],
+    ["k = 2, n = 45", "k = 45, n = 2", W, -1], // the same values under the wrong names
+    ["45", "k = 45, n = 2", W, -1], // a list against one of its elements
+    ["4, 5", "AB=4,CD=5", C, 1],
+    ["CD = 5, AB = 4", "AB=4,CD=5", C, 1],
+    ["AB = 5, CD = 4", "AB=4,CD=5", W, -1],
+    ["1", "|AB|=1", C, 1],
+    ["|AB| = 2", "|AB|=1", W, -1],
+    ["\\overline{AB} = 1", "1", C, 1],
+    ["\\angle ABC = 30^\\circ", "30", C, 1],
+    ["11:21", "V_{1}:V_{2}=11:21", C, 1],
+    ["V_1 : V_2 = 22:42", "11:21", C, 1], // ratios compare as ratios
+    ["21:11", "V_1:V_2=11:21", W, -1],
+    ["7:32", "S_{MBCN}:S=7:32", C, 1],
+    ["1", "A:B=1", C, 1],
+    ["\\frac{1}{\\sqrt6}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", C, 1],
+    ["\\frac{\\sqrt6}{6}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", C, 1],
+    ["\\sqrt6", "\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", W, -1],
+    ["y_1 = 3", "3", C, 1],
+    ["f(x) = 1", "1", C, 1],
+    ["a_{37} = 19, \\quad a_3 = 2", "a_3 = 2, a_{37} = 19", C, 1],
+    ["a_{37} = 2, a_3 = 19", "a_3 = 2, a_{37} = 19", W, -1], // indices are names
+    ["x_1 = 3, x_2 = 2", "x_1 = 2, x_2 = 3", C, 1], // x_1, x_2 label interchangeable roots
+    ["x = 1 \\pm 2", "x_1 = 3, x_2 = -1", C, 1],
+    ["y_1 = 3, y_2 = 1", "y_1 = 1, y_2 = 3", W, -1], // other indices are names
+    ["a_{38} = 19, a_3 = 2", "a_3 = 2, a_{37} = 19", W, -1],
+    ["a = 45, b = 2", "k = 45, n = 2", W, -1], // several values under other names
+    ["y = 5", "x = 5", C, 1], // one value: its name is dropped, as before
+    ["x = -5, p = \\frac{14}{3}", "-5, \\frac{14}{3}", C, 1],
+    ["a=4,\\,-8,\\,-10", "-10,-8,4", C, 1],
+    ["(x, y) = (5, 8) \\quad \\text{and} \\quad (8, 5)", "(5, 8), (8, 5)", C, 1],
+    ["(5,2),(7,2)", "p=5,q=2;p=7,q=2", C, 1],
+    ["(2,5),(7,2)", "p=5,q=2;p=7,q=2", W, -1],
+    ["3", "|x| = 3", W, -1], // |x| = 3 is an equation (x = ±3), not a name
+    ["4", "x^2 = 4", W, -1],
+    ["6", "xy = 6", W, -1], // a product of variables, not a name
+  ],
+  "list separators and words (issue 13 family 4)": [
+    ["\\{-12, -11, -10\\}", "-12;-11;-10", C, 1],
+    ["-12;-11;-10", "\\{-12, -11, -10\\}", C, 1],
+    ["-10; -12; -11", "-12, -11, -10", C, 1],
+    ["-12, -11", "-12;-11;-10", W, -1], // a missing element
+    ["-12;-11;-9", "-12;-11;-10", W, -1],
+    ["(7,11),\\ (11,7)", "(11,7) or (7,11)", C, 1],
+    ["(11,7)or(7,11)", "(7,11), (11,7)", C, 1],
+    ["(7,11)", "(11,7) or (7,11)", W, -1], // one element of the list
+    ["(7,11) or (7,11)", "(11,7) or (7,11)", W, -1],
+    ["21,16,11", "21,16 or 11", C, 1],
+    ["11, 16 \\text{ or } 21", "21,16 or 11", C, 1],
+    ["21, 16", "21,16 or 11", W, -1],
+    ["1,2,3", "1 and 2 and 3", C, 1],
+    ["1 and 2 and 3", "3, 2, 1", C, 1],
+    ["1 and 2", "1 and 2 and 3", W, -1],
+    ["1 and 2 and 4", "1 and 2 and 3", W, -1],
+    ["6 \\text{ and } 8", "6,8", C, 1],
+    ["6 \\text{ or } 8", "6,8", C, 1],
+    ["6 \\text{ and } 9", "6,8", W, -1],
+    ["2 or 3", "2", W, -1], // a list against a single element
+    ["2", "2 or 3", W, -1],
+    ["-2,1", "1 and -2", C, 1],
+    ["1; 2", "1, 2", C, 1],
+    ["1; 2", "(1, 2)", W, -1], // a list is not an ordered pair
+    ["(1,2);(3,4)", "(3,4),(1,2)", C, 1],
+    ["(1,2);(4,3)", "(3,4),(1,2)", W, -1],
+    ["\\{1,2\\}", "1 or 2", C, 1],
+    ["\\{1, 2\\}, \\{3\\}", "\\{1, 2, 3\\}", W, -1], // a set written as a set stays one element
+    ["(0, -2, 6)", "(0;-2;6)", C, 1],
+    ["(0, 6, -2)", "(0;-2;6)", W, -1],
+    [
+      "(4, 0, 6), (4, -2, 6), (0, 0, 6), (0, -2, 6)",
+      "(0;0;6),(0;-2;6),(4;0;6),(4;-2;6)",
+      C,
+      1,
+    ],
+    ["(4, 0, 6), (4, -2, 6), (0, 0, 6)", "(0;0;6),(0;-2;6),(4;0;6),(4;-2;6)", W, -1],
+    ["(1{,}5; 2{,}5)", "(1.5, 2.5)", C, 1],
+    ["x = 1 or x = 2", "1, 2", C, 1],
+    ["p = -1 \\text{ and } p = \\dfrac{15}{8}", "p=-1,p=\\frac{15}{8}", C, 1],
+    ["p = -1 \\text{ and } p = \\dfrac{8}{15}", "p=-1,p=\\frac{15}{8}", W, -1],
+    ["W(x)=1 or W(x)=-1", "W(n) = 1 \\text{ and } W(n) = -1", C, 1],
+    ["\\text{red and blue}", "\\text{red and blue}", C, 1],
+    ["a \\land b", "a \\land b", C, 1],
+  ],
+  "comma-space lists and decimal commas (issue 13 family 5)": [
+    ["32, 349", "32349", W, -1], // the false positive: a comma and a space separate list items
+    ["32,349", "32349", C, 1],
+    ["32, 349", "32,349", W, -1],
+    ["32,349", "32, 349", W, -1],
+    ["32, 349", "32, 349", C, 1],
+    ["349, 32", "32, 349", C, 1],
+    ["1, 000", "1000", W, -1],
+    ["1,000", "1000", C, 1],
+    ["1,234.5", "1234.5", C, 1],
+    ["1000,99", "1000.99", W, -1], // a bare decimal comma could be a list: never read as one
+    ["1,5", "1.5", W, -1],
+    ["0,5", "\\frac12", W, -1],
+    ["1000{,}99", "1000.99", C, 1], // `{,}` is number syntax, never a list separator
+    ["3{,}5", "\\frac72", C, 1],
+    ["3{,}5", "3,5", W, -1],
+    ["3{,}6", "3.5", W, -1],
+    ["3{,}500", "3500", C, 1], // `{,}` before exactly three digits groups thousands
+    ["1{,}234{,}567", "1234567", C, 1],
+    ["12{,}75 \\text{ dollars}", "12.75", C, 1],
+    ["1,5; 2,5", "1.5, 2.5", W, -1],
+  ],
+};
+
+for (const [family, rows] of Object.entries(ISSUE_13)) {
+  Deno.test(`computeReward() scores ${family}`, () => {
+    const failures: string[] = [];
+    for (const [completion, truth, status, reward] of rows) {
+      const generated = /\\(?:boxed|fbox)/.test(completion) ? completion : box(completion);
+      const got = computeReward(generated, truth);
+      if (got.status !== status || got.reward !== reward) {
+        failures.push(`${JSON.stringify(completion)} vs ${JSON.stringify(truth)}: ${got.status}`);
+      }
+    }
+    assert.deepEqual(failures, []);
+  });
+}
+
+Deno.test("the issue 13 tables have at least 120 cases, near-misses included", () => {
+  const rows = Object.values(ISSUE_13).flat();
+  assert.ok(rows.length >= 120, `only ${rows.length} cases`);
+  assert.ok(rows.filter((r) => r[2] === W).length >= 40, "too few near-misses");
+  for (const [, , status, reward] of rows) assert.equal(reward, REWARD[status]);
+});
+
 Deno.test("extractAnswer() takes the last box, nested braces, \\fbox and \\boxed 5", () => {
   assert.equal(extractAnswer("\\boxed{\\frac{1}{\\sqrt{2}}}"), "\\frac{1}{\\sqrt{2}}");
   assert.equal(extractAnswer("\\boxed{1} then \\boxed{2}"), "2");
@@ -395,6 +673,30 @@ Deno.test("extractAnswer() takes the last box, nested braces, \\fbox and \\boxed
   assert.equal(extractAnswer("\\boxed{}"), null);
   assert.equal(extractAnswer("\\boxed{1} and \\boxed{2"), null);
   assert.equal(extractAnswer("\\boxed"), null);
+});
+
+Deno.test("extractAnswer() joins the boxes of the final answer with '; ', else keeps the last", () => {
+  assert.equal(extractAnswer("\\boxed{1} and \\boxed{2} and \\boxed{3}"), "1; 2; 3");
+  assert.equal(extractAnswer("\\boxed{1},\\boxed{2}"), "1; 2");
+  assert.equal(
+    extractAnswer("$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$"),
+    "(2, 2); (6, 2)",
+  );
+  assert.equal(extractAnswer("\\(y_1 = \\boxed{a}\\) and \\(y_2 = \\boxed{b}\\)"), "a; b");
+  assert.equal(extractAnswer("\\boxed{1} and \\boxed{} and \\boxed{3}"), "1; 3");
+  assert.equal(extractAnswer("\\fbox{1} or \\boxed 2"), "1; 2");
+  // not joined: no connector, a revision word, a full stop, a digit, a blank line, too far
+  assert.equal(extractAnswer("\\boxed{1} \\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1}, finally \\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1}. And \\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1} and 3 \\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1},\n\n\\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1} and so on we go, all the way to \\boxed{2}"), "2");
+  assert.equal(extractAnswer(`\\boxed{1}, ${"and ".repeat(30)}\\boxed{2}`), "2");
+  assert.equal(extractAnswer("\\boxed{\\boxed{1}, 2}"), "1"); // a box inside a box
+  // a run of more than 64 joined boxes is no answer list: its last box counts
+  assert.equal(extractAnswer("\\boxed{1}, ".repeat(64) + "\\boxed{2}"), "2");
+  assert.equal(extractAnswer("\\boxed{1}, ".repeat(63) + "\\boxed{2}")?.split("; ").length, 64);
 });
 
 Deno.test("computeReward() reports no_answer without a closed box", () => {
@@ -471,7 +773,7 @@ function readJsonl(path: string): Record<string, unknown>[] {
 Deno.test("every GSM8K test answer scores correct when boxed and wrong when off by one", () => {
   const rows = readJsonl("../data/gsm8k/test.jsonl");
   assert.equal(rows.length, 1319);
-  let correct = 0, wrong = 0, formatted = 0;
+  let correct = 0, wrong = 0, formatted = 0, thousands = 0, listed = 0;
   for (const row of rows) {
     const truth = String(row.answer).split("####").pop()!.trim();
     const n = BigInt(truth.replace(/,/g, ""));
@@ -479,8 +781,16 @@ Deno.test("every GSM8K test answer scores correct when boxed and wrong when off 
     if (computeReward(box(String(n + 1n)), truth).status === "wrong") wrong++;
     const pretty = `\\$${n.toLocaleString("en-US")}.00`; // e.g. \$1,450,000.00
     if (computeReward(box(pretty), truth).status === "correct") formatted++;
+    // `1, 450, 000` is a list (issue 13): never the number, however it is written in the truth
+    if (n >= 1000n) {
+      thousands++;
+      const spaced = n.toLocaleString("en-US").replace(/,/g, ", ");
+      if (computeReward(box(spaced), truth).status === "wrong") listed++;
+    }
   }
   assert.deepEqual({ correct, wrong, formatted }, { correct: 1319, wrong: 1319, formatted: 1319 });
+  assert.ok(thousands > 100);
+  assert.equal(listed, thousands);
 });
 
 // One wrong variant per MATH-500 answer: integer + 1, fraction inverted, tuple reordered, else the
@@ -595,6 +905,24 @@ const LATEX_TOKENS = [
   "é",
   "😀",
   "\u0000",
+  // issue 13 paths: several boxes, names, relations, separators, decimal commas
+  "\\boxed{1}, ",
+  " and ",
+  "or",
+  ";",
+  ":",
+  "<",
+  ">",
+  "\\le ",
+  "\\ge",
+  "\\ne",
+  "{,}",
+  "\\quad",
+  "\\text{ and }",
+  "AB",
+  "x_1",
+  "y_2 = ",
+  "(p,q)=",
 ];
 
 Deno.test("computeReward() and isEquivalent() never throw on random input", () => {
@@ -626,6 +954,18 @@ Deno.test("isEquivalent() is exact on integers and accepts their formatted forms
   );
 });
 
+Deno.test("isEquivalent() reads a comma and a space as a list, a bare comma as thousands", () => {
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 999 }), fc.integer({ min: 0, max: 999 }), (a, b) => {
+      const low = String(b).padStart(3, "0");
+      assert.ok(isEquivalent(`${a},${low}`, `${a}${low}`));
+      assert.ok(!isEquivalent(`${a}, ${low}`, `${a}${low}`));
+      assert.ok(!isEquivalent(`${a}, ${low}`, `${a},${low}`));
+    }),
+    { numRuns: 200, seed: 17 },
+  );
+});
+
 Deno.test("isEquivalent() compares fractions exactly and lists as multisets", () => {
   const nonzero = fc.integer({ min: -999, max: 999 }).filter((x) => x !== 0);
   fc.assert(
@@ -646,6 +986,49 @@ Deno.test("isEquivalent() compares fractions exactly and lists as multisets", ()
       },
     ),
     { numRuns: 200, seed: 13 },
+  );
+});
+
+Deno.test("isEquivalent() reads a linear inequality as the interval it describes", () => {
+  const nonzero = fc.integer({ min: -20, max: 20 }).filter((x) => x !== 0);
+  const small = fc.integer({ min: -50, max: 50 });
+  fc.assert(
+    fc.property(nonzero, small, small, fc.boolean(), (a, b, c, strict) => {
+      // a x + b < c (or \le): x < (c - b) / a when a > 0, x > (c - b) / a when a < 0
+      const op = strict ? "<" : "\\le";
+      const relation = `${a}x + ${b} ${op} ${c}`;
+      const end = `\\frac{${c - b}}{${a}}`;
+      const interval = a > 0
+        ? `(-\\infty, ${end}${strict ? ")" : "]"}`
+        : `${strict ? "(" : "["}${end}, \\infty)`;
+      assert.ok(isEquivalent(relation, interval), `${relation} vs ${interval}`);
+      assert.ok(isEquivalent(interval, relation));
+      const flipped = a > 0
+        ? `${end} ${strict ? ">" : "\\ge"} x`
+        : `${end} ${strict ? "<" : "\\le"} x`;
+      assert.ok(isEquivalent(relation, flipped), `${relation} vs ${flipped}`);
+      // near-misses: the other strictness, the other side, an endpoint off by one
+      const other = a > 0
+        ? `(-\\infty, ${end}${strict ? "]" : ")"}`
+        : `${strict ? "[" : "("}${end}, \\infty)`;
+      assert.ok(!isEquivalent(relation, other), `${relation} vs ${other}`);
+      assert.ok(!isEquivalent(relation, a > 0 ? `(${end}, \\infty)` : `(-\\infty, ${end})`));
+      assert.ok(!isEquivalent(relation, `${a}x + ${b} ${op} ${c + 1}`));
+    }),
+    { numRuns: 200, seed: 19 },
+  );
+});
+
+Deno.test("isEquivalent() pairs named values by name", () => {
+  fc.assert(
+    fc.property(fc.integer({ min: -99, max: 99 }), fc.integer({ min: -99, max: 99 }), (k, n) => {
+      assert.ok(isEquivalent(`k = ${k}, n = ${n}`, `n = ${n}, k = ${k}`));
+      assert.ok(isEquivalent(`(k, n) = (${k}, ${n})`, `k = ${k} \\text{ and } n = ${n}`));
+      assert.ok(isEquivalent(`k = ${k}, n = ${n}`, `${n}, ${k}`));
+      assert.equal(isEquivalent(`k = ${k}, n = ${n}`, `k = ${n}, n = ${k}`), k === n);
+      assert.equal(isEquivalent(`(k, n) = (${k}, ${n})`, `(${n}, ${k})`), k === n);
+    }),
+    { numRuns: 200, seed: 23 },
   );
 });
 
@@ -681,6 +1064,12 @@ Deno.test("hostile inputs finish quickly and never throw", () => {
     "\\boxed{1e9999}",
     `\\boxed{${"(1,".repeat(300)}1${")".repeat(300)}}`,
     `\\boxed{${"9".repeat(999)}}`,
+    "\\boxed{1}, ".repeat(100_000), // 100,000 boxes joined by commas
+    `\\boxed{${"x < ".repeat(300)}1}`, // a 300-term chain of inequalities
+    `\\boxed{${"1 and ".repeat(300)}1}`,
+    `\\boxed{${"1;".repeat(300)}1}`,
+    `\\boxed{(${"p,".repeat(30)}q)=(${"1,".repeat(30)}1)}`,
+    `\\boxed{${"A".repeat(70)}:${"B".repeat(70)}=1}`, // a long name-like left-hand side
   ];
   for (const text of hostile) {
     for (const truth of ["1", "x^{99999998}", "(1,2)", "10^{10^{10}}"]) {
