@@ -101,7 +101,7 @@ export function configWarnings(config: Config): string[] {
 
 /**
  * Rollout phase: formats and tokenizes the prompts, then samples `num_return_sequences`
- * completions for each with the policy (adapter on, dropout off).
+ * completions for each with the policy (adapter on; no dropout seed, so no dropout).
  *
  * @example Usage
  * ```ts ignore
@@ -118,19 +118,13 @@ export async function generatePhase(
   const prompts = examples.map((ex) =>
     tokenizer.encode(formatPrompt(tokenizer, ex.question, config.generation))
   );
-  const saved = ctx.adapter.dropoutSeed;
-  ctx.adapter.dropoutSeed = null;
-  try {
-    const out = await rollout(ctx.model, repeatGroups(prompts, g), {
-      tokenizer,
-      adapter: ctx.adapter,
-      sampling: { ...config.generation, seed: options.seed },
-      onToken: options.onToken,
-    });
-    return { ...out, examples, answers: repeatGroups(examples.map((ex) => ex.answer), g) };
-  } finally {
-    ctx.adapter.dropoutSeed = saved;
-  }
+  const out = await rollout(ctx.model, repeatGroups(prompts, g), {
+    tokenizer,
+    adapter: ctx.adapter,
+    sampling: { ...config.generation, seed: options.seed },
+    onToken: options.onToken,
+  });
+  return { ...out, examples, answers: repeatGroups(examples.map((ex) => ex.answer), g) };
 }
 
 /**
@@ -231,19 +225,14 @@ export function prepareBatch(
     completionLength: batch.completionLength,
     temperature: config.generation.temperature,
   };
-  const saved = ctx.adapter.dropoutSeed;
-  ctx.adapter.dropoutSeed = null;
-  try {
-    const ref = config.grpo.kl_coef !== 0
-      ? completionLogProbs(ctx.model, input, { adapter: null })
-      : null;
-    const old = config.grpo.num_iterations > 1
-      ? completionLogProbs(ctx.model, input, { adapter: ctx.adapter })
-      : null;
-    return { batch, advantages: tf.tensor1d(advantages), ref, old };
-  } finally {
-    ctx.adapter.dropoutSeed = saved;
-  }
+  // No dropout seed: the reference and the old policy are evaluated, not trained.
+  const ref = config.grpo.kl_coef !== 0
+    ? completionLogProbs(ctx.model, input, { adapter: null })
+    : null;
+  const old = config.grpo.num_iterations > 1
+    ? completionLogProbs(ctx.model, input, { adapter: ctx.adapter })
+    : null;
+  return { batch, advantages: tf.tensor1d(advantages), ref, old };
 }
 
 /**
@@ -308,57 +297,53 @@ export async function updatePhase(
   const numItems = prepared.reduce((n, p) => n + p.batch.numTokens, 0);
   let sum: tf.NamedTensorMap | null = null;
   const parts: tf.Scalar[] = [];
-  try {
-    for (const [m, p] of prepared.entries()) {
-      ctx.adapter.dropoutSeed = deriveSeed(options.dropoutSeed, m);
-      const { loss: value, grads, metrics: mt } = grpoLossAndGrads(
-        () =>
-          completionLogProbs(ctx.model, {
-            inputIds: p.batch.inputIds,
-            attentionMask: p.batch.attentionMask,
-            completionLength: p.batch.completionLength,
-            temperature: config.generation.temperature,
-          }, {
-            adapter: ctx.adapter,
-            gradientCheckpointing: config.training.gradient_checkpointing,
-          }),
-        {
-          old_per_token_logps: p.old,
-          ref_per_token_logps: p.ref,
-          advantages: p.advantages,
-          completion_mask: p.batch.completionMask,
-        },
-        {
-          loss_type: config.grpo.loss_type,
-          epsilon: config.grpo.epsilon,
-          epsilon_high: config.grpo.epsilon_high,
-          kl_coef: config.grpo.kl_coef,
-          max_completion_length: config.generation.max_new_tokens,
-          num_items_in_batch: Math.max(1, numItems),
-          gradient_accumulation_steps: prepared.length,
-          varList: vars,
-        },
-      );
-      // Keyed by tf variable name, as AdamW keys its moments.
-      sum = accumulateGrads(sum, grads);
-      tf.dispose(Object.values(grads));
-      parts.push(
-        tf.tidy(() =>
-          tf.stack([
-            value,
-            mt.policyLoss,
-            mt.kl ?? tf.scalar(0),
-            mt.clipLow,
-            mt.clipHigh,
-            mt.clipRegion,
-          ]) as unknown as tf.Scalar
-        ),
-      );
-      tf.dispose([value, mt.policyLoss, mt.clipLow, mt.clipHigh, mt.clipRegion]);
-      if (mt.kl) mt.kl.dispose();
-    }
-  } finally {
-    ctx.adapter.dropoutSeed = null;
+  for (const [m, p] of prepared.entries()) {
+    const { loss: value, grads, metrics: mt } = grpoLossAndGrads(
+      () =>
+        completionLogProbs(ctx.model, {
+          inputIds: p.batch.inputIds,
+          attentionMask: p.batch.attentionMask,
+          completionLength: p.batch.completionLength,
+          temperature: config.generation.temperature,
+        }, {
+          adapter: ctx.adapter,
+          dropoutSeed: deriveSeed(options.dropoutSeed, m),
+          gradientCheckpointing: config.training.gradient_checkpointing,
+        }),
+      {
+        old_per_token_logps: p.old,
+        ref_per_token_logps: p.ref,
+        advantages: p.advantages,
+        completion_mask: p.batch.completionMask,
+      },
+      {
+        loss_type: config.grpo.loss_type,
+        epsilon: config.grpo.epsilon,
+        epsilon_high: config.grpo.epsilon_high,
+        kl_coef: config.grpo.kl_coef,
+        max_completion_length: config.generation.max_new_tokens,
+        num_items_in_batch: Math.max(1, numItems),
+        gradient_accumulation_steps: prepared.length,
+        varList: vars,
+      },
+    );
+    // Keyed by tf variable name, as AdamW keys its moments.
+    sum = accumulateGrads(sum, grads);
+    tf.dispose(Object.values(grads));
+    parts.push(
+      tf.tidy(() =>
+        tf.stack([
+          value,
+          mt.policyLoss,
+          mt.kl ?? tf.scalar(0),
+          mt.clipLow,
+          mt.clipHigh,
+          mt.clipRegion,
+        ]) as unknown as tf.Scalar
+      ),
+    );
+    tf.dispose([value, mt.policyLoss, mt.clipLow, mt.clipHigh, mt.clipRegion]);
+    if (mt.kl) mt.kl.dispose();
   }
   // max_grad_norm 0 turns clipping off (HF); the norm is still logged.
   const { grads: clipped, norm } = config.training.max_grad_norm > 0
