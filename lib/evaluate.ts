@@ -125,11 +125,6 @@ export async function evaluate(
   const k = options.samples ?? 1;
   if (!Number.isInteger(k) || k < 1) throw new RangeError(`Expected samples >= 1, got ${k}`);
   if (examples.length === 0) throw new RangeError("Expected at least one problem to evaluate");
-  const rewardOptions = {
-    correct: options.reward.reward_correct,
-    wrong: options.reward.reward_wrong,
-    noAnswer: options.reward.reward_no_answer,
-  };
   const perBatch = Math.max(1, Math.floor(options.batchSize / k));
   options.onProgress?.(0, examples.length); // lets a progress bar start its clock now
   const results: ProblemResult[] = [];
@@ -151,7 +146,7 @@ export async function evaluate(
     });
     chunk.forEach((ex, i) => {
       const scored = out.texts.slice(i * k, (i + 1) * k).map((t) =>
-        computeReward(t, ex.answer, rewardOptions)
+        computeReward(t, ex.answer, options.reward)
       );
       const first = scored[0];
       const result: ProblemResult = {

@@ -1,6 +1,6 @@
 /**
  * The GRPO trainer: each phase is a plain function a notebook can call on its own inputs —
- * {@linkcode generatePhase} (rollout), {@linkcode scorePhase} (rewards), {@linkcode
+ * {@linkcode generatePhase} (rollout), `scorePhase` (rewards, reward.ts), {@linkcode
  * advantagePhase}, {@linkcode updatePhase} (one optimizer step over the micro-batches) — and
  * {@linkcode trainStep} chains them; {@linkcode train} is the loop behind `deno task train`.
  *
@@ -24,7 +24,8 @@ import type { Qwen2Model } from "./model.ts";
 import { completionLogProbs } from "./model.ts";
 import { accumulateGrads, AdamW, clipGradNorm, globalGradNorm, learningRateAt } from "./optim.ts";
 import type { AdamWState } from "./optim.ts";
-import { accuracyReward, computeReward, formatReward } from "./reward.ts";
+import type { Scores } from "./reward.ts";
+import { scorePhase } from "./reward.ts";
 import type { Rollout } from "./rollout.ts";
 import { disposeBatch, repeatGroups, rollout, toTrainingBatch } from "./rollout.ts";
 import type { TrainingBatch } from "./rollout.ts";
@@ -48,18 +49,6 @@ export interface GroupRollout extends Rollout {
   examples: Example[];
   /** Ground truth per row (each prompt's answer repeated G times). */
   answers: string[];
-}
-
-/** Rewards of a rollout. */
-export interface Scores {
-  /** Weighted sum of the reward functions, per row. */
-  rewards: number[];
-  /** Each reward function's raw values, per row (logged as `rewards/<fn>/mean`). */
-  perFunction: Record<string, number[]>;
-  /** The verifier's verdict per row. */
-  status: ("correct" | "wrong" | "no_answer")[];
-  /** The extracted answer per row. */
-  predicted: (string | null)[];
 }
 
 /** Numbers of one training step, named as TRL logs them (plus the seed's). */
@@ -125,48 +114,6 @@ export async function generatePhase(
     onToken: options.onToken,
   });
   return { ...out, examples, answers: repeatGroups(examples.map((ex) => ex.answer), g) };
-}
-
-/**
- * Score phase: the configured reward functions, weighted (TRL `reward_funcs` and
- * `reward_weights`). "accuracy" is the seed's +1 / -1 / -0.5 verifier reward; "format" is 1 for
- * exactly one `\boxed{}` at the end.
- *
- * @example Usage
- * ```ts
- * import { defaultConfig } from "./config.ts";
- * import { scorePhase } from "./trainer.ts";
- * const s = scorePhase(["\\boxed{4}", "no idea"], ["4", "4"], defaultConfig().reward);
- * console.assert(s.rewards[0] === 1 && s.rewards[1] === -0.5);
- * ```
- */
-export function scorePhase(
-  texts: string[],
-  answers: string[],
-  reward: Config["reward"],
-): Scores {
-  const values = {
-    correct: reward.reward_correct,
-    wrong: reward.reward_wrong,
-    noAnswer: reward.reward_no_answer,
-  };
-  const perFunction: Record<string, number[]> = {};
-  for (const fn of reward.reward_functions) {
-    perFunction[fn] = fn === "accuracy"
-      ? accuracyReward(texts, answers, values)
-      : formatReward(texts);
-  }
-  const weights = reward.reward_weights ?? reward.reward_functions.map(() => 1);
-  const rewards = texts.map((_, i) =>
-    reward.reward_functions.reduce((s, fn, j) => s + weights[j] * perFunction[fn][i], 0)
-  );
-  const verdicts = texts.map((t, i) => computeReward(t, answers[i], values));
-  return {
-    rewards,
-    perFunction,
-    status: verdicts.map((v) => v.status),
-    predicted: verdicts.map((v) => v.predicted),
-  };
 }
 
 /**
@@ -467,8 +414,8 @@ export async function trainStep(
     onToken: (d, t) => options.onPhase?.("rollout", d, t),
   });
   const tGen = performance.now();
-  const { texts, answers } = group;
-  const scores = scorePhase(texts, answers, config.reward);
+  const { texts } = group;
+  const scores = scorePhase(group, config.reward);
   const advantages = await advantagePhase(scores.rewards, config.grpo);
   const prepared: PreparedBatch[] = [];
   let metrics: StepMetrics = {};
