@@ -71,6 +71,58 @@ export interface EvalOptions {
 }
 
 /**
+ * The evaluation settings of a config: greedy generation with `eval.max_new_tokens` (or
+ * `generation.max_new_tokens`), the config's rewards, `eval.eval_batch_size` rows per batch.
+ * Add `adapter`, `samples` and `seed` as needed.
+ *
+ * @param config The `generation`, `reward` and `eval` config sections.
+ * @returns Options for {@linkcode evaluate}.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { defaultConfig } from "./config.ts";
+ * import { evalOptions } from "./evaluate.ts";
+ * const config = defaultConfig();
+ * config.eval.max_new_tokens = 64;
+ * assert.equal(evalOptions(config).generation.max_new_tokens, 64);
+ * ```
+ */
+export function evalOptions(config: {
+  generation: EvalOptions["generation"];
+  reward: EvalOptions["reward"];
+  eval: Pick<Config["eval"], "max_new_tokens" | "eval_batch_size">;
+}): EvalOptions {
+  return {
+    generation: {
+      ...config.generation,
+      max_new_tokens: config.eval.max_new_tokens ?? config.generation.max_new_tokens,
+    },
+    reward: config.reward,
+    batchSize: config.eval.eval_batch_size,
+  };
+}
+
+/**
+ * One line of an eval summary, for logs and notebooks.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { formatEval } from "./evaluate.ts";
+ * const line = formatEval({ n: 2, accuracy: 0.5, no_answer_rate: 0, mean_reward: 0,
+ *   accuracy_boxed: 0.5, mean_length: 10, k: 1 });
+ * assert.equal(line.slice(0, 14), "accuracy 50.0%");
+ * ```
+ */
+export function formatEval(s: EvalSummary): string {
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+  return `accuracy ${pct(s.accuracy)} | no answer ${pct(s.no_answer_rate)} | ` +
+    `accuracy among boxed ${pct(s.accuracy_boxed)} | mean reward ${
+      s.mean_reward.toFixed(3)
+    } | n ${s.n}`;
+}
+
+/**
  * Unbiased pass@k of one problem with c correct out of n samples (Chen et al. 2021, Codex):
  * `1 - C(n-c, k) / C(n, k)`.
  *

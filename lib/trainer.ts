@@ -16,7 +16,7 @@ import type { Example } from "./data.ts";
 import { shuffle } from "./data.ts";
 import { CheckpointError } from "./errors.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
-import { evaluate } from "./evaluate.ts";
+import { evalOptions, evaluate, formatEval } from "./evaluate.ts";
 import { groupRelativeAdvantages, groupStats, grpoLossAndGrads } from "./grpo.ts";
 import type { LoraAdapter } from "./lora.ts";
 import { loadLora, saveLora } from "./lora.ts";
@@ -643,14 +643,8 @@ async function runEval(
   step: number,
   callbacks: TrainCallbacks,
 ): Promise<{ summary: EvalSummary; results: ProblemResult[] }> {
-  const { config } = ctx;
   return await evaluate(ctx.model, ctx.tokenizer, examples, {
-    generation: {
-      ...config.generation,
-      max_new_tokens: config.eval.max_new_tokens ?? config.generation.max_new_tokens,
-    },
-    reward: config.reward,
-    batchSize: config.eval.eval_batch_size,
+    ...evalOptions(ctx.config),
     adapter: ctx.adapter,
     onProgress: (done, total) =>
       callbacks.progress?.({ phase: "eval", step, totalSteps: 0, done, total }),
@@ -805,15 +799,6 @@ function evalRecord(step: number, s: EvalSummary): StepMetrics {
     "eval/accuracy_boxed": s.accuracy_boxed,
     "eval/n": s.n,
   };
-}
-
-/** One line of an eval summary. */
-export function formatEval(s: EvalSummary): string {
-  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
-  return `accuracy ${pct(s.accuracy)} | no answer ${pct(s.no_answer_rate)} | ` +
-    `accuracy among boxed ${pct(s.accuracy_boxed)} | mean reward ${
-      s.mean_reward.toFixed(3)
-    } | n ${s.n}`;
 }
 
 /** One log line of a metrics record, the seed's four first. */

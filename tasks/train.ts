@@ -11,7 +11,8 @@ import { loadModel, loadModelConfig, weightBytes } from "../lib/model.ts";
 import { AdamW } from "../lib/optim.ts";
 import { ProgressBar } from "../lib/progress.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
-import { configWarnings, formatEval, latestCheckpoint, train } from "../lib/trainer.ts";
+import { formatEval } from "../lib/evaluate.ts";
+import { configWarnings, latestCheckpoint, train } from "../lib/trainer.ts";
 import { runTask, startTask } from "./_main.ts";
 
 const DEFAULT_CONFIG = "configs/demo.yaml";
