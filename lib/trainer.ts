@@ -13,7 +13,7 @@ import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { formatConfig } from "./config.ts";
 import type { Example } from "./data.ts";
-import { shuffle } from "./data.ts";
+import { deriveSeed, promptsForStep, promptsPerStep, totalSteps } from "./data.ts";
 import { CheckpointError } from "./errors.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
 import { evalOptions, evaluate, formatEval } from "./evaluate.ts";
@@ -53,17 +53,6 @@ export interface GroupRollout extends Rollout {
 
 /** Numbers of one training step, named as TRL logs them (plus the seed's). */
 export type StepMetrics = Record<string, number>;
-
-/** Deterministic 32-bit seed of (base seed, parts...), so every step's randomness is fixed. */
-export function deriveSeed(seed: number, ...parts: number[]): number {
-  let h = (seed ^ 0x9e3779b9) >>> 0;
-  for (const p of parts) {
-    h = Math.imul(h ^ (p >>> 0), 0x85ebca6b) >>> 0;
-    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) >>> 0;
-    h = (h ^ (h >>> 16)) >>> 0;
-  }
-  return h;
-}
 
 /**
  * Warnings about a config that runs but may not do what the user wants.
@@ -334,56 +323,6 @@ export interface TrainerState {
   log_history: Record<string, number>[];
   /** The evaluation before training, kept so a resumed run can still report before/after. */
   before?: EvalSummary | null;
-}
-
-/**
- * Prompts per optimizer step. As in TRL (and the seed's arithmetic: 18,946 prompts × 2
- * generations / 16 = ~2,370 steps per epoch), per_device_train_batch_size counts completions:
- * a step sees per_device_train_batch_size × gradient_accumulation_steps completions, that is
- * that many / num_return_sequences prompts.
- */
-export function promptsPerStep(
-  config: { training: Config["training"]; grpo: Pick<Config["grpo"], "num_return_sequences"> },
-): number {
-  const completions = config.training.per_device_train_batch_size *
-    config.training.gradient_accumulation_steps;
-  const g = config.grpo.num_return_sequences;
-  if (completions % g !== 0) {
-    throw new RangeError(
-      `per_device_train_batch_size * gradient_accumulation_steps (${completions}) must be a ` +
-        `multiple of num_return_sequences (${g})`,
-    );
-  }
-  return completions / g;
-}
-
-/** Total optimizer steps of a run on `n` prompts. */
-export function totalSteps(
-  n: number,
-  config: { training: Config["training"]; grpo: Pick<Config["grpo"], "num_return_sequences"> },
-): number {
-  if (config.training.max_steps > 0) return config.training.max_steps;
-  return Math.ceil(n / promptsPerStep(config)) * config.training.num_epochs;
-}
-
-/**
- * The prompts of optimizer step `step` (0-based): epochs walk a seeded shuffle of the data
- * (reshuffled each epoch), wrapping at the end, so any step can be recomputed on resume.
- */
-export function promptsForStep(
-  examples: Example[],
-  step: number,
-  options: { perStep: number; seed: number; shuffle: boolean },
-): { examples: Example[]; epoch: number } {
-  const per = options.perStep;
-  const stepsPerEpoch = Math.ceil(examples.length / per);
-  const epoch = Math.floor(step / stepsPerEpoch);
-  const order = options.shuffle ? shuffle(examples, deriveSeed(options.seed, epoch)) : examples;
-  const start = (step % stepsPerEpoch) * per;
-  const out = order.slice(start, start + per);
-  // The last batch of an epoch is topped up from the start so every step has `per` prompts.
-  for (let i = 0; out.length < per; i++) out.push(order[i % order.length]);
-  return { examples: out, epoch: (step + 1) / stepsPerEpoch };
 }
 
 /**
