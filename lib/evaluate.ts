@@ -9,7 +9,7 @@ import type { Example } from "./data.ts";
 import type { LinearAdapter, Qwen2Model } from "./model.ts";
 import { computeReward, isEquivalent } from "./reward.ts";
 import { repeatGroups, rollout } from "./rollout.ts";
-import type { FinishReason } from "./rollout.ts";
+import type { FinishReason, GenerationOptions } from "./rollout.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { formatPrompt } from "./tokenizer.ts";
 
@@ -48,16 +48,7 @@ export interface EvalSummary {
 
 /** Settings of {@linkcode evaluate}. */
 export interface EvalOptions {
-  generation: Pick<
-    Config["generation"],
-    | "max_new_tokens"
-    | "temperature"
-    | "top_p"
-    | "top_k"
-    | "stop"
-    | "prompt_format"
-    | "system_prompt"
-  >;
+  generation: GenerationOptions;
   reward: Pick<Config["reward"], "reward_correct" | "reward_wrong" | "reward_no_answer">;
   /** Rows per generation batch. */
   batchSize: number;

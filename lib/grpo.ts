@@ -131,6 +131,31 @@ export function groupStats(
   };
 }
 
+/**
+ * Advantage phase: {@linkcode groupRelativeAdvantages} of plain rewards, read back as plain
+ * numbers (one read per step), so the score and update phases never hand tensors around.
+ *
+ * @param rewards One reward per completion, groups of `num_return_sequences` contiguous.
+ * @param grpo The `grpo` config section, or a literal.
+ * @returns One advantage per completion.
+ * @example Usage
+ * ```ts
+ * import { advantagePhase } from "./grpo.ts";
+ * const a = await advantagePhase([1, 0, 0, 0], { num_return_sequences: 2, scale_rewards: "group" });
+ * console.assert(Math.abs(a[0] - 0.7070) < 1e-3 && a[2] === 0);
+ * ```
+ */
+export async function advantagePhase(
+  rewards: readonly number[],
+  grpo: AdvantageOptions,
+): Promise<number[]> {
+  const r = tf.tensor1d([...rewards]);
+  const a = groupRelativeAdvantages(r, grpo);
+  const out = Array.from(await a.data()); // sync point: one read of the step's advantages
+  tf.dispose([r, a]);
+  return out;
+}
+
 function checkGroups(size: number, g: number): void {
   if (!Number.isInteger(g) || g < 2 || size === 0 || size % g !== 0) {
     throw new RangeError(

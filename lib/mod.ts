@@ -22,6 +22,7 @@ export * from "./rollout.ts";
 export * from "./reward.ts";
 export * from "./grpo.ts";
 export * from "./optim.ts";
+export * from "./update.ts";
 export * from "./trainer.ts";
 export * from "./evaluate.ts";
 export * from "./plot.ts";

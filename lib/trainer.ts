@@ -1,15 +1,14 @@
 /**
- * The GRPO trainer: each phase is a plain function a notebook can call on its own inputs —
- * {@linkcode generatePhase} (rollout), `scorePhase` (rewards, reward.ts), {@linkcode
- * advantagePhase}, {@linkcode updatePhase} (one optimizer step over the micro-batches) — and
- * {@linkcode trainStep} chains them; {@linkcode train} is the loop behind `deno task train`.
+ * The GRPO trainer: each phase is a plain function in its module that a notebook can call on
+ * its own inputs — `generatePhase` (rollout.ts), `scorePhase` (reward.ts), `advantagePhase`
+ * (grpo.ts), `prepareMicroBatches` + `updatePhase` (update.ts) — and {@linkcode trainStep}
+ * chains them; {@linkcode train} is the loop behind `deno task train`.
  *
  * Follows TRL `GRPOTrainer` (`_generate_and_score_completions`, `_compute_loss`) with LoRA as
  * the policy and the adapter switched off as the reference (no second copy of the weights).
  *
  * @module
  */
-import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { formatConfig } from "./config.ts";
 import type { Example } from "./data.ts";
@@ -17,22 +16,21 @@ import { deriveSeed, promptsForStep, promptsPerStep, totalSteps } from "./data.t
 import { CheckpointError } from "./errors.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
 import { evalOptions, evaluate, formatEval } from "./evaluate.ts";
-import { groupRelativeAdvantages, groupStats, grpoLossAndGrads } from "./grpo.ts";
+import { advantagePhase, groupStats } from "./grpo.ts";
 import type { LoraAdapter } from "./lora.ts";
 import { loadLora, saveLora } from "./lora.ts";
 import type { Qwen2Model } from "./model.ts";
-import { completionLogProbs } from "./model.ts";
-import { accumulateGrads, AdamW, clipGradNorm, globalGradNorm, learningRateAt } from "./optim.ts";
+import { AdamW, learningRateAt } from "./optim.ts";
 import type { AdamWState } from "./optim.ts";
 import type { Scores } from "./reward.ts";
 import { scorePhase } from "./reward.ts";
-import type { Rollout } from "./rollout.ts";
-import { disposeBatch, repeatGroups, rollout, toTrainingBatch } from "./rollout.ts";
-import type { TrainingBatch } from "./rollout.ts";
+import type { GroupRollout } from "./rollout.ts";
+import { generatePhase, repeatGroups } from "./rollout.ts";
 import { loadSafetensors, saveSafetensors } from "./safetensors.ts";
 import type { TensorData } from "./safetensors.ts";
 import type { Tokenizer } from "./tokenizer.ts";
-import { formatPrompt } from "./tokenizer.ts";
+import type { UpdateMetrics } from "./update.ts";
+import { disposePrepared, prepareMicroBatches, updatePhase } from "./update.ts";
 
 /** What every phase works on: the model, its tokenizer, the LoRA policy and the optimizer. */
 export interface TrainerContext {
@@ -41,14 +39,6 @@ export interface TrainerContext {
   tokenizer: Tokenizer;
   adapter: LoraAdapter;
   optimizer: AdamW;
-}
-
-/** A rollout of G completions for each of a set of prompts. */
-export interface GroupRollout extends Rollout {
-  /** One per prompt. */
-  examples: Example[];
-  /** Ground truth per row (each prompt's answer repeated G times). */
-  answers: string[];
 }
 
 /** Numbers of one training step, named as TRL logs them (plus the seed's). */
@@ -75,238 +65,6 @@ export function configWarnings(config: Config): string[] {
     );
   }
   return out;
-}
-
-/**
- * Rollout phase: formats and tokenizes the prompts, then samples `num_return_sequences`
- * completions for each with the policy (adapter on; no dropout seed, so no dropout).
- *
- * @example Usage
- * ```ts ignore
- * const groups = await generatePhase(ctx, examples.slice(0, 4), { seed: 1 });
- * ```
- */
-export async function generatePhase(
-  ctx: Pick<TrainerContext, "config" | "model" | "tokenizer" | "adapter">,
-  examples: Example[],
-  options: { seed: number; onToken?: (done: number, total: number) => void },
-): Promise<GroupRollout> {
-  const { config, tokenizer } = ctx;
-  const g = config.grpo.num_return_sequences;
-  const prompts = examples.map((ex) =>
-    tokenizer.encode(formatPrompt(tokenizer, ex.question, config.generation))
-  );
-  const out = await rollout(ctx.model, repeatGroups(prompts, g), {
-    tokenizer,
-    adapter: ctx.adapter,
-    sampling: { ...config.generation, seed: options.seed },
-    onToken: options.onToken,
-  });
-  return { ...out, examples, answers: repeatGroups(examples.map((ex) => ex.answer), g) };
-}
-
-/**
- * Advantage phase: group-relative advantages of the rewards (TRL normalisation).
- *
- * @example Usage
- * ```ts
- * import { advantagePhase } from "./trainer.ts";
- * const a = await advantagePhase([1, 0, 0, 0], { num_return_sequences: 2, scale_rewards: "group" });
- * console.assert(Math.abs(a[0] - 0.7070) < 1e-3 && a[2] === 0);
- * ```
- */
-export async function advantagePhase(
-  rewards: number[],
-  grpo: Pick<Config["grpo"], "num_return_sequences" | "scale_rewards">,
-): Promise<number[]> {
-  const r = tf.tensor1d(rewards);
-  const a = groupRelativeAdvantages(r, grpo);
-  const out = Array.from(await a.data());
-  tf.dispose([r, a]);
-  return out;
-}
-
-/** A micro-batch ready for the update: padded tensors, advantages, reference/old log-probs. */
-export interface PreparedBatch {
-  batch: TrainingBatch;
-  /** [B] */
-  advantages: tf.Tensor1D;
-  /** [B, C] adapter-off log-probs, or null when kl_coef = 0. */
-  ref: tf.Tensor2D | null;
-  /** [B, C] log-probs at generation time, or null when num_iterations = 1. */
-  old: tf.Tensor2D | null;
-}
-
-/**
- * Builds the tensors of one micro-batch: padding, advantages, and the log-probs that stay fixed
- * during the update (reference with the adapter off; old policy when num_iterations > 1).
- *
- * @example Usage
- * ```ts ignore
- * const prepared = prepareBatch(ctx, groups, advantages);
- * ```
- */
-export function prepareBatch(
-  ctx: Pick<TrainerContext, "config" | "model" | "tokenizer" | "adapter">,
-  rows: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
-  advantages: number[],
-): PreparedBatch {
-  const { config } = ctx;
-  const batch = toTrainingBatch(rows, ctx.tokenizer.padTokenId, {
-    maskTruncated: config.grpo.mask_truncated_completions,
-  });
-  const input = {
-    inputIds: batch.inputIds,
-    attentionMask: batch.attentionMask,
-    completionLength: batch.completionLength,
-    temperature: config.generation.temperature,
-  };
-  // No dropout seed: the reference and the old policy are evaluated, not trained.
-  const ref = config.grpo.kl_coef !== 0
-    ? completionLogProbs(ctx.model, input, { adapter: null })
-    : null;
-  const old = config.grpo.num_iterations > 1
-    ? completionLogProbs(ctx.model, input, { adapter: ctx.adapter })
-    : null;
-  return { batch, advantages: tf.tensor1d(advantages), ref, old };
-}
-
-/**
- * Splits a rollout into micro-batches of `per_device_train_batch_size` completions (gradient
- * accumulation) and prepares each with {@linkcode prepareBatch}.
- *
- * @returns One prepared batch per micro-batch. The caller disposes them (`disposePrepared`).
- * @example Usage
- * ```ts ignore
- * const prepared = prepareMicroBatches(ctx, groups, advantages);
- * const metrics = await updatePhase(ctx, prepared, { learningRate: 1e-3, dropoutSeed: 1 });
- * prepared.forEach(disposePrepared);
- * ```
- */
-export function prepareMicroBatches(
-  ctx: Pick<TrainerContext, "config" | "model" | "tokenizer" | "adapter">,
-  rows: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
-  advantages: number[],
-): PreparedBatch[] {
-  const size = ctx.config.training.per_device_train_batch_size;
-  const out: PreparedBatch[] = [];
-  try {
-    for (let row = 0; row < rows.completionIds.length; row += size) {
-      const end = Math.min(row + size, rows.completionIds.length);
-      out.push(prepareBatch(ctx, {
-        promptIds: rows.promptIds.slice(row, end),
-        completionIds: rows.completionIds.slice(row, end),
-        finishReasons: rows.finishReasons.slice(row, end),
-      }, advantages.slice(row, end)));
-    }
-  } catch (error) {
-    out.forEach(disposePrepared);
-    throw error;
-  }
-  return out;
-}
-
-/** Frees a {@linkcode PreparedBatch}. */
-export function disposePrepared(p: PreparedBatch): void {
-  disposeBatch(p.batch);
-  tf.dispose([p.advantages, ...(p.ref ? [p.ref] : []), ...(p.old ? [p.old] : [])]);
-}
-
-/**
- * Update phase: one optimizer step. Gradients of the GRPO loss are summed over the
- * micro-batches (gradient accumulation), clipped by global norm, and applied by AdamW.
- *
- * @returns loss parts, clip ratios, KL and the pre-clip gradient norm, averaged over micro-batches.
- * @example Usage
- * ```ts ignore
- * const metrics = await updatePhase(ctx, prepared, { learningRate: 1e-3, dropoutSeed: 7 });
- * ```
- */
-export async function updatePhase(
-  ctx: Pick<TrainerContext, "config" | "model" | "adapter" | "optimizer">,
-  prepared: PreparedBatch[],
-  options: { learningRate: number; dropoutSeed: number },
-): Promise<StepMetrics> {
-  const { config } = ctx;
-  const vars = [...ctx.adapter.variables.values()];
-  // dapo normalises by the active tokens of the whole accumulated batch (TRL num_items_in_batch).
-  const numItems = prepared.reduce((n, p) => n + p.batch.numTokens, 0);
-  let sum: tf.NamedTensorMap | null = null;
-  const parts: tf.Scalar[] = [];
-  for (const [m, p] of prepared.entries()) {
-    const { loss: value, grads, metrics: mt } = grpoLossAndGrads(
-      () =>
-        completionLogProbs(ctx.model, {
-          inputIds: p.batch.inputIds,
-          attentionMask: p.batch.attentionMask,
-          completionLength: p.batch.completionLength,
-          temperature: config.generation.temperature,
-        }, {
-          adapter: ctx.adapter,
-          dropoutSeed: deriveSeed(options.dropoutSeed, m),
-          gradientCheckpointing: config.training.gradient_checkpointing,
-        }),
-      {
-        old_per_token_logps: p.old,
-        ref_per_token_logps: p.ref,
-        advantages: p.advantages,
-        completion_mask: p.batch.completionMask,
-      },
-      {
-        loss_type: config.grpo.loss_type,
-        epsilon: config.grpo.epsilon,
-        epsilon_high: config.grpo.epsilon_high,
-        kl_coef: config.grpo.kl_coef,
-        max_completion_length: config.generation.max_new_tokens,
-        num_items_in_batch: Math.max(1, numItems),
-        gradient_accumulation_steps: prepared.length,
-        varList: vars,
-      },
-    );
-    // Keyed by tf variable name, as AdamW keys its moments.
-    sum = accumulateGrads(sum, grads);
-    tf.dispose(Object.values(grads));
-    parts.push(
-      tf.tidy(() =>
-        tf.stack([
-          value,
-          mt.policyLoss,
-          mt.kl ?? tf.scalar(0),
-          mt.clipLow,
-          mt.clipHigh,
-          mt.clipRegion,
-        ]) as unknown as tf.Scalar
-      ),
-    );
-    tf.dispose([value, mt.policyLoss, mt.clipLow, mt.clipHigh, mt.clipRegion]);
-    if (mt.kl) mt.kl.dispose();
-  }
-  // max_grad_norm 0 turns clipping off (HF); the norm is still logged.
-  const { grads: clipped, norm } = config.training.max_grad_norm > 0
-    ? clipGradNorm(sum!, config.training.max_grad_norm)
-    : { grads: sum!, norm: globalGradNorm(sum!) };
-  if (clipped !== sum) tf.dispose(Object.values(sum!));
-  ctx.optimizer.step(clipped, options.learningRate);
-  tf.dispose(Object.values(clipped));
-  // Sync point: one read of the step's scalars.
-  const stacked = tf.tidy(() => tf.concat([tf.addN(parts), norm.reshape([1])])); // [7]
-  const all = await stacked.data();
-  tf.dispose([...parts, norm, stacked]);
-  // The loss of TRL's step is the sum over micro-batches (each already divided by their count
-  // for grpo/bnpo/dr_grpo); ratios and KL are averaged.
-  const n = prepared.length;
-  const kl = all[2] / n;
-  return {
-    loss: all[0],
-    policy_loss: all[1],
-    kl,
-    kl_penalty: config.grpo.kl_coef * kl,
-    "clip_ratio/low_mean": all[3] / n,
-    "clip_ratio/high_mean": all[4] / n,
-    "clip_ratio/region_mean": all[5] / n,
-    grad_norm: all[6],
-    learning_rate: options.learningRate,
-  };
 }
 
 /** Where the trainer is: step, epoch and position in the epoch's shuffled order. */
@@ -353,14 +111,11 @@ export async function trainStep(
     onToken: (d, t) => options.onPhase?.("rollout", d, t),
   });
   const tGen = performance.now();
-  const { texts } = group;
   const scores = scorePhase(group, config.reward);
   const advantages = await advantagePhase(scores.rewards, config.grpo);
-  const prepared: PreparedBatch[] = [];
-  let metrics: StepMetrics = {};
+  const prepared = prepareMicroBatches(ctx, group, advantages);
+  const updates: UpdateMetrics[] = [];
   try {
-    prepared.push(...prepareMicroBatches(ctx, group, advantages));
-    const updates: StepMetrics[] = [];
     for (let it = 0; it < config.grpo.num_iterations; it++) {
       const opt = ctx.optimizer.stepCount;
       const learningRate = learningRateAt(opt, {
@@ -368,15 +123,8 @@ export async function trainStep(
         totalSteps: (options.totalSteps ?? opt + 1) * config.grpo.num_iterations,
       });
       options.onPhase?.("update", it, config.grpo.num_iterations);
-      updates.push(
-        await updatePhase(ctx, prepared, {
-          learningRate,
-          dropoutSeed: deriveSeed(seed, options.step, it, 2),
-        }),
-      );
-    }
-    for (const key of Object.keys(updates[0])) {
-      metrics[key] = updates.reduce((s, u) => s + u[key], 0) / updates.length;
+      const dropoutSeed = deriveSeed(seed, options.step, it, 2);
+      updates.push(await updatePhase(ctx, prepared, { learningRate, dropoutSeed }));
     }
   } finally {
     prepared.forEach(disposePrepared);
@@ -384,26 +132,26 @@ export async function trainStep(
   const stats = groupStats(scores.rewards, config.grpo);
   const lengths = group.completionIds.map((c) => c.length);
   const tokens = lengths.reduce((a, b) => a + b, 0);
-  const seconds = (performance.now() - t0) / 1000;
-  const rows = texts.length;
-  metrics = {
+  const rows = group.texts.length;
+  const share = (n: number) => n / rows;
+  const metrics: StepMetrics = {
     reward: stats.rewardMean,
     reward_std: config.grpo.scale_rewards === "batch" ? stats.batchStd : stats.rewardStd,
-    accuracy: scores.status.filter((s) => s === "correct").length / rows,
-    no_answer_rate: scores.status.filter((s) => s === "no_answer").length / rows,
+    accuracy: share(scores.status.filter((s) => s === "correct").length),
+    no_answer_rate: share(scores.status.filter((s) => s === "no_answer").length),
     frac_reward_zero_std: stats.fracRewardZeroStd,
     ...Object.fromEntries(
       Object.entries(scores.perFunction).map((
         [fn, v],
       ) => [`rewards/${fn}/mean`, v.reduce((a, b) => a + b, 0) / rows]),
     ),
-    ...metrics,
+    ...averageRecords(updates),
     "completions/mean_length": tokens / rows,
     "completions/max_length": Math.max(...lengths),
-    "completions/clipped_ratio": group.finishReasons.filter((f) => f === "length").length / rows,
+    "completions/clipped_ratio": share(group.finishReasons.filter((f) => f === "length").length),
     tokens_per_second: tokens / ((tGen - t0) / 1000),
     rollout_time: (tGen - t0) / 1000,
-    step_time: seconds,
+    step_time: (performance.now() - t0) / 1000,
   };
   return { metrics, group, scores };
 }
