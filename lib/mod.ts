@@ -23,6 +23,8 @@ export * from "./reward.ts";
 export * from "./grpo.ts";
 export * from "./optim.ts";
 export * from "./update.ts";
+export * from "./checkpoint.ts";
+export * from "./run_writer.ts";
 export * from "./trainer.ts";
 export * from "./evaluate.ts";
 export * from "./plot.ts";

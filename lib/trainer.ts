@@ -1,34 +1,39 @@
 /**
- * The GRPO trainer: each phase is a plain function in its module that a notebook can call on
- * its own inputs — `generatePhase` (rollout.ts), `scorePhase` (reward.ts), `advantagePhase`
- * (grpo.ts), `prepareMicroBatches` + `updatePhase` (update.ts) — and {@linkcode trainStep}
- * chains them; {@linkcode train} is the loop behind `deno task train`.
+ * The GRPO training loop behind `deno task train`. Each step chains the phases, each a plain
+ * function in its module: `generatePhase` (rollout.ts) → `scorePhase` (reward.ts) →
+ * `advantagePhase` (grpo.ts) → `prepareMicroBatches` + `updatePhase` (update.ts). Records go
+ * to a run writer (run_writer.ts), checkpoints through it to checkpoint.ts.
  *
  * Follows TRL `GRPOTrainer` (`_generate_and_score_completions`, `_compute_loss`) with LoRA as
  * the policy and the adapter switched off as the reference (no second copy of the weights).
  *
  * @module
  */
+import type { TrainerState } from "./checkpoint.ts";
+import { loadCheckpoint } from "./checkpoint.ts";
 import type { Config } from "./config.ts";
-import { formatConfig } from "./config.ts";
 import type { Example } from "./data.ts";
 import { deriveSeed, promptsForStep, promptsPerStep, totalSteps } from "./data.ts";
-import { CheckpointError } from "./errors.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
 import { evalOptions, evaluate, formatEval } from "./evaluate.ts";
-import { advantagePhase, groupStats } from "./grpo.ts";
 import type { LoraAdapter } from "./lora.ts";
-import { loadLora, saveLora } from "./lora.ts";
 import type { Qwen2Model } from "./model.ts";
-import { AdamW, learningRateAt } from "./optim.ts";
-import type { AdamWState } from "./optim.ts";
+import { advantagePhase, groupStats } from "./grpo.ts";
+import type { AdamW } from "./optim.ts";
+import { learningRateAt } from "./optim.ts";
 import type { Scores } from "./reward.ts";
 import { scorePhase } from "./reward.ts";
 import type { GroupRollout } from "./rollout.ts";
-import { generatePhase, repeatGroups } from "./rollout.ts";
-import { loadSafetensors, saveSafetensors } from "./safetensors.ts";
-import type { TensorData } from "./safetensors.ts";
+import { generatePhase } from "./rollout.ts";
 import type { Tokenizer } from "./tokenizer.ts";
+import type { RunSummary, RunWriter, StepMetrics } from "./run_writer.ts";
+import {
+  averageRecords,
+  completionRecords,
+  evalRecord,
+  fileRunWriter,
+  formatRecord,
+} from "./run_writer.ts";
 import type { UpdateMetrics } from "./update.ts";
 import { disposePrepared, prepareMicroBatches, updatePhase } from "./update.ts";
 
@@ -40,9 +45,6 @@ export interface TrainerContext {
   adapter: LoraAdapter;
   optimizer: AdamW;
 }
-
-/** Numbers of one training step, named as TRL logs them (plus the seed's). */
-export type StepMetrics = Record<string, number>;
 
 /**
  * Warnings about a config that runs but may not do what the user wants.
@@ -65,22 +67,6 @@ export function configWarnings(config: Config): string[] {
     );
   }
   return out;
-}
-
-/** Where the trainer is: step, epoch and position in the epoch's shuffled order. */
-export interface TrainerState {
-  /** Optimizer steps done. */
-  global_step: number;
-  /** Completed epochs as a fraction (TRL `epoch`). */
-  epoch: number;
-  /** Steps the run will take. */
-  max_steps: number;
-  /** The base seed. */
-  seed: number;
-  /** Logged records so far (TRL `log_history`). */
-  log_history: Record<string, number>[];
-  /** The evaluation before training, kept so a resumed run can still report before/after. */
-  before?: EvalSummary | null;
 }
 
 /**
@@ -156,154 +142,9 @@ export async function trainStep(
   return { metrics, group, scores };
 }
 
-/** Averages step records key by key (TRL logs the mean since the last log). */
-export function averageRecords(records: StepMetrics[]): StepMetrics {
-  const out: StepMetrics = {};
-  for (const key of Object.keys(records[0] ?? {})) {
-    out[key] = records.reduce((s, r) => s + (r[key] ?? 0), 0) / records.length;
-  }
-  return out;
-}
-
-// ----- checkpoints ---------------------------------------------------------------------------
-
-/**
- * Saves `<dir>` = `checkpoint-<step>/`: the adapter (PEFT), `optimizer.safetensors` (AdamW
- * moments, torch names `exp_avg` / `exp_avg_sq`), `trainer_state.json` and the effective
- * `config.yaml`. Files are written atomically; the directory appears complete or not at all.
- *
- * @example Usage
- * ```ts ignore
- * await saveCheckpoint(`${outputDir}/checkpoint-10`, ctx, state);
- * ```
- */
-export async function saveCheckpoint(
-  dir: string,
-  ctx: Pick<TrainerContext, "config" | "adapter" | "optimizer" | "model">,
-  state: TrainerState,
-): Promise<void> {
-  const tmp = `${dir}.tmp-${crypto.randomUUID()}`;
-  await Deno.mkdir(tmp, { recursive: true });
-  await saveLora(ctx.adapter, tmp, { baseModel: ctx.model.dir });
-  const opt: AdamWState = await ctx.optimizer.state();
-  const tensors: Record<string, TensorData> = {};
-  for (const [name, v] of ctx.adapter.variables) {
-    const shape = v.shape;
-    tensors[`${name}.exp_avg`] = { dtype: "F32", shape, data: opt.exp_avg[v.name] };
-    tensors[`${name}.exp_avg_sq`] = { dtype: "F32", shape, data: opt.exp_avg_sq[v.name] };
-  }
-  await saveSafetensors(`${tmp}/optimizer.safetensors`, tensors, {
-    format: "pt",
-    step: String(opt.step),
-  });
-  await Deno.writeTextFile(`${tmp}/trainer_state.json`, JSON.stringify(state, null, 2) + "\n");
-  await Deno.writeTextFile(`${tmp}/config.yaml`, formatConfig(ctx.config));
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
-  await Deno.rename(tmp, dir);
-}
-
-/**
- * Restores a checkpoint into a live context: adapter values, optimizer moments and step.
- *
- * @returns The saved trainer state.
- * @example Usage
- * ```ts ignore
- * const state = await loadCheckpoint("results/run/checkpoint-10", ctx);
- * ```
- */
-export async function loadCheckpoint(
-  dir: string,
-  ctx: Pick<TrainerContext, "adapter" | "optimizer" | "model">,
-): Promise<TrainerState> {
-  const statePath = `${dir}/trainer_state.json`;
-  let state: TrainerState;
-  try {
-    state = JSON.parse(await Deno.readTextFile(statePath));
-  } catch (error) {
-    throw new CheckpointError(
-      `Cannot resume from ${dir}: ${statePath} is missing or not JSON (${
-        (error as Error).message
-      }). ` +
-        `A checkpoint directory holds adapter_model.safetensors, adapter_config.json, ` +
-        `optimizer.safetensors and trainer_state.json`,
-      { file: statePath, cause: error },
-    );
-  }
-  const saved = await loadLora(ctx.model, dir);
-  try {
-    for (const [key, v] of ctx.adapter.variables) {
-      const s = saved.variables.get(key);
-      if (!s) {
-        throw new CheckpointError(`Cannot resume from ${dir}: adapter has no tensor ${key}`, {
-          file: `${dir}/adapter_model.safetensors`,
-          key,
-        });
-      }
-      v.assign(s);
-    }
-  } finally {
-    saved.dispose();
-  }
-  const optPath = `${dir}/optimizer.safetensors`;
-  const file = await loadSafetensors(optPath);
-  const exp_avg: Record<string, Float32Array> = {};
-  const exp_avg_sq: Record<string, Float32Array> = {};
-  for (const [key, v] of ctx.adapter.variables) {
-    const m = file.tensors.get(`${key}.exp_avg`);
-    const s = file.tensors.get(`${key}.exp_avg_sq`);
-    if (!m || !s) {
-      throw new CheckpointError(`Cannot resume from ${optPath}: no moments for ${key}`, {
-        file: optPath,
-        key,
-      });
-    }
-    exp_avg[v.name] = m.data as Float32Array;
-    exp_avg_sq[v.name] = s.data as Float32Array;
-  }
-  ctx.optimizer.loadState({ step: Number(file.metadata.step ?? 0), exp_avg, exp_avg_sq });
-  return state;
-}
-
-/** The checkpoint directory with the highest step under `outputDir`, or null. */
-export async function latestCheckpoint(outputDir: string): Promise<string | null> {
-  let best: { step: number; name: string } | null = null;
-  try {
-    for await (const e of Deno.readDir(outputDir)) {
-      const m = /^checkpoint-(\d+)$/.exec(e.name);
-      if (e.isDirectory && m && (!best || Number(m[1]) > best.step)) {
-        best = { step: Number(m[1]), name: e.name };
-      }
-    }
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
-  }
-  return best ? `${outputDir}/${best.name}` : null;
-}
-
-/** Deletes the oldest checkpoints beyond `limit` (HF `save_total_limit`). */
-export async function pruneCheckpoints(outputDir: string, limit: number | null): Promise<void> {
-  if (limit === null) return;
-  const steps: number[] = [];
-  for await (const e of Deno.readDir(outputDir)) {
-    const m = /^checkpoint-(\d+)$/.exec(e.name);
-    if (e.isDirectory && m) steps.push(Number(m[1]));
-  }
-  steps.sort((a, b) => a - b);
-  for (const s of steps.slice(0, Math.max(0, steps.length - limit))) {
-    await Deno.remove(`${outputDir}/checkpoint-${s}`, { recursive: true });
-  }
-}
-
-/** Appends one line to a file (creating it), for training.log / metrics.jsonl. */
-export async function saveLine(path: string, line: string): Promise<void> {
-  await Deno.writeTextFile(path, line + "\n", { append: true, create: true });
-}
-
-// ----- the loop ------------------------------------------------------------------------------
-
-/** Callbacks through which {@linkcode train} reports; the task prints, a notebook plots. */
+/** Callbacks through which {@linkcode train} reports as it goes; the task prints, a notebook plots. */
 export interface TrainCallbacks {
-  /** A line for the terminal and training.log. */
+  /** A line for the terminal (the writer also gets it for training.log). */
   log?: (line: string) => void;
   /** Progress of the current phase. */
   progress?: (
@@ -313,60 +154,52 @@ export interface TrainCallbacks {
   metrics?: (record: StepMetrics) => void;
 }
 
-/** What {@linkcode train} returns and writes to `summary.json`. */
-export interface RunSummary {
-  before: EvalSummary | null;
-  after: EvalSummary | null;
-  kl: number;
-  steps: number;
-  seconds: number;
-  output_dir: string;
-}
-
-/** Evaluation on the held-out slice, logged as `eval/*`. */
-async function runEval(
-  ctx: TrainerContext,
-  examples: Example[],
-  step: number,
-  callbacks: TrainCallbacks,
-): Promise<{ summary: EvalSummary; results: ProblemResult[] }> {
-  return await evaluate(ctx.model, ctx.tokenizer, examples, {
-    ...evalOptions(ctx.config),
-    adapter: ctx.adapter,
-    onProgress: (done, total) =>
-      callbacks.progress?.({ phase: "eval", step, totalSteps: 0, done, total }),
-  });
-}
-
 /**
  * The whole run behind `deno task train`: evaluate → (rollout → score → update) × steps →
- * evaluate, with logs, metrics, checkpoints and resume. Everything lands in
- * `outputDir`: `training.log`, `metrics.jsonl`, `completions.jsonl`, `checkpoint-<step>` dirs,
- * `summary.json`, `config.yaml`.
+ * evaluate, with logs, metrics, checkpoints and resume. Every record goes to `writer` (default:
+ * {@linkcode fileRunWriter} into `outputDir`): `training.log`, `metrics.jsonl`,
+ * `completions.jsonl`, `checkpoint-<step>/`, `eval_results.jsonl`, `summary.json`,
+ * `config.yaml`.
  *
  * @example Usage
  * ```ts ignore
- * const summary = await train(ctx, { train: examples, eval: held }, { outputDir, callbacks });
+ * const writer = memoryRunWriter();
+ * const summary = await train(ctx, { train: examples, eval: held }, { writer });
+ * console.log(writer.records.metrics);
  * ```
  */
 export async function train(
   ctx: TrainerContext,
   data: { train: Example[]; eval: Example[] },
-  options: { outputDir: string; resumeFrom?: string | null; callbacks?: TrainCallbacks },
+  options: {
+    outputDir?: string;
+    writer?: RunWriter;
+    resumeFrom?: string | null;
+    callbacks?: TrainCallbacks;
+  },
 ): Promise<RunSummary> {
   const { config } = ctx;
   const cb = options.callbacks ?? {};
-  const out = options.outputDir;
-  await Deno.mkdir(out, { recursive: true });
+  if (!options.writer && !options.outputDir) {
+    throw new TypeError("train() needs an outputDir or a writer");
+  }
+  const writer = options.writer ?? fileRunWriter(options.outputDir!);
   const log = async (line: string) => {
     cb.log?.(line);
-    await saveLine(`${out}/training.log`, `${new Date().toISOString()} ${line}`);
+    await writer.log(line);
   };
-  const writeMetrics = async (record: StepMetrics) => {
+  const logMetrics = async (record: StepMetrics) => {
     cb.metrics?.(record);
-    await saveLine(`${out}/metrics.jsonl`, JSON.stringify(record));
+    await writer.metrics(record);
   };
-  await Deno.writeTextFile(`${out}/config.yaml`, formatConfig(config));
+  const runEval = (step: number): Promise<{ summary: EvalSummary; results: ProblemResult[] }> =>
+    evaluate(ctx.model, ctx.tokenizer, data.eval, {
+      ...evalOptions(config),
+      adapter: ctx.adapter,
+      onProgress: (done, total) =>
+        cb.progress?.({ phase: "eval", step, totalSteps: 0, done, total }),
+    });
+  await writer.config(config);
   const steps = totalSteps(data.train.length, config);
   let state: TrainerState = {
     global_step: 0,
@@ -377,15 +210,15 @@ export async function train(
     before: null,
   };
   if (options.resumeFrom) {
-    state = await loadCheckpoint(options.resumeFrom, ctx);
+    const into = { adapter: ctx.adapter, optimizer: ctx.optimizer };
+    state = (await loadCheckpoint<TrainerState>(options.resumeFrom, into)).state;
     await log(`resumed from ${options.resumeFrom} at step ${state.global_step}`);
   }
   const t0 = performance.now();
-  let after: EvalSummary | null = null;
   const evalEnabled = data.eval.length > 0;
   if (evalEnabled && state.global_step === 0) {
-    state.before = (await runEval(ctx, data.eval, 0, cb)).summary;
-    await writeMetrics(evalRecord(0, state.before));
+    state.before = (await runEval(0)).summary;
+    await logMetrics(evalRecord(0, state.before));
     await log(`eval before training: ${formatEval(state.before)}`);
   }
   let window: StepMetrics[] = [];
@@ -414,56 +247,40 @@ export async function train(
       total: steps,
     });
     if (config.logging.log_completions) {
-      const prompts = repeatGroups(
-        group.examples.map((e) => e.question),
-        config.grpo.num_return_sequences,
-      );
-      // One write per step, not one per completion.
-      const lines = group.texts.map((completion, i) =>
-        JSON.stringify({
-          step: step + 1,
-          prompt: prompts[i],
-          completion,
-          answer: group.answers[i],
-          predicted: scores.predicted[i],
-          reward: scores.rewards[i],
-          status: scores.status[i],
-        })
-      );
-      await saveLine(`${out}/completions.jsonl`, lines.join("\n"));
+      await writer.completions(completionRecords(step + 1, group, scores));
     }
     const isLast = step + 1 === steps;
     if ((step + 1) % config.logging.logging_steps === 0 || isLast) {
       const record = { step: step + 1, epoch: +state.epoch.toFixed(4), ...averageRecords(window) };
       window = [];
       state.log_history.push(record);
-      await writeMetrics(record);
+      await logMetrics(record);
       await log(formatRecord(record));
     }
-    if (
-      evalEnabled && config.eval.eval_steps > 0 && (step + 1) % config.eval.eval_steps === 0 &&
-      !isLast
-    ) {
-      const s = (await runEval(ctx, data.eval, step + 1, cb)).summary;
-      await writeMetrics(evalRecord(step + 1, s));
+    const evalNow = config.eval.eval_steps > 0 && (step + 1) % config.eval.eval_steps === 0;
+    if (evalEnabled && evalNow && !isLast) {
+      const s = (await runEval(step + 1)).summary;
+      await logMetrics(evalRecord(step + 1, s));
       await log(`eval at step ${step + 1}: ${formatEval(s)}`);
     }
     if ((step + 1) % config.training.save_steps === 0 || isLast) {
-      const dir = `${out}/checkpoint-${step + 1}`;
-      await saveCheckpoint(dir, ctx, state);
-      await pruneCheckpoints(out, config.training.save_total_limit);
-      await log(`saved ${dir}`);
+      const saved = await writer.checkpoint(step + 1, {
+        state,
+        adapter: ctx.adapter,
+        baseModel: ctx.model.dir,
+        optimizer: ctx.optimizer,
+        config,
+      }, config.training);
+      await log(`saved ${saved}`);
     }
   }
+  let after: EvalSummary | null = null;
   if (evalEnabled) {
-    const res = await runEval(ctx, data.eval, steps, cb);
+    const res = await runEval(steps);
     after = res.summary;
-    await writeMetrics(evalRecord(steps, after));
+    await logMetrics(evalRecord(steps, after));
     await log(`eval after training: ${formatEval(after)}`);
-    await saveLine(
-      `${out}/eval_results.jsonl`,
-      res.results.map((r) => JSON.stringify(r)).join("\n"),
-    );
+    await writer.evalResults(res.results);
   }
   const summary: RunSummary = {
     before: evalEnabled ? state.before ?? null : null,
@@ -471,31 +288,8 @@ export async function train(
     kl: lastKl,
     steps,
     seconds: (performance.now() - t0) / 1000,
-    output_dir: out,
+    output_dir: writer.dir,
   };
-  await Deno.writeTextFile(`${out}/summary.json`, JSON.stringify(summary, null, 2) + "\n");
+  await writer.summary(summary);
   return summary;
-}
-
-function evalRecord(step: number, s: EvalSummary): StepMetrics {
-  return {
-    step,
-    "eval/accuracy": s.accuracy,
-    "eval/no_answer_rate": s.no_answer_rate,
-    "eval/mean_reward": s.mean_reward,
-    "eval/accuracy_boxed": s.accuracy_boxed,
-    "eval/n": s.n,
-  };
-}
-
-/** One log line of a metrics record, the seed's four first. */
-export function formatRecord(r: StepMetrics): string {
-  const first = ["step", "reward", "accuracy", "kl_penalty", "loss"];
-  const keys = [...first, ...Object.keys(r).filter((k) => !first.includes(k))];
-  return keys.filter((k) => k in r).map((k) => {
-    const v = r[k];
-    return `${k}=${
-      Number.isInteger(v) ? v : Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(2) : v.toFixed(4)
-    }`;
-  }).join(" ");
 }

@@ -4,15 +4,16 @@
  * Without --config it runs configs/demo.yaml on the small model and data the repo ships.
  */
 import { describeBackend, setupBackend } from "../lib/backend.ts";
+import { resolveRun } from "../lib/checkpoint.ts";
 import { loadDataset } from "../lib/data.ts";
-import { BackendError, ConfigError } from "../lib/errors.ts";
+import { BackendError } from "../lib/errors.ts";
 import { createLora, loadLora, parameterCounts, trainableParametersLine } from "../lib/lora.ts";
 import { loadModel, loadModelConfig, weightBytes } from "../lib/model.ts";
 import { AdamW } from "../lib/optim.ts";
 import { ProgressBar } from "../lib/progress.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import { formatEval } from "../lib/evaluate.ts";
-import { configWarnings, latestCheckpoint, train } from "../lib/trainer.ts";
+import { configWarnings, train } from "../lib/trainer.ts";
 import { runTask, startTask } from "./_main.ts";
 
 const DEFAULT_CONFIG = "configs/demo.yaml";
@@ -39,29 +40,7 @@ async function main(): Promise<void> {
   }
   for (const w of configWarnings(config)) console.error(`warning: ${w}`);
 
-  let outputDir = config.training.output_dir ??
-    `results/rl_grpo_${
-      new Date().toISOString().replace(/[-:]/g, "").replace("T", "_").slice(0, 15)
-    }`;
-  let resumeFrom: string | null = null;
-  if (commandLine.resume === "latest") {
-    if (config.training.output_dir === null) {
-      throw new ConfigError(
-        "Cannot parse <command line>: --resume latest needs --output_dir (the run to continue)",
-        { file: "<command line>", key: "resume" },
-      );
-    }
-    resumeFrom = await latestCheckpoint(outputDir);
-    if (!resumeFrom) {
-      throw new ConfigError(
-        `Cannot resume: no checkpoint-*/ directory in ${outputDir}`,
-        { file: "<command line>", key: "resume" },
-      );
-    }
-  } else if (commandLine.resume) {
-    resumeFrom = commandLine.resume.replace(/\/$/, "");
-    if (config.training.output_dir === null) outputDir = resumeFrom.replace(/\/[^/]*$/, "");
-  }
+  const { outputDir, resumeFrom } = await resolveRun(config.training, commandLine.resume);
 
   const model = await loadModel(config.model.path);
   const tokenizer = await loadTokenizer(config.model.path);
