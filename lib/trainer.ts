@@ -11,21 +11,17 @@
  */
 import type { TrainerState } from "./checkpoint.ts";
 import { loadCheckpoint } from "./checkpoint.ts";
-import type { Config } from "./config.ts";
+import type { TrainerContext } from "./context.ts";
 import type { Example } from "./data.ts";
 import { deriveSeed, promptsForStep, promptsPerStep, totalSteps } from "./data.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
 import { evalOptions, evaluate, formatEval } from "./evaluate.ts";
-import type { LoraAdapter } from "./lora.ts";
-import type { Qwen2Model } from "./model.ts";
 import { advantagePhase, groupStats } from "./grpo.ts";
-import type { AdamW } from "./optim.ts";
 import { learningRateAt } from "./optim.ts";
 import type { Scores } from "./reward.ts";
 import { scorePhase } from "./reward.ts";
 import type { GroupRollout } from "./rollout.ts";
 import { generatePhase } from "./rollout.ts";
-import type { Tokenizer } from "./tokenizer.ts";
 import type { RunSummary, RunWriter, StepMetrics } from "./run_writer.ts";
 import {
   averageRecords,
@@ -36,38 +32,6 @@ import {
 } from "./run_writer.ts";
 import type { UpdateMetrics } from "./update.ts";
 import { disposePrepared, prepareMicroBatches, updatePhase } from "./update.ts";
-
-/** What every phase works on: the model, its tokenizer, the LoRA policy and the optimizer. */
-export interface TrainerContext {
-  config: Config;
-  model: Qwen2Model;
-  tokenizer: Tokenizer;
-  adapter: LoraAdapter;
-  optimizer: AdamW;
-}
-
-/**
- * Warnings about a config that runs but may not do what the user wants.
- *
- * @example Usage
- * ```ts
- * import { defaultConfig } from "./config.ts";
- * import { configWarnings } from "./trainer.ts";
- * console.assert(configWarnings(defaultConfig()).length === 1); // -0.5 > -1
- * ```
- */
-export function configWarnings(config: Config): string[] {
-  const out: string[] = [];
-  const r = config.reward;
-  if (r.reward_functions.includes("accuracy") && r.reward_no_answer > r.reward_wrong) {
-    out.push(
-      `reward.reward_no_answer (${r.reward_no_answer}) > reward.reward_wrong (${r.reward_wrong}): ` +
-        `inside a group a missing \\boxed{} then beats a wrong answer, so the policy can learn to ` +
-        `drop the box. Set reward_no_answer: ${r.reward_wrong} to prevent it (see README, "Model not learning").`,
-    );
-  }
-  return out;
-}
 
 /**
  * One GRPO step: rollout → score → advantages → update (`num_iterations` updates on the same

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { loadConfig } from "../lib/config.ts";
-import type { TrainerContext } from "../lib/trainer.ts";
+import type { TrainerContext } from "../lib/context.ts";
 import type { Example } from "../lib/data.ts";
 import { loadLora } from "../lib/lora.ts";
 import { loadModel } from "../lib/model.ts";

@@ -14,7 +14,7 @@ import { AdamW } from "../lib/optim.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import { train, trainStep } from "../lib/trainer.ts";
 import { disposePrepared, prepareBatch } from "../lib/update.ts";
-import type { TrainerContext } from "../lib/trainer.ts";
+import type { TrainerContext } from "../lib/context.ts";
 import { assertGrpoCase } from "./_fixtures.ts";
 import { BACKENDS, useTestBackend } from "./_backend.ts";
 
