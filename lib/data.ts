@@ -16,6 +16,7 @@
  *
  * @module
  */
+import type { Config } from "./config.ts";
 import { DataError } from "./errors.ts";
 import { readText } from "./_fs.ts";
 
@@ -116,6 +117,32 @@ export function shuffle<T>(items: readonly T[], seed: number): T[] {
     [out[i], out[j]] = [out[j], out[i]];
   }
   return out;
+}
+
+/**
+ * A deterministic 32-bit seed of (base seed, parts...), so every step's randomness (prompt
+ * order, sampling, LoRA dropout) is a function of the config's seed and the step: a resumed run
+ * draws exactly what an uninterrupted one draws.
+ *
+ * @param seed The base seed (`training.seed`).
+ * @param parts Integers that name the draw, e.g. (step, 1) for a step's rollout.
+ * @returns An unsigned 32-bit integer.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { deriveSeed } from "./data.ts";
+ * assert.equal(deriveSeed(42, 3, 1), deriveSeed(42, 3, 1));
+ * assert.notEqual(deriveSeed(42, 3, 1), deriveSeed(42, 3, 2));
+ * ```
+ */
+export function deriveSeed(seed: number, ...parts: number[]): number {
+  let h = (seed ^ 0x9e3779b9) >>> 0;
+  for (const p of parts) {
+    h = Math.imul(h ^ (p >>> 0), 0x85ebca6b) >>> 0;
+    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) >>> 0;
+    h = (h ^ (h >>> 16)) >>> 0;
+  }
+  return h;
 }
 
 /** A row's JSON value with the 1-based line it starts on. */
@@ -475,4 +502,78 @@ function withOptional(
   if (extra.subject !== undefined) example.subject = extra.subject;
   if (extra.level !== undefined) example.level = extra.level;
   return example;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trainer's sampler: which prompts each optimizer step sees
+
+/**
+ * Prompts per optimizer step. As in TRL (and the seed's arithmetic: 18,946 prompts × 2
+ * generations / 16 = ~2,370 steps per epoch), per_device_train_batch_size counts completions:
+ * a step sees per_device_train_batch_size × gradient_accumulation_steps completions, that is
+ * that many / num_return_sequences prompts.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { defaultConfig } from "./config.ts";
+ * import { promptsPerStep } from "./data.ts";
+ * const config = defaultConfig();
+ * config.training.per_device_train_batch_size = 16;
+ * config.training.gradient_accumulation_steps = 4;
+ * config.grpo.num_return_sequences = 8;
+ * assert.equal(promptsPerStep(config), 8);
+ * ```
+ */
+export function promptsPerStep(
+  config: { training: Config["training"]; grpo: Pick<Config["grpo"], "num_return_sequences"> },
+): number {
+  const completions = config.training.per_device_train_batch_size *
+    config.training.gradient_accumulation_steps;
+  const g = config.grpo.num_return_sequences;
+  if (completions % g !== 0) {
+    throw new RangeError(
+      `per_device_train_batch_size * gradient_accumulation_steps (${completions}) must be a ` +
+        `multiple of num_return_sequences (${g})`,
+    );
+  }
+  return completions / g;
+}
+
+/** Total optimizer steps of a run on `n` prompts. */
+export function totalSteps(
+  n: number,
+  config: { training: Config["training"]; grpo: Pick<Config["grpo"], "num_return_sequences"> },
+): number {
+  if (config.training.max_steps > 0) return config.training.max_steps;
+  return Math.ceil(n / promptsPerStep(config)) * config.training.num_epochs;
+}
+
+/**
+ * The prompts of optimizer step `step` (0-based): epochs walk a seeded shuffle of the data
+ * (reshuffled each epoch), wrapping at the end, so any step can be recomputed on resume.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { promptsForStep } from "./data.ts";
+ * const rows = ["a", "b", "c"].map((q) => ({ id: q, question: q, answer: "1", source: q }));
+ * const step1 = promptsForStep(rows, 1, { perStep: 2, seed: 0, shuffle: false });
+ * assert.deepEqual(step1.examples.map((e) => e.id), ["c", "a"]); // topped up from the start
+ * ```
+ */
+export function promptsForStep(
+  examples: Example[],
+  step: number,
+  options: { perStep: number; seed: number; shuffle: boolean },
+): { examples: Example[]; epoch: number } {
+  const per = options.perStep;
+  const stepsPerEpoch = Math.ceil(examples.length / per);
+  const epoch = Math.floor(step / stepsPerEpoch);
+  const order = options.shuffle ? shuffle(examples, deriveSeed(options.seed, epoch)) : examples;
+  const start = (step % stepsPerEpoch) * per;
+  const out = order.slice(start, start + per);
+  // The last batch of an epoch is topped up from the start so every step has `per` prompts.
+  for (let i = 0; out.length < per; i++) out.push(order[i % order.length]);
+  return { examples: out, epoch: (step + 1) / stepsPerEpoch };
 }

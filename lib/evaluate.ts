@@ -9,7 +9,7 @@ import type { Example } from "./data.ts";
 import type { LinearAdapter, Qwen2Model } from "./model.ts";
 import { computeReward, isEquivalent } from "./reward.ts";
 import { repeatGroups, rollout } from "./rollout.ts";
-import type { FinishReason } from "./rollout.ts";
+import type { FinishReason, GenerationOptions } from "./rollout.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { formatPrompt } from "./tokenizer.ts";
 
@@ -48,16 +48,7 @@ export interface EvalSummary {
 
 /** Settings of {@linkcode evaluate}. */
 export interface EvalOptions {
-  generation: Pick<
-    Config["generation"],
-    | "max_new_tokens"
-    | "temperature"
-    | "top_p"
-    | "top_k"
-    | "stop"
-    | "prompt_format"
-    | "system_prompt"
-  >;
+  generation: GenerationOptions;
   reward: Pick<Config["reward"], "reward_correct" | "reward_wrong" | "reward_no_answer">;
   /** Rows per generation batch. */
   batchSize: number;
@@ -68,6 +59,58 @@ export interface EvalOptions {
   adapter?: LinearAdapter | null;
   /** Called after each batch with (problems done, total). */
   onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * The evaluation settings of a config: greedy generation with `eval.max_new_tokens` (or
+ * `generation.max_new_tokens`), the config's rewards, `eval.eval_batch_size` rows per batch.
+ * Add `adapter`, `samples` and `seed` as needed.
+ *
+ * @param config The `generation`, `reward` and `eval` config sections.
+ * @returns Options for {@linkcode evaluate}.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { defaultConfig } from "./config.ts";
+ * import { evalOptions } from "./evaluate.ts";
+ * const config = defaultConfig();
+ * config.eval.max_new_tokens = 64;
+ * assert.equal(evalOptions(config).generation.max_new_tokens, 64);
+ * ```
+ */
+export function evalOptions(config: {
+  generation: EvalOptions["generation"];
+  reward: EvalOptions["reward"];
+  eval: Pick<Config["eval"], "max_new_tokens" | "eval_batch_size">;
+}): EvalOptions {
+  return {
+    generation: {
+      ...config.generation,
+      max_new_tokens: config.eval.max_new_tokens ?? config.generation.max_new_tokens,
+    },
+    reward: config.reward,
+    batchSize: config.eval.eval_batch_size,
+  };
+}
+
+/**
+ * One line of an eval summary, for logs and notebooks.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { formatEval } from "./evaluate.ts";
+ * const line = formatEval({ n: 2, accuracy: 0.5, no_answer_rate: 0, mean_reward: 0,
+ *   accuracy_boxed: 0.5, mean_length: 10, k: 1 });
+ * assert.equal(line.slice(0, 14), "accuracy 50.0%");
+ * ```
+ */
+export function formatEval(s: EvalSummary): string {
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+  return `accuracy ${pct(s.accuracy)} | no answer ${pct(s.no_answer_rate)} | ` +
+    `accuracy among boxed ${pct(s.accuracy_boxed)} | mean reward ${
+      s.mean_reward.toFixed(3)
+    } | n ${s.n}`;
 }
 
 /**
@@ -125,11 +168,6 @@ export async function evaluate(
   const k = options.samples ?? 1;
   if (!Number.isInteger(k) || k < 1) throw new RangeError(`Expected samples >= 1, got ${k}`);
   if (examples.length === 0) throw new RangeError("Expected at least one problem to evaluate");
-  const rewardOptions = {
-    correct: options.reward.reward_correct,
-    wrong: options.reward.reward_wrong,
-    noAnswer: options.reward.reward_no_answer,
-  };
   const perBatch = Math.max(1, Math.floor(options.batchSize / k));
   options.onProgress?.(0, examples.length); // lets a progress bar start its clock now
   const results: ProblemResult[] = [];
@@ -151,7 +189,7 @@ export async function evaluate(
     });
     chunk.forEach((ex, i) => {
       const scored = out.texts.slice(i * k, (i + 1) * k).map((t) =>
-        computeReward(t, ex.answer, rewardOptions)
+        computeReward(t, ex.answer, options.reward)
       );
       const first = scored[0];
       const result: ProblemResult = {

@@ -134,6 +134,31 @@ export function groupStats(
   };
 }
 
+/**
+ * Advantage phase: {@linkcode groupRelativeAdvantages} of plain rewards, read back as plain
+ * numbers (one read per step), so the score and update phases never hand tensors around.
+ *
+ * @param rewards One reward per completion, groups of `num_return_sequences` contiguous.
+ * @param grpo The `grpo` config section, or a literal.
+ * @returns One advantage per completion.
+ * @example Usage
+ * ```ts
+ * import { advantagePhase } from "./grpo.ts";
+ * const a = await advantagePhase([1, 0, 0, 0], { num_return_sequences: 2, scale_rewards: "group" });
+ * console.assert(Math.abs(a[0] - 0.7070) < 1e-3 && a[2] === 0);
+ * ```
+ */
+export async function advantagePhase(
+  rewards: readonly number[],
+  grpo: AdvantageOptions,
+): Promise<number[]> {
+  const r = tf.tensor1d([...rewards]);
+  const a = groupRelativeAdvantages(r, grpo);
+  const out = Array.from(await a.data()); // sync point: one read of the step's advantages
+  tf.dispose([r, a]);
+  return out;
+}
+
 function checkGroups(size: number, g: number): void {
   if (!Number.isInteger(g) || g < 2 || size === 0 || size % g !== 0) {
     throw new RangeError(
@@ -155,7 +180,7 @@ const LOGITS_CHUNK_FLOATS = 1 << 24;
  * @param model The model.
  * @param batch `inputIds` [B, P+C] (prompt left-padded, completion right-padded),
  *   `attentionMask` [B, P+C], `completionLength` C, `temperature`, optional `positionIds`.
- * @param options `adapter` (null = reference model), `gradientCheckpointing`.
+ * @param options `adapter` (null = reference model), `dropoutSeed`, `gradientCheckpointing`.
  * @returns [B, C] log-probs. The caller disposes it.
  * @example Usage
  * ```ts ignore
@@ -165,7 +190,7 @@ const LOGITS_CHUNK_FLOATS = 1 << 24;
 export function completionLogProbs(
   model: Qwen2Model,
   batch: CompletionBatch,
-  options: Pick<ForwardOptions, "adapter" | "gradientCheckpointing"> = {},
+  options: Pick<ForwardOptions, "adapter" | "dropoutSeed" | "gradientCheckpointing"> = {},
 ): tf.Tensor2D {
   return completionHeads(model, batch, options, false).logps;
 }
@@ -192,7 +217,7 @@ export interface CompletionBatch {
  *
  * @param model The model.
  * @param batch As {@linkcode completionLogProbs}.
- * @param options `adapter`, `gradientCheckpointing`.
+ * @param options `adapter`, `dropoutSeed`, `gradientCheckpointing`.
  * @returns `per_token_logps` and `entropies`, both [B, C]. The caller disposes them.
  * @example Usage
  * ```ts ignore
@@ -202,7 +227,7 @@ export interface CompletionBatch {
 export function completionLogProbsAndEntropies(
   model: Qwen2Model,
   batch: CompletionBatch,
-  options: Pick<ForwardOptions, "adapter" | "gradientCheckpointing"> = {},
+  options: Pick<ForwardOptions, "adapter" | "dropoutSeed" | "gradientCheckpointing"> = {},
 ): { per_token_logps: tf.Tensor2D; entropies: tf.Tensor2D } {
   const { logps, entropies } = completionHeads(model, batch, options, true);
   return { per_token_logps: logps, entropies: entropies! };
@@ -211,7 +236,7 @@ export function completionLogProbsAndEntropies(
 function completionHeads(
   model: Qwen2Model,
   batch: CompletionBatch,
-  options: Pick<ForwardOptions, "adapter" | "gradientCheckpointing">,
+  options: Pick<ForwardOptions, "adapter" | "dropoutSeed" | "gradientCheckpointing">,
   withEntropies: boolean,
 ): { logps: tf.Tensor2D; entropies: tf.Tensor2D | null } {
   const [B, T] = batch.inputIds.shape;
@@ -227,6 +252,7 @@ function completionHeads(
       attentionMask: batch.attentionMask,
       positionIds: batch.positionIds,
       adapter: options.adapter,
+      dropoutSeed: options.dropoutSeed,
       gradientCheckpointing: options.gradientCheckpointing,
     }); // [B, T, H]
     const targets = batch.inputIds.slice([0, T - C], [B, C]); // [B, C]

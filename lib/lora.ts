@@ -36,12 +36,6 @@ export interface LoraAdapter extends CheckpointableAdapter {
   variables: Map<string, tf.Variable>;
   /** HF module names that carry an adapter, e.g. `model.layers.0.self_attn.q_proj`. */
   modules: string[];
-  /**
-   * Dropout is applied only while this is a number: the seed of the current micro-batch. Each
-   * module derives its mask from (seed, module name), so a recomputation (gradient
-   * checkpointing) draws the same mask. null = eval mode.
-   */
-  dropoutSeed: number | null;
   /** Frees the variables. */
   dispose(): void;
 }
@@ -112,18 +106,21 @@ function makeAdapter(
     byLayer.get(layer)!.push({ name, value: v });
   }
   const moduleSet = new Set(modules);
+  // Dropout only when the forward pass gives a seed (a training micro-batch). Each module derives
+  // its mask from (seed, module name), so a recomputation (gradient checkpointing) draws the
+  // same mask.
   function deltaWith(
-    adapter: LoraAdapter,
     read: (key: string) => tf.Tensor,
     name: string,
     x: tf.Tensor2D,
+    dropoutSeed: number | null | undefined,
   ): tf.Tensor2D | null {
     if (!moduleSet.has(name)) return null;
     const a = read(peftKey(name, "A")) as tf.Tensor2D; // [r, in]
     const b = read(peftKey(name, "B")) as tf.Tensor2D; // [out, r]
     let input = x;
-    if (adapter.dropoutSeed !== null && options.lora_dropout > 0) {
-      const seed = (adapter.dropoutSeed * 1000003 + hashString(name)) % 2147483647;
+    if (dropoutSeed !== null && dropoutSeed !== undefined && options.lora_dropout > 0) {
+      const seed = (dropoutSeed * 1000003 + hashString(name)) % 2147483647;
       input = tf.dropout(x, options.lora_dropout, undefined, seed) as tf.Tensor2D;
     }
     const low = tf.matMul(input, a, false, true); // [N, r]
@@ -134,17 +131,16 @@ function makeAdapter(
     scaling,
     variables,
     modules,
-    dropoutSeed: null,
-    delta(name, x) {
-      return deltaWith(adapter, (k) => variables.get(k)!, name, x);
+    delta(name, x, dropoutSeed) {
+      return deltaWith((k) => variables.get(k)!, name, x, dropoutSeed);
     },
     variablesOfLayer(layer) {
       return byLayer.get(layer) ?? [];
     },
     withTensors(replacements): LinearAdapter {
       return {
-        delta: (name, x) =>
-          deltaWith(adapter, (k) => replacements.get(k) ?? variables.get(k)!, name, x),
+        delta: (name, x, dropoutSeed) =>
+          deltaWith((k) => replacements.get(k) ?? variables.get(k)!, name, x, dropoutSeed),
       };
     },
     dispose() {

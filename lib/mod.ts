@@ -1,9 +1,10 @@
 /**
  * grpo-deno: GRPO + LoRA fine-tuning of Qwen2 math models on TensorFlow.js.
  *
- * The public API, one module per phase: config and data (load), model, LoRA and tokenizer,
- * rollout, reward (score), grpo and optim (update), trainer (all phases), evaluate, plot and
- * report. Notebooks import this file; tasks import the modules they use.
+ * The public API, one module per phase: config, data and context (load), model, LoRA and
+ * tokenizer, rollout (generate), reward (score), grpo (advantages, loss), update and optim
+ * (update), trainer (the loop), run_writer and checkpoint (outputs), evaluate, plot and report.
+ * Notebooks import this file; tasks import the modules they use.
  *
  * @module
  */
@@ -24,6 +25,10 @@ export * from "./rollout.ts";
 export * from "./reward.ts";
 export * from "./grpo.ts";
 export * from "./optim.ts";
+export * from "./update.ts";
+export * from "./context.ts";
+export * from "./checkpoint.ts";
+export * from "./run_writer.ts";
 export * from "./trainer.ts";
 export * from "./evaluate.ts";
 export * from "./plot.ts";

@@ -31,8 +31,11 @@ export interface Qwen2Model {
  * `name` is the module path without `.weight`, e.g. `model.layers.0.self_attn.q_proj`.
  */
 export interface LinearAdapter {
-  /** The delta to add to `x @ W^T + b` for module `name`, or null when it has none. */
-  delta(name: string, x: tf.Tensor2D): tf.Tensor2D | null;
+  /**
+   * The delta to add to `x @ W^T + b` for module `name`, or null when it has none.
+   * `dropoutSeed` is the forward pass's {@linkcode ForwardOptions.dropoutSeed}.
+   */
+  delta(name: string, x: tf.Tensor2D, dropoutSeed?: number | null): tf.Tensor2D | null;
 }
 
 /** Per-layer keys and values (after RoPE) of the tokens seen so far. Owned by the caller. */
@@ -58,6 +61,11 @@ export interface ForwardOptions {
   positionIds?: tf.Tensor2D;
   /** LoRA or another adapter; null or absent = the base model. */
   adapter?: LinearAdapter | null;
+  /**
+   * Seed of the adapter's dropout masks (PEFT `lora_dropout`) in this pass: a training forward
+   * passes one per micro-batch; null or absent = no dropout (sampling, reference, evaluation).
+   */
+  dropoutSeed?: number | null;
   /**
    * Recompute each decoder layer's activations in the backward pass instead of keeping them
    * (HF `gradient_checkpointing`). Only matters under a gradient tape.
@@ -93,6 +101,7 @@ function linear(
   name: string,
   x: tf.Tensor,
   adapter: LinearAdapter | null | undefined,
+  dropoutSeed: number | null | undefined,
 ): tf.Tensor {
   const w = weight(model, `${name}.weight`); // [out, in]
   const bias = model.weights.get(`${name}.bias`);
@@ -100,7 +109,7 @@ function linear(
   const x2 = x.reshape([-1, x.shape[x.shape.length - 1]]) as tf.Tensor2D; // [N, in]
   let y: tf.Tensor2D = tf.matMul(x2, w as tf.Tensor2D, false, true); // [N, out]
   if (bias) y = tf.add(y, bias);
-  const delta = adapter?.delta(name, x2);
+  const delta = adapter?.delta(name, x2, dropoutSeed);
   if (delta) y = tf.add(y, delta);
   return y.reshape([...lead, w.shape[0]]);
 }
@@ -163,6 +172,7 @@ function decoderLayer(
   cos: tf.Tensor4D,
   sin: tf.Tensor4D,
   adapter: LinearAdapter | null | undefined,
+  dropoutSeed: number | null | undefined,
   past: { k: tf.Tensor4D; v: tf.Tensor4D } | null,
 ): { h: tf.Tensor3D; k: tf.Tensor4D; v: tf.Tensor4D } {
   const c = model.config;
@@ -174,11 +184,11 @@ function decoderLayer(
   const p = `model.layers.${layer}`;
 
   const x = rmsNorm(h, weight(model, `${p}.input_layernorm.weight`), c.rms_norm_eps);
-  const q = linear(model, `${p}.self_attn.q_proj`, x, adapter)
+  const q = linear(model, `${p}.self_attn.q_proj`, x, adapter, dropoutSeed)
     .reshape([B, T, nH, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, nH, T, hd]
-  let k = linear(model, `${p}.self_attn.k_proj`, x, adapter)
+  let k = linear(model, `${p}.self_attn.k_proj`, x, adapter, dropoutSeed)
     .reshape([B, T, nKV, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, nKV, T, hd]
-  let v = linear(model, `${p}.self_attn.v_proj`, x, adapter)
+  let v = linear(model, `${p}.self_attn.v_proj`, x, adapter, dropoutSeed)
     .reshape([B, T, nKV, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, nKV, T, hd]
   const qr = applyRope(q, cos, sin);
   k = applyRope(k, cos, sin);
@@ -195,16 +205,20 @@ function decoderLayer(
   const probs = tf.softmax(tf.add(scores, bias), -1).reshape([B, nKV, nRep * T, S]);
   const attn = tf.matMul(probs, v) // [B, nKV, nRep*T, hd]
     .reshape([B, nH, T, hd]).transpose([0, 2, 1, 3]).reshape([B, T, H]);
-  const h1 = tf.add(h, linear(model, `${p}.self_attn.o_proj`, attn, adapter)) as tf.Tensor3D;
+  const h1 = tf.add(
+    h,
+    linear(model, `${p}.self_attn.o_proj`, attn, adapter, dropoutSeed),
+  ) as tf.Tensor3D;
 
   const x2 = rmsNorm(h1, weight(model, `${p}.post_attention_layernorm.weight`), c.rms_norm_eps);
-  const gate = linear(model, `${p}.mlp.gate_proj`, x2, adapter);
-  const up = linear(model, `${p}.mlp.up_proj`, x2, adapter);
+  const gate = linear(model, `${p}.mlp.gate_proj`, x2, adapter, dropoutSeed);
+  const up = linear(model, `${p}.mlp.up_proj`, x2, adapter, dropoutSeed);
   const mlp = linear(
     model,
     `${p}.mlp.down_proj`,
     tf.mul(tf.mul(gate, tf.sigmoid(gate)), up),
     adapter,
+    dropoutSeed,
   );
   return { h: tf.add(h1, mlp) as tf.Tensor3D, k, v };
 }
@@ -243,6 +257,7 @@ function layerStack(
   withCache = cache !== null,
 ): { h: tf.Tensor3D; keys: tf.Tensor4D[]; values: tf.Tensor4D[]; mask: tf.Tensor2D } {
   const [B, T] = inputIds.shape;
+  const { adapter, dropoutSeed } = options;
   const newMask = options.attentionMask ?? tf.ones([B, T], "int32");
   const mask = cache
     ? tf.concat(
@@ -262,14 +277,14 @@ function layerStack(
   for (let i = 0; i < model.config.num_hidden_layers; i++) {
     const past = cache ? { k: cache.keys[i], v: cache.values[i] } : null;
     if (options.gradientCheckpointing && !withCache) {
-      h = checkpointedLayer(model, i, h, bias, cos, sin, options.adapter);
+      h = checkpointedLayer(model, i, h, bias, cos, sin, adapter, dropoutSeed);
       continue;
     }
     // A tidy per layer frees its intermediates as soon as the layer is done (under a gradient
     // tape, tfjs keeps what the backward pass needs regardless).
     const hIn = h;
     const out = tf.tidy(() => {
-      const o = decoderLayer(model, i, hIn, bias, cos, sin, options.adapter, past);
+      const o = decoderLayer(model, i, hIn, bias, cos, sin, adapter, dropoutSeed, past);
       return withCache ? o : { h: o.h };
     }) as { h: tf.Tensor3D; k?: tf.Tensor4D; v?: tf.Tensor4D };
     h = out.h;
@@ -295,11 +310,13 @@ function checkpointedLayer(
   cos: tf.Tensor4D,
   sin: tf.Tensor4D,
   adapter: LinearAdapter | null | undefined,
+  dropoutSeed: number | null | undefined,
 ): tf.Tensor3D {
   const vars = adapterVariablesOfLayer(adapter, layer);
   const names = vars.map((v) => v.name);
   // The adapter reads these variables by name; during recomputation we swap in the tensors
-  // tf.grads differentiates (same values), so the gradient flows to them.
+  // tf.grads differentiates (same values), so the gradient flows to them. The dropout seed is a
+  // closure capture: the recomputation draws the same LoRA dropout masks as the forward pass.
   return gradientCheckpoint(([hIn, ...vs], [b, c, s]) => {
     const override = overrideAdapter(adapter, names, vs);
     return decoderLayer(
@@ -310,6 +327,7 @@ function checkpointedLayer(
       c as tf.Tensor4D,
       s as tf.Tensor4D,
       override,
+      dropoutSeed,
       null,
     ).h;
   }, { inputs: [h, ...vars.map((v) => v.value)], constants: [bias, cos, sin] }) as tf.Tensor3D;

@@ -22,7 +22,7 @@ import {
   type MetricsRow,
   trainingCurves,
 } from "./plot.ts";
-import type { RunSummary } from "./trainer.ts";
+import type { RunSummary } from "./run_writer.ts";
 
 /** One logged completion (completions.jsonl). */
 export interface CompletionRecord {

@@ -32,6 +32,7 @@
  * @module
  */
 
+import type { Config } from "./config.ts";
 import { answersEqual, normalize, parseAnswer, percentOf, squash } from "./_reward_answers.ts";
 import { finalBoxes, lastBox } from "./_reward_boxes.ts";
 import { RELATIVE_TOLERANCE } from "./_reward_latex.ts";
@@ -157,7 +158,13 @@ export function isEquivalent(predicted: string, truth: string): boolean {
 // ---------------------------------------------------------------------------------------------
 // Rewards
 
-/** Reward values for the three outcomes (seed config keys reward_correct/wrong/no_answer). */
+/** Reward values for the three outcomes under the config's keys (the `reward` section). */
+export type RewardConfig = Pick<
+  Config["reward"],
+  "reward_correct" | "reward_wrong" | "reward_no_answer"
+>;
+
+/** Reward values for the three outcomes, short names (same as {@linkcode RewardConfig}'s). */
 export interface RewardValues {
   /** Reward when the boxed answer is equivalent to the ground truth (seed default 1.0). */
   correct: number;
@@ -192,11 +199,23 @@ export interface RewardResult {
   status: "correct" | "wrong" | "no_answer";
 }
 
-function checkRewards(options: Partial<RewardValues>): RewardValues {
-  const values = { ...DEFAULT_REWARDS, ...options };
+/**
+ * Rewards per outcome as a caller gives them: the config's keys (`config.reward` itself) or
+ * the short names of {@linkcode RewardValues}; missing ones default to {@linkcode DEFAULT_REWARDS}.
+ */
+export type RewardOptions = Partial<RewardConfig> | Partial<RewardValues>;
+
+function checkRewards(options: RewardOptions): RewardValues {
+  const given = options as Partial<RewardConfig & RewardValues>;
+  const values: RewardValues = {
+    correct: given.reward_correct ?? given.correct ?? DEFAULT_REWARDS.correct,
+    wrong: given.reward_wrong ?? given.wrong ?? DEFAULT_REWARDS.wrong,
+    noAnswer: given.reward_no_answer ?? given.noAnswer ?? DEFAULT_REWARDS.noAnswer,
+  };
+  const keys = { correct: "reward_correct", wrong: "reward_wrong", noAnswer: "reward_no_answer" };
   for (const key of ["correct", "wrong", "noAnswer"] as const) {
     if (!Number.isFinite(values[key])) {
-      throw new RangeError(`Expected reward ${key} to be a finite number but found ${values[key]}`);
+      throw new RangeError(`Expected ${keys[key]} to be a finite number but found ${values[key]}`);
     }
   }
   return values;
@@ -211,7 +230,8 @@ function checkRewards(options: Partial<RewardValues>): RewardValues {
  *
  * @param generated The model completion.
  * @param groundTruth The reference answer.
- * @param options Rewards per outcome; defaults {@linkcode DEFAULT_REWARDS}.
+ * @param options Rewards per outcome ({@linkcode RewardOptions}, e.g. `config.reward`); defaults
+ *   {@linkcode DEFAULT_REWARDS}.
  * @returns reward, extracted answer, correctness and status.
  * @example Usage
  * ```ts
@@ -221,13 +241,13 @@ function checkRewards(options: Partial<RewardValues>): RewardValues {
  *   reward: 1, predicted: "42", correct: true, status: "correct",
  * });
  * assert.equal(computeReward("I think 42", "42").status, "no_answer");
- * assert.equal(computeReward("\\boxed{41}", "42", { wrong: 0 }).reward, 0);
+ * assert.equal(computeReward("\\boxed{41}", "42", { reward_wrong: 0 }).reward, 0);
  * ```
  */
 export function computeReward(
   generated: string,
   groundTruth: string,
-  options: Partial<RewardValues> = {},
+  options: RewardOptions = {},
 ): RewardResult {
   const rewards = checkRewards(options);
   const predicted = extractAnswer(generated);
@@ -246,7 +266,8 @@ export function computeReward(
  *
  * @param completions Generated texts, `[B * G]`.
  * @param answers Ground truths aligned with `completions` (repeat each prompt's answer G times).
- * @param options Rewards per outcome; defaults {@linkcode DEFAULT_REWARDS}.
+ * @param options Rewards per outcome ({@linkcode RewardOptions}, e.g. `config.reward`); defaults
+ *   {@linkcode DEFAULT_REWARDS}.
  * @returns `[B * G]` rewards.
  * @example Usage
  * ```ts
@@ -259,7 +280,7 @@ export function computeReward(
 export function accuracyReward(
   completions: string[],
   answers: string[],
-  options: Partial<RewardValues> = {},
+  options: RewardOptions = {},
 ): number[] {
   if (completions.length !== answers.length) {
     throw new RangeError(
@@ -336,3 +357,77 @@ export const REWARD_SELF_TEST_CASES: readonly RewardSelfTestCase[] = Object.free
   { generated: "First \\boxed{3}, finally \\boxed{4}", truth: "4", expected: 1.0 },
   { generated: "\\boxed{2\\sqrt{2}}", truth: "\\sqrt{8}", expected: 1.0 },
 ]);
+
+// ---------------------------------------------------------------------------------------------
+// The score phase
+
+/** Rewards of a rollout, one entry per completion. */
+export interface Scores {
+  /** Weighted sum of the reward functions (TRL `reward_weights`). */
+  rewards: number[];
+  /** Each reward function's raw values (logged as `rewards/<fn>/mean`). */
+  perFunction: Record<string, number[]>;
+  /** The verifier's verdict. */
+  status: RewardResult["status"][];
+  /** The extracted answer, or null. */
+  predicted: (string | null)[];
+}
+
+/** What {@linkcode scorePhase} reads: the `reward` config section, and optionally a verifier. */
+export type ScoreOptions =
+  & Pick<
+    Config["reward"],
+    "reward_functions" | "reward_weights" | "reward_correct" | "reward_wrong" | "reward_no_answer"
+  >
+  & {
+    /** The verifier, called once per completion; default {@linkcode computeReward}. */
+    verify?: (completion: string, answer: string, rewards: RewardConfig) => RewardResult;
+  };
+
+/**
+ * Score phase: the configured reward functions, weighted (TRL `reward_funcs` and
+ * `reward_weights`). "accuracy" is the seed's verifier reward (`reward_correct`, `reward_wrong`,
+ * `reward_no_answer`); "format" is 1 for exactly one `\boxed{}` at the end. The verifier runs
+ * once per completion: its verdict gives the accuracy reward, the status and the answer.
+ *
+ * @param group `texts` (completions) and `answers` (ground truth per completion), e.g. the
+ *   rollout phase's output.
+ * @param reward The `reward` config section.
+ * @returns Rewards, per-function values, verdicts and extracted answers.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { defaultConfig } from "./config.ts";
+ * import { scorePhase } from "./reward.ts";
+ * const s = scorePhase({ texts: ["\\boxed{4}", "no idea"], answers: ["4", "4"] }, defaultConfig().reward);
+ * assert.deepEqual(s.rewards, [1, -0.5]);
+ * assert.deepEqual(s.status, ["correct", "no_answer"]);
+ * ```
+ */
+export function scorePhase(
+  group: { texts: readonly string[]; answers: readonly string[] },
+  reward: ScoreOptions,
+): Scores {
+  const { texts, answers } = group;
+  if (texts.length !== answers.length) {
+    throw new RangeError(
+      `Expected one answer per completion but found ${answers.length} answers for ${texts.length} completions`,
+    );
+  }
+  const verify = reward.verify ?? computeReward;
+  const verdicts = texts.map((text, i) => verify(text, answers[i], reward));
+  const perFunction: Record<string, number[]> = {};
+  for (const fn of reward.reward_functions) {
+    perFunction[fn] = fn === "accuracy" ? verdicts.map((v) => v.reward) : formatReward([...texts]);
+  }
+  const weights = reward.reward_weights ?? reward.reward_functions.map(() => 1);
+  const rewards = texts.map((_, i) =>
+    reward.reward_functions.reduce((s, fn, j) => s + weights[j] * perFunction[fn][i], 0)
+  );
+  return {
+    rewards,
+    perFunction,
+    status: verdicts.map((v) => v.status),
+    predicted: verdicts.map((v) => v.predicted),
+  };
+}

@@ -12,11 +12,12 @@
  */
 import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
+import type { Example } from "./data.ts";
 import { mulberry32 } from "./data.ts";
 import type { LinearAdapter, Qwen2Model } from "./model.ts";
 import { decodeStep, disposeCache, prefill } from "./model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
-import { createDecodeStream } from "./tokenizer.ts";
+import { createDecodeStream, formatPrompt } from "./tokenizer.ts";
 
 /** Why a completion ended. */
 export type FinishReason = "eos" | "length" | "stop";
@@ -302,4 +303,66 @@ export function toTrainingBatch(
 export function disposeBatch(batch: TrainingBatch): void {
   tf.dispose([batch.inputIds, batch.attentionMask, batch.completionMask]);
   batch.samplingPerTokenLogps?.dispose();
+}
+
+/** A rollout of G completions for each of a set of prompts. */
+export interface GroupRollout extends Rollout {
+  /** One per prompt. */
+  examples: Example[];
+  /** Ground truth per row (each prompt's answer repeated G times). */
+  answers: string[];
+}
+
+/** The `generation` keys that sampling from formatted prompts reads (training and evaluation). */
+export type GenerationOptions = Pick<
+  Config["generation"],
+  "max_new_tokens" | "temperature" | "top_p" | "top_k" | "stop" | "prompt_format" | "system_prompt"
+>;
+
+/** What {@linkcode generatePhase} samples with: the policy and the config slices it reads. */
+export interface GenerateInputs {
+  model: Qwen2Model;
+  tokenizer: Pick<
+    Tokenizer,
+    "encode" | "decode" | "eosTokenIds" | "padTokenId" | "applyChatTemplate"
+  >;
+  /** The policy's adapter; null samples from the base model. */
+  adapter: LinearAdapter | null;
+  config: {
+    generation: GenerationOptions;
+    grpo: Pick<Config["grpo"], "num_return_sequences">;
+  };
+}
+
+/**
+ * Rollout phase: formats and tokenizes the prompts, then samples `num_return_sequences`
+ * completions for each with the policy, in one batch (TRL's generation batch). No LoRA dropout:
+ * sampling passes no dropout seed.
+ *
+ * @param policy Model, tokenizer, adapter and the `generation` / `grpo` config sections.
+ * @param examples The prompts.
+ * @param options `seed` of the sampler; `onToken` after every token.
+ * @returns The completions with their prompts' examples and answers.
+ * @example Usage
+ * ```ts ignore
+ * const groups = await generatePhase({ model, tokenizer, adapter, config }, examples, { seed: 1 });
+ * ```
+ */
+export async function generatePhase(
+  policy: GenerateInputs,
+  examples: Example[],
+  options: { seed: number; onToken?: (done: number, total: number) => void },
+): Promise<GroupRollout> {
+  const { tokenizer, config } = policy;
+  const g = config.grpo.num_return_sequences;
+  const prompts = examples.map((ex) =>
+    tokenizer.encode(formatPrompt(tokenizer, ex.question, config.generation))
+  );
+  const out = await rollout(policy.model, repeatGroups(prompts, g), {
+    tokenizer,
+    adapter: policy.adapter,
+    sampling: { ...config.generation, seed: options.seed },
+    onToken: options.onToken,
+  });
+  return { ...out, examples, answers: repeatGroups(examples.map((ex) => ex.answer), g) };
 }

@@ -10,16 +10,24 @@
  * @module
  */
 import { tf } from "./tf.ts";
+import type { LoadedCheckpoint } from "./checkpoint.ts";
+import { modelTensors } from "./checkpoint.ts";
+import type { Example } from "./data.ts";
 import { mulberry32, shuffle } from "./data.ts";
+import { DataError } from "./errors.ts";
+import type { EvalSummary, ProblemResult } from "./evaluate.ts";
+import { evaluate } from "./evaluate.ts";
 import type { Qwen2Model } from "./model.ts";
 import { forward } from "./model.ts";
 import { modelFromArrays } from "./model_loader.ts";
 import { expectedWeightShapes, type Qwen2Config } from "./qwen2_config.ts";
-import type { AdamW } from "./optim.ts";
-import { clipGradNorm, globalGradNorm } from "./optim.ts";
+import type { ScheduleOptions } from "./optim.ts";
+import { AdamW, clipGradNorm, globalGradNorm, learningRateAt } from "./optim.ts";
+import type { RunWriter } from "./run_writer.ts";
+import { saveSafetensors } from "./safetensors.ts";
 import { SYNTHETIC_CHARS } from "./synthetic.ts";
-import type { Tokenizer } from "./tokenizer.ts";
-import { buildCharTokenizer, PLAIN_PROMPT_TEMPLATE } from "./tokenizer.ts";
+import type { Tokenizer, TokenizerFiles } from "./tokenizer.ts";
+import { buildCharTokenizer, PLAIN_PROMPT_TEMPLATE, saveTokenizer } from "./tokenizer.ts";
 
 /** Special tokens of the demo tokenizer, ids after the characters in this order. */
 export const SFT_SPECIAL_TOKENS: readonly string[] = Object.freeze([
@@ -427,5 +435,343 @@ export function formatDefectExamples<T extends { question: string; solution: str
   const random = mulberry32(options.seed);
   return examples.map((e) =>
     random() < options.fraction ? { ...e, solution: unboxSolution(e.solution) } : { ...e }
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SFT run: stages, evaluation, the model directory
+
+/**
+ * The training rows of an SFT stage: `question` and the worked `solution` to fine-tune on.
+ *
+ * @param examples Loaded problems (the demo's data files carry a `solution`).
+ * @param file The data file, for the error.
+ * @returns One row per example.
+ * @throws {DataError} When a row has no solution.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { sftRows } from "./sft.ts";
+ * const rows = sftRows([{ id: "a", question: "1+1?", answer: "2", solution: "2", source: "f:1" }], "f");
+ * assert.deepEqual(rows, [{ question: "1+1?", solution: "2" }]);
+ * ```
+ */
+export function sftRows(
+  examples: Example[],
+  file: string,
+): { question: string; solution: string }[] {
+  return examples.map((e) => {
+    if (e.solution === undefined) {
+      throw new DataError(`Cannot train on ${e.source}: row has no "solution" to fine-tune on`, {
+        file,
+        line: Number(e.source.slice(e.source.lastIndexOf(":") + 1)),
+      });
+    }
+    return { question: e.question, solution: e.solution };
+  });
+}
+
+/** Where an SFT run is: the `trainer_state.json` of its checkpoints. */
+export interface SftState {
+  stage: 1 | 2;
+  /** Steps done in `stage`. */
+  step: number;
+  /** Tokens trained on so far. */
+  tokens: number;
+  /** Seconds spent in training steps so far. */
+  trainSeconds: number;
+  /** The evaluation after stage 1, once it ran. */
+  stage1Eval: SftEvalSummary | null;
+}
+
+/** What one logged SFT step reports to {@linkcode trainSftStage}'s `onStep`. */
+export interface SftStepInfo {
+  step: number;
+  loss: number;
+  grad_norm: number;
+  learning_rate: number;
+  /** Tokens per second since the last metrics record. */
+  tokens_per_second: number;
+}
+
+/**
+ * Trains one SFT stage from `state.step` to `steps`: batches from {@linkcode epochBatches} (a
+ * function of seed and epoch, so a resumed run sees the same batches), {@linkcode sftStep} with
+ * gradients clipped at norm 1, a metrics record every 10 steps and a checkpoint
+ * (`checkpoint-<offset + step>`, only the newest kept) every `saveEvery` steps and at the end.
+ *
+ * @param policy The trainable model and its optimizer.
+ * @param examples The stage's tokenized examples.
+ * @param options The run state (advanced in place), schedule, batching and where records go.
+ * @example Usage
+ * ```ts ignore
+ * await trainSftStage({ model, optimizer }, examples, { state, steps: 100, batchSize: 64, seed: 43,
+ *   padId: tokenizer.padTokenId, schedule, saveEvery: 50, offset: 0, writer });
+ * ```
+ */
+export async function trainSftStage(
+  policy: { model: Qwen2Model; optimizer: AdamW },
+  examples: SftExample[],
+  options: {
+    state: SftState;
+    steps: number;
+    batchSize: number;
+    seed: number;
+    padId: number;
+    schedule: ScheduleOptions;
+    saveEvery: number;
+    /** Steps of the stages before this one, so checkpoint names keep increasing. */
+    offset: number;
+    writer: RunWriter;
+    onStep?: (info: SftStepInfo) => void;
+  },
+): Promise<void> {
+  const { model, optimizer } = policy;
+  const { state } = options;
+  const lengths = examples.map((e) => e.ids.length);
+  const perEpoch = Math.ceil(examples.length / options.batchSize);
+  let epoch = -1;
+  let order: number[][] = [];
+  let windowTokens = 0;
+  let windowStart = performance.now();
+  while (state.step < options.steps) {
+    const e = Math.floor(state.step / perEpoch);
+    if (e !== epoch) {
+      epoch = e;
+      order = epochBatches(lengths, { batchSize: options.batchSize, seed: options.seed, epoch });
+    }
+    const batch = collateSft(order[state.step % perEpoch].map((i) => examples[i]), options.padId);
+    const lr = learningRateAt(state.step, options.schedule);
+    const t0 = performance.now();
+    const { loss, gradNorm } = sftStep(model, batch, { optimizer, lr, maxGradNorm: 1.0 });
+    // sync point: one read-back of two scalars per step (the wasm backend is synchronous anyway)
+    const [lossValue, normValue] = [(await loss.data())[0], (await gradNorm.data())[0]];
+    tf.dispose([loss, gradNorm]);
+    state.trainSeconds += (performance.now() - t0) / 1000;
+    state.tokens += batch.numTokens;
+    windowTokens += batch.numTokens;
+    state.step += 1;
+    const info: SftStepInfo = {
+      step: state.step,
+      loss: lossValue,
+      grad_norm: normValue,
+      learning_rate: lr,
+      tokens_per_second: windowTokens / ((performance.now() - windowStart) / 1000),
+    };
+    options.onStep?.(info);
+    if (state.step % 10 === 0 || state.step === options.steps) {
+      await options.writer.metrics({
+        stage: state.stage,
+        step: state.step,
+        epoch: state.step / perEpoch,
+        loss: info.loss,
+        grad_norm: info.grad_norm,
+        learning_rate: info.learning_rate,
+        tokens_per_second: info.tokens_per_second,
+        tokens: state.tokens,
+      });
+      windowTokens = 0;
+      windowStart = performance.now();
+    }
+    if (state.step % options.saveEvery === 0 || state.step === options.steps) {
+      await options.writer.checkpoint(options.offset + state.step, {
+        state,
+        model,
+        optimizer,
+      }, { save_total_limit: 1 });
+    }
+  }
+}
+
+/** The settings of a demo SFT run, named as `deno task sft`'s flags. */
+export interface SftRunOptions {
+  /** Stage-1 steps (SFT on the solutions). */
+  steps: number;
+  /** Stage-2 steps (the format defect). */
+  stage2_steps: number;
+  batch_size: number;
+  /** Stage 1's peak learning rate: warmup, then cosine to 0. */
+  lr: number;
+  /** Stage 2's learning rate: warmup, then constant. */
+  stage2_lr: number;
+  /** Warmup steps of each stage (at most a fifth of the stage). */
+  warmup_steps: number;
+  weight_decay: number;
+  /** Share of stage-2 solutions whose box is removed. */
+  drop_box_fraction: number;
+  seed: number;
+  save_every: number;
+}
+
+/**
+ * The demo SFT run: stage 1 fine-tunes on the solutions (cosine schedule), stage 2 on the same
+ * problems with a seeded share of boxes removed (constant schedule), each stage with fresh AdamW
+ * moments and followed by an evaluation. After stage 1 a checkpoint without moments marks the
+ * stage done, and `stage1.safetensors` keeps its weights apart, so stage 2 can be redone.
+ *
+ * @param policy The trainable model ({@linkcode trainableModel}), its variables and tokenizer.
+ * @param data Stage-1 rows ({@linkcode sftRows}) and held-out problems.
+ * @param options The settings; the writer (checkpoints, metrics); the checkpoint to resume from
+ *   (its weights already restored into the model); `evaluate` after each stage (default
+ *   {@linkcode evaluateSft}); `onStage` / `onStep` to show progress.
+ * @returns The final state (with stage 1's evaluation) and stage 2's evaluation.
+ * @example Usage
+ * ```ts ignore
+ * const { state, stage2Eval } = await runSft({ model, variables, tokenizer }, { rows, test },
+ *   { ...settings, writer: fileRunWriter("results/sft-work"), resumed: null });
+ * ```
+ */
+export async function runSft(
+  policy: { model: Qwen2Model; variables: tf.Variable[]; tokenizer: Tokenizer },
+  data: { rows: { question: string; solution: string }[]; test: Example[] },
+  options: SftRunOptions & {
+    writer: RunWriter;
+    resumed: Pick<LoadedCheckpoint<SftState>, "state" | "moments"> | null;
+    evaluate?: (stage: 1 | 2) => Promise<SftEvalSummary>;
+    onStage?: (stage: 1 | 2, from: number, steps: number) => void;
+    onStep?: (info: SftStepInfo) => void;
+  },
+): Promise<{ state: SftState; stage2Eval: SftEvalSummary | null }> {
+  const { model, tokenizer } = policy;
+  const o = options;
+  const evaluateStage = o.evaluate ??
+    (async () => (await evaluateSft(policy, data.test)).summary);
+  const stages = [
+    { stage: 1 as const, steps: o.steps, rows: data.rows, lr: o.lr, schedule: "cosine" as const },
+    {
+      stage: 2 as const,
+      steps: o.stage2_steps,
+      rows: formatDefectExamples(data.rows, { fraction: o.drop_box_fraction, seed: o.seed + 2 }),
+      lr: o.stage2_lr,
+      schedule: "constant" as const,
+    },
+  ];
+  let state: SftState = o.resumed?.state ??
+    { stage: 1, step: 0, tokens: 0, trainSeconds: 0, stage1Eval: null };
+  let moments = o.resumed?.moments ?? null;
+  let stage2Eval: SftEvalSummary | null = null;
+  for (const s of stages) {
+    if (s.stage < state.stage) continue;
+    const examples = s.rows.map((r) => buildSftExample(tokenizer, r));
+    const optimizer = new AdamW(policy.variables, {
+      adam_beta1: 0.9,
+      adam_beta2: 0.999,
+      adam_epsilon: 1e-8,
+      weight_decay: o.weight_decay,
+    });
+    // Stage 1's end checkpoint has no moments: a resumed stage 2 starts with fresh ones.
+    if (moments && state.stage === s.stage) optimizer.loadState(moments);
+    moments = null;
+    if (state.stage !== s.stage) state = { ...state, stage: s.stage, step: 0 };
+    o.onStage?.(s.stage, state.step, s.steps);
+    await trainSftStage({ model, optimizer }, examples, {
+      state,
+      steps: s.steps,
+      batchSize: o.batch_size,
+      seed: o.seed + s.stage,
+      padId: tokenizer.padTokenId,
+      schedule: {
+        learning_rate: s.lr,
+        lr_scheduler_type: s.schedule,
+        warmup_steps: Math.min(o.warmup_steps, Math.floor(s.steps / 5)),
+        warmup_ratio: 0,
+        totalSteps: Math.max(1, s.steps),
+      },
+      saveEvery: o.save_every,
+      offset: s.stage === 1 ? 0 : o.steps,
+      writer: o.writer,
+      onStep: o.onStep,
+    });
+    optimizer.dispose();
+    const summary = await evaluateStage(s.stage);
+    if (s.stage === 2) stage2Eval = summary;
+    else {
+      state = { ...state, stage: 2, step: 0, stage1Eval: summary };
+      await o.writer.checkpoint(o.steps, { state, model }, { save_total_limit: 1 });
+      if (o.writer.dir !== null) {
+        await saveSafetensors(`${o.writer.dir}/stage1.safetensors`, await modelTensors(model));
+      }
+    }
+  }
+  return { state, stage2Eval };
+}
+
+/** An SFT evaluation summary: the usual one plus the share of completions without a box. */
+export type SftEvalSummary = EvalSummary & { no_box_rate: number };
+
+/**
+ * Greedy accuracy of the SFT model on held-out problems with the demo's settings (plain
+ * prompt, 96 new tokens, the seed's rewards), plus the share of completions without a box.
+ *
+ * @param policy The model and its tokenizer.
+ * @param examples Held-out problems.
+ * @param options `onProgress` after each batch.
+ * @returns The summary (with `no_box_rate`) and the per-problem results.
+ * @example Usage
+ * ```ts ignore
+ * const { summary } = await evaluateSft({ model, tokenizer }, test);
+ * ```
+ */
+export async function evaluateSft(
+  policy: { model: Qwen2Model; tokenizer: Tokenizer },
+  examples: Example[],
+  options: { onProgress?: (done: number, total: number) => void } = {},
+): Promise<{ summary: SftEvalSummary; results: ProblemResult[] }> {
+  const { results, summary } = await evaluate(policy.model, policy.tokenizer, examples, {
+    generation: {
+      max_new_tokens: 96, // solutions are at most ~75 characters (1 token each)
+      temperature: 1,
+      top_p: 1,
+      top_k: 0,
+      stop: [],
+      prompt_format: "plain",
+      system_prompt: "",
+    },
+    reward: { reward_correct: 1, reward_wrong: -1, reward_no_answer: -0.5 },
+    batchSize: 100,
+    onProgress: options.onProgress,
+  });
+  const noBox = results.filter((r) => !r.completion.includes("\\boxed{")).length / results.length;
+  return { summary: { ...summary, no_box_rate: noBox }, results };
+}
+
+/**
+ * Writes the SFT model as a Hugging Face directory: `config.json`, `model.safetensors`, the
+ * tokenizer files, `generation_config.json` and `sft_summary.json`.
+ *
+ * @param dir The output directory (created).
+ * @param model The trained model.
+ * @param options Its `config.json` fields, tokenizer files and the run summary.
+ * @example Usage
+ * ```ts ignore
+ * await saveSftModel("data/demo/sft-model", model, { config, tokenizerFiles, summary });
+ * ```
+ */
+export async function saveSftModel(
+  dir: string,
+  model: Qwen2Model,
+  options: {
+    config: ReturnType<typeof demoModelConfig>;
+    tokenizerFiles: TokenizerFiles;
+    summary: Record<string, unknown>;
+  },
+): Promise<void> {
+  const { config } = options;
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config, null, 2) + "\n");
+  await saveSafetensors(`${dir}/model.safetensors`, await modelTensors(model));
+  await saveTokenizer(dir, options.tokenizerFiles);
+  const generation = {
+    bos_token_id: null,
+    eos_token_id: config.eos_token_id,
+    pad_token_id: config.pad_token_id,
+  };
+  await Deno.writeTextFile(
+    `${dir}/generation_config.json`,
+    JSON.stringify(generation, null, 2) + "\n",
+  );
+  await Deno.writeTextFile(
+    `${dir}/sft_summary.json`,
+    JSON.stringify(options.summary, null, 2) + "\n",
   );
 }

@@ -1,459 +1,37 @@
 /**
- * The GRPO trainer: each phase is a plain function a notebook can call on its own inputs —
- * {@linkcode generatePhase} (rollout), {@linkcode scorePhase} (rewards), {@linkcode
- * advantagePhase}, {@linkcode updatePhase} (one optimizer step over the micro-batches) — and
- * {@linkcode trainStep} chains them; {@linkcode train} is the loop behind `deno task train`.
+ * The GRPO training loop behind `deno task train`. Each step chains the phases, each a plain
+ * function in its module: `generatePhase` (rollout.ts) → `scorePhase` (reward.ts) →
+ * `advantagePhase` (grpo.ts) → `prepareMicroBatches` + `updatePhase` (update.ts). Records go
+ * to a run writer (run_writer.ts), checkpoints through it to checkpoint.ts.
  *
  * Follows TRL `GRPOTrainer` (`_generate_and_score_completions`, `_compute_loss`) with LoRA as
  * the policy and the adapter switched off as the reference (no second copy of the weights).
  *
  * @module
  */
-import { tf } from "./tf.ts";
-import type { Config } from "./config.ts";
-import { formatConfig, grpoConfigWarnings } from "./config.ts";
+import type { TrainerState } from "./checkpoint.ts";
+import { loadCheckpoint } from "./checkpoint.ts";
+import type { TrainerContext } from "./context.ts";
 import type { Example } from "./data.ts";
-import { shuffle } from "./data.ts";
-import { CheckpointError } from "./errors.ts";
+import { deriveSeed, promptsForStep, promptsPerStep, totalSteps } from "./data.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
-import { evaluate } from "./evaluate.ts";
-import { groupRelativeAdvantages, groupStats, grpoLossAndGrads } from "./grpo.ts";
-import type { LoraAdapter } from "./lora.ts";
-import { loadLora, saveLora } from "./lora.ts";
-import type { Qwen2Model } from "./model.ts";
-import { completionLogProbs } from "./grpo.ts";
-import { accumulateGrads, AdamW, clipGradNorm, globalGradNorm, learningRateAt } from "./optim.ts";
-import type { AdamWState } from "./optim.ts";
-import { accuracyReward, computeReward, formatReward } from "./reward.ts";
-import type { Rollout } from "./rollout.ts";
-import { disposeBatch, repeatGroups, rollout, toTrainingBatch } from "./rollout.ts";
-import type { TrainingBatch } from "./rollout.ts";
-import { loadSafetensors, saveSafetensors } from "./safetensors.ts";
-import type { TensorData } from "./safetensors.ts";
-import type { Tokenizer } from "./tokenizer.ts";
-import { formatPrompt } from "./tokenizer.ts";
-
-/** What every phase works on: the model, its tokenizer, the LoRA policy and the optimizer. */
-export interface TrainerContext {
-  config: Config;
-  model: Qwen2Model;
-  tokenizer: Tokenizer;
-  adapter: LoraAdapter;
-  optimizer: AdamW;
-}
-
-/** A rollout of G completions for each of a set of prompts. */
-export interface GroupRollout extends Rollout {
-  /** One per prompt. */
-  examples: Example[];
-  /** Ground truth per row (each prompt's answer repeated G times). */
-  answers: string[];
-}
-
-/** Rewards of a rollout. */
-export interface Scores {
-  /** Weighted sum of the reward functions, per row. */
-  rewards: number[];
-  /** Each reward function's raw values, per row (logged as `rewards/<fn>/mean`). */
-  perFunction: Record<string, number[]>;
-  /** The verifier's verdict per row. */
-  status: ("correct" | "wrong" | "no_answer")[];
-  /** The extracted answer per row. */
-  predicted: (string | null)[];
-}
-
-/** Numbers of one training step, named as TRL logs them (plus the seed's). */
-export type StepMetrics = Record<string, number>;
-
-/** Deterministic 32-bit seed of (base seed, parts...), so every step's randomness is fixed. */
-export function deriveSeed(seed: number, ...parts: number[]): number {
-  let h = (seed ^ 0x9e3779b9) >>> 0;
-  for (const p of parts) {
-    h = Math.imul(h ^ (p >>> 0), 0x85ebca6b) >>> 0;
-    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) >>> 0;
-    h = (h ^ (h >>> 16)) >>> 0;
-  }
-  return h;
-}
-
-/**
- * Warnings about a config that runs but may not do what the user wants.
- *
- * @example Usage
- * ```ts
- * import { defaultConfig } from "./config.ts";
- * import { configWarnings } from "./trainer.ts";
- * console.assert(configWarnings(defaultConfig()).length === 1); // -0.5 > -1
- * ```
- */
-export function configWarnings(config: Config): string[] {
-  const out: string[] = [];
-  const r = config.reward;
-  if (r.reward_functions.includes("accuracy") && r.reward_no_answer > r.reward_wrong) {
-    out.push(
-      `reward.reward_no_answer (${r.reward_no_answer}) > reward.reward_wrong (${r.reward_wrong}): ` +
-        `inside a group a missing \\boxed{} then beats a wrong answer, so the policy can learn to ` +
-        `drop the box. Set reward_no_answer: ${r.reward_wrong} to prevent it (see README, "Model not learning").`,
-    );
-  }
-  out.push(...grpoConfigWarnings(config.grpo));
-  return out;
-}
-
-/**
- * Rollout phase: formats and tokenizes the prompts, then samples `num_return_sequences`
- * completions for each with the policy (adapter on, dropout off).
- *
- * @example Usage
- * ```ts ignore
- * const groups = await generatePhase(ctx, examples.slice(0, 4), { seed: 1 });
- * ```
- */
-export async function generatePhase(
-  ctx: Pick<TrainerContext, "config" | "model" | "tokenizer" | "adapter">,
-  examples: Example[],
-  options: { seed: number; onToken?: (done: number, total: number) => void },
-): Promise<GroupRollout> {
-  const { config, tokenizer } = ctx;
-  const g = config.grpo.num_return_sequences;
-  const prompts = examples.map((ex) =>
-    tokenizer.encode(formatPrompt(tokenizer, ex.question, config.generation))
-  );
-  const saved = ctx.adapter.dropoutSeed;
-  ctx.adapter.dropoutSeed = null;
-  try {
-    const out = await rollout(ctx.model, repeatGroups(prompts, g), {
-      tokenizer,
-      adapter: ctx.adapter,
-      sampling: { ...config.generation, seed: options.seed },
-      onToken: options.onToken,
-    });
-    return { ...out, examples, answers: repeatGroups(examples.map((ex) => ex.answer), g) };
-  } finally {
-    ctx.adapter.dropoutSeed = saved;
-  }
-}
-
-/**
- * Score phase: the configured reward functions, weighted (TRL `reward_funcs` and
- * `reward_weights`). "accuracy" is the seed's +1 / -1 / -0.5 verifier reward; "format" is 1 for
- * exactly one `\boxed{}` at the end.
- *
- * @example Usage
- * ```ts
- * import { defaultConfig } from "./config.ts";
- * import { scorePhase } from "./trainer.ts";
- * const s = scorePhase(["\\boxed{4}", "no idea"], ["4", "4"], defaultConfig().reward);
- * console.assert(s.rewards[0] === 1 && s.rewards[1] === -0.5);
- * ```
- */
-export function scorePhase(
-  texts: string[],
-  answers: string[],
-  reward: Config["reward"],
-): Scores {
-  const values = {
-    correct: reward.reward_correct,
-    wrong: reward.reward_wrong,
-    noAnswer: reward.reward_no_answer,
-  };
-  const perFunction: Record<string, number[]> = {};
-  for (const fn of reward.reward_functions) {
-    perFunction[fn] = fn === "accuracy"
-      ? accuracyReward(texts, answers, values)
-      : formatReward(texts);
-  }
-  const weights = reward.reward_weights ?? reward.reward_functions.map(() => 1);
-  const rewards = texts.map((_, i) =>
-    reward.reward_functions.reduce((s, fn, j) => s + weights[j] * perFunction[fn][i], 0)
-  );
-  const verdicts = texts.map((t, i) => computeReward(t, answers[i], values));
-  return {
-    rewards,
-    perFunction,
-    status: verdicts.map((v) => v.status),
-    predicted: verdicts.map((v) => v.predicted),
-  };
-}
-
-/**
- * Advantage phase: group-relative advantages of the rewards (TRL normalisation).
- *
- * @example Usage
- * ```ts
- * import { advantagePhase } from "./trainer.ts";
- * const a = await advantagePhase([1, 0, 0, 0], { num_return_sequences: 2, scale_rewards: "group" });
- * console.assert(Math.abs(a[0] - 0.7070) < 1e-3 && a[2] === 0);
- * ```
- */
-export async function advantagePhase(
-  rewards: number[],
-  grpo: Pick<Config["grpo"], "num_return_sequences" | "scale_rewards">,
-): Promise<number[]> {
-  const r = tf.tensor1d(rewards);
-  const a = groupRelativeAdvantages(r, grpo);
-  const out = Array.from(await a.data());
-  tf.dispose([r, a]);
-  return out;
-}
-
-/** A micro-batch ready for the update: padded tensors, advantages, reference/old log-probs. */
-export interface PreparedBatch {
-  batch: TrainingBatch;
-  /** [B] */
-  advantages: tf.Tensor1D;
-  /** [B, C] adapter-off log-probs, or null when kl_coef = 0. */
-  ref: tf.Tensor2D | null;
-  /** [B, C] log-probs at generation time, or null when num_iterations = 1. */
-  old: tf.Tensor2D | null;
-}
-
-/**
- * Builds the tensors of one micro-batch: padding, advantages, and the log-probs that stay fixed
- * during the update (reference with the adapter off; old policy when num_iterations > 1).
- *
- * @example Usage
- * ```ts ignore
- * const prepared = prepareBatch(ctx, groups, advantages);
- * ```
- */
-export function prepareBatch(
-  ctx: Pick<TrainerContext, "config" | "model" | "tokenizer" | "adapter">,
-  rows: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
-  advantages: number[],
-): PreparedBatch {
-  const { config } = ctx;
-  const batch = toTrainingBatch(rows, ctx.tokenizer.padTokenId, {
-    maskTruncated: config.grpo.mask_truncated_completions,
-  });
-  const input = {
-    inputIds: batch.inputIds,
-    attentionMask: batch.attentionMask,
-    completionLength: batch.completionLength,
-    temperature: config.generation.temperature,
-  };
-  const saved = ctx.adapter.dropoutSeed;
-  ctx.adapter.dropoutSeed = null;
-  try {
-    const ref = config.grpo.kl_coef !== 0
-      ? completionLogProbs(ctx.model, input, { adapter: null })
-      : null;
-    const old = config.grpo.num_iterations > 1
-      ? completionLogProbs(ctx.model, input, { adapter: ctx.adapter })
-      : null;
-    return { batch, advantages: tf.tensor1d(advantages), ref, old };
-  } finally {
-    ctx.adapter.dropoutSeed = saved;
-  }
-}
-
-/**
- * Splits a rollout into micro-batches of `per_device_train_batch_size` completions (gradient
- * accumulation) and prepares each with {@linkcode prepareBatch}.
- *
- * @returns One prepared batch per micro-batch. The caller disposes them (`disposePrepared`).
- * @example Usage
- * ```ts ignore
- * const prepared = prepareMicroBatches(ctx, groups, advantages);
- * const metrics = await updatePhase(ctx, prepared, { learningRate: 1e-3, dropoutSeed: 1 });
- * prepared.forEach(disposePrepared);
- * ```
- */
-export function prepareMicroBatches(
-  ctx: Pick<TrainerContext, "config" | "model" | "tokenizer" | "adapter">,
-  rows: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
-  advantages: number[],
-): PreparedBatch[] {
-  const size = ctx.config.training.per_device_train_batch_size;
-  const out: PreparedBatch[] = [];
-  try {
-    for (let row = 0; row < rows.completionIds.length; row += size) {
-      const end = Math.min(row + size, rows.completionIds.length);
-      out.push(prepareBatch(ctx, {
-        promptIds: rows.promptIds.slice(row, end),
-        completionIds: rows.completionIds.slice(row, end),
-        finishReasons: rows.finishReasons.slice(row, end),
-      }, advantages.slice(row, end)));
-    }
-  } catch (error) {
-    out.forEach(disposePrepared);
-    throw error;
-  }
-  return out;
-}
-
-/** Frees a {@linkcode PreparedBatch}. */
-export function disposePrepared(p: PreparedBatch): void {
-  disposeBatch(p.batch);
-  tf.dispose([p.advantages, ...(p.ref ? [p.ref] : []), ...(p.old ? [p.old] : [])]);
-}
-
-/**
- * Update phase: one optimizer step. Gradients of the GRPO loss are summed over the
- * micro-batches (gradient accumulation), clipped by global norm, and applied by AdamW.
- *
- * @returns loss parts, clip ratios, KL and the pre-clip gradient norm, averaged over micro-batches.
- * @example Usage
- * ```ts ignore
- * const metrics = await updatePhase(ctx, prepared, { learningRate: 1e-3, dropoutSeed: 7 });
- * ```
- */
-export async function updatePhase(
-  ctx: Pick<TrainerContext, "config" | "model" | "adapter" | "optimizer">,
-  prepared: PreparedBatch[],
-  options: { learningRate: number; dropoutSeed: number },
-): Promise<StepMetrics> {
-  const { config } = ctx;
-  const vars = [...ctx.adapter.variables.values()];
-  // dapo normalises by the active tokens of the whole accumulated batch (TRL num_items_in_batch).
-  const numItems = prepared.reduce((n, p) => n + p.batch.numTokens, 0);
-  let sum: tf.NamedTensorMap | null = null;
-  const parts: tf.Scalar[] = [];
-  try {
-    for (const [m, p] of prepared.entries()) {
-      ctx.adapter.dropoutSeed = deriveSeed(options.dropoutSeed, m);
-      const { loss: value, grads, metrics: mt } = grpoLossAndGrads(
-        () =>
-          completionLogProbs(ctx.model, {
-            inputIds: p.batch.inputIds,
-            attentionMask: p.batch.attentionMask,
-            completionLength: p.batch.completionLength,
-            temperature: config.generation.temperature,
-          }, {
-            adapter: ctx.adapter,
-            gradientCheckpointing: config.training.gradient_checkpointing,
-          }),
-        {
-          old_per_token_logps: p.old,
-          ref_per_token_logps: p.ref,
-          advantages: p.advantages,
-          completion_mask: p.batch.completionMask,
-        },
-        {
-          loss_type: config.grpo.loss_type,
-          epsilon: config.grpo.epsilon,
-          epsilon_high: config.grpo.epsilon_high,
-          kl_coef: config.grpo.kl_coef,
-          max_completion_length: config.generation.max_new_tokens,
-          num_items_in_batch: Math.max(1, numItems),
-          gradient_accumulation_steps: prepared.length,
-          varList: vars,
-        },
-      );
-      // Keyed by tf variable name, as AdamW keys its moments.
-      sum = accumulateGrads(sum, grads);
-      tf.dispose(Object.values(grads));
-      parts.push(
-        tf.tidy(() =>
-          tf.stack([
-            value,
-            mt.policyLoss,
-            mt.kl ?? tf.scalar(0),
-            mt.clipLow,
-            mt.clipHigh,
-            mt.clipRegion,
-          ]) as unknown as tf.Scalar
-        ),
-      );
-      tf.dispose([value, mt.policyLoss, mt.clipLow, mt.clipHigh, mt.clipRegion]);
-      if (mt.kl) mt.kl.dispose();
-    }
-  } finally {
-    ctx.adapter.dropoutSeed = null;
-  }
-  // max_grad_norm 0 turns clipping off (HF); the norm is still logged.
-  const { grads: clipped, norm } = config.training.max_grad_norm > 0
-    ? clipGradNorm(sum!, config.training.max_grad_norm)
-    : { grads: sum!, norm: globalGradNorm(sum!) };
-  if (clipped !== sum) tf.dispose(Object.values(sum!));
-  ctx.optimizer.step(clipped, options.learningRate);
-  tf.dispose(Object.values(clipped));
-  // Sync point: one read of the step's scalars.
-  const stacked = tf.tidy(() => tf.concat([tf.addN(parts), norm.reshape([1])])); // [7]
-  const all = await stacked.data();
-  tf.dispose([...parts, norm, stacked]);
-  // The loss of TRL's step is the sum over micro-batches (each already divided by their count
-  // for grpo/bnpo/dr_grpo); ratios and KL are averaged.
-  const n = prepared.length;
-  const kl = all[2] / n;
-  return {
-    loss: all[0],
-    policy_loss: all[1],
-    kl,
-    kl_penalty: config.grpo.kl_coef * kl,
-    "clip_ratio/low_mean": all[3] / n,
-    "clip_ratio/high_mean": all[4] / n,
-    "clip_ratio/region_mean": all[5] / n,
-    grad_norm: all[6],
-    learning_rate: options.learningRate,
-  };
-}
-
-/** Where the trainer is: step, epoch and position in the epoch's shuffled order. */
-export interface TrainerState {
-  /** Optimizer steps done. */
-  global_step: number;
-  /** Completed epochs as a fraction (TRL `epoch`). */
-  epoch: number;
-  /** Steps the run will take. */
-  max_steps: number;
-  /** The base seed. */
-  seed: number;
-  /** Logged records so far (TRL `log_history`). */
-  log_history: Record<string, number>[];
-  /** The evaluation before training, kept so a resumed run can still report before/after. */
-  before?: EvalSummary | null;
-}
-
-/**
- * Prompts per optimizer step. As in TRL (and the seed's arithmetic: 18,946 prompts × 2
- * generations / 16 = ~2,370 steps per epoch), per_device_train_batch_size counts completions:
- * a step sees per_device_train_batch_size × gradient_accumulation_steps completions, that is
- * that many / num_return_sequences prompts.
- */
-export function promptsPerStep(
-  config: { training: Config["training"]; grpo: Pick<Config["grpo"], "num_return_sequences"> },
-): number {
-  const completions = config.training.per_device_train_batch_size *
-    config.training.gradient_accumulation_steps;
-  const g = config.grpo.num_return_sequences;
-  if (completions % g !== 0) {
-    throw new RangeError(
-      `per_device_train_batch_size * gradient_accumulation_steps (${completions}) must be a ` +
-        `multiple of num_return_sequences (${g})`,
-    );
-  }
-  return completions / g;
-}
-
-/** Total optimizer steps of a run on `n` prompts. */
-export function totalSteps(
-  n: number,
-  config: { training: Config["training"]; grpo: Pick<Config["grpo"], "num_return_sequences"> },
-): number {
-  if (config.training.max_steps > 0) return config.training.max_steps;
-  return Math.ceil(n / promptsPerStep(config)) * config.training.num_epochs;
-}
-
-/**
- * The prompts of optimizer step `step` (0-based): epochs walk a seeded shuffle of the data
- * (reshuffled each epoch), wrapping at the end, so any step can be recomputed on resume.
- */
-export function promptsForStep(
-  examples: Example[],
-  step: number,
-  options: { perStep: number; seed: number; shuffle: boolean },
-): { examples: Example[]; epoch: number } {
-  const per = options.perStep;
-  const stepsPerEpoch = Math.ceil(examples.length / per);
-  const epoch = Math.floor(step / stepsPerEpoch);
-  const order = options.shuffle ? shuffle(examples, deriveSeed(options.seed, epoch)) : examples;
-  const start = (step % stepsPerEpoch) * per;
-  const out = order.slice(start, start + per);
-  // The last batch of an epoch is topped up from the start so every step has `per` prompts.
-  for (let i = 0; out.length < per; i++) out.push(order[i % order.length]);
-  return { examples: out, epoch: (step + 1) / stepsPerEpoch };
-}
+import { evalOptions, evaluate, formatEval } from "./evaluate.ts";
+import { advantagePhase, groupStats } from "./grpo.ts";
+import { learningRateAt } from "./optim.ts";
+import type { Scores } from "./reward.ts";
+import { scorePhase } from "./reward.ts";
+import type { GroupRollout } from "./rollout.ts";
+import { generatePhase } from "./rollout.ts";
+import type { RunSummary, RunWriter, StepMetrics } from "./run_writer.ts";
+import {
+  averageRecords,
+  completionRecords,
+  evalRecord,
+  fileRunWriter,
+  formatRecord,
+} from "./run_writer.ts";
+import type { UpdateMetrics } from "./update.ts";
+import { disposePrepared, prepareMicroBatches, updatePhase } from "./update.ts";
 
 /**
  * One GRPO step: rollout → score → advantages → update (`num_iterations` updates on the same
@@ -483,14 +61,11 @@ export async function trainStep(
     onToken: (d, t) => options.onPhase?.("rollout", d, t),
   });
   const tGen = performance.now();
-  const { texts, answers } = group;
-  const scores = scorePhase(texts, answers, config.reward);
+  const scores = scorePhase(group, config.reward);
   const advantages = await advantagePhase(scores.rewards, config.grpo);
-  const prepared: PreparedBatch[] = [];
-  let metrics: StepMetrics = {};
+  const prepared = prepareMicroBatches(ctx, group, advantages);
+  const updates: UpdateMetrics[] = [];
   try {
-    prepared.push(...prepareMicroBatches(ctx, group, advantages));
-    const updates: StepMetrics[] = [];
     for (let it = 0; it < config.grpo.num_iterations; it++) {
       const opt = ctx.optimizer.stepCount;
       const learningRate = learningRateAt(opt, {
@@ -498,15 +73,8 @@ export async function trainStep(
         totalSteps: (options.totalSteps ?? opt + 1) * config.grpo.num_iterations,
       });
       options.onPhase?.("update", it, config.grpo.num_iterations);
-      updates.push(
-        await updatePhase(ctx, prepared, {
-          learningRate,
-          dropoutSeed: deriveSeed(seed, options.step, it, 2),
-        }),
-      );
-    }
-    for (const key of Object.keys(updates[0])) {
-      metrics[key] = updates.reduce((s, u) => s + u[key], 0) / updates.length;
+      const dropoutSeed = deriveSeed(seed, options.step, it, 2);
+      updates.push(await updatePhase(ctx, prepared, { learningRate, dropoutSeed }));
     }
   } finally {
     prepared.forEach(disposePrepared);
@@ -514,178 +82,33 @@ export async function trainStep(
   const stats = groupStats(scores.rewards, config.grpo);
   const lengths = group.completionIds.map((c) => c.length);
   const tokens = lengths.reduce((a, b) => a + b, 0);
-  const seconds = (performance.now() - t0) / 1000;
-  const rows = texts.length;
-  metrics = {
+  const rows = group.texts.length;
+  const share = (n: number) => n / rows;
+  const metrics: StepMetrics = {
     reward: stats.rewardMean,
     reward_std: config.grpo.scale_rewards === "batch" ? stats.batchStd : stats.rewardStd,
-    accuracy: scores.status.filter((s) => s === "correct").length / rows,
-    no_answer_rate: scores.status.filter((s) => s === "no_answer").length / rows,
+    accuracy: share(scores.status.filter((s) => s === "correct").length),
+    no_answer_rate: share(scores.status.filter((s) => s === "no_answer").length),
     frac_reward_zero_std: stats.fracRewardZeroStd,
     ...Object.fromEntries(
       Object.entries(scores.perFunction).map((
         [fn, v],
       ) => [`rewards/${fn}/mean`, v.reduce((a, b) => a + b, 0) / rows]),
     ),
-    ...metrics,
+    ...averageRecords(updates),
     "completions/mean_length": tokens / rows,
     "completions/max_length": Math.max(...lengths),
-    "completions/clipped_ratio": group.finishReasons.filter((f) => f === "length").length / rows,
+    "completions/clipped_ratio": share(group.finishReasons.filter((f) => f === "length").length),
     tokens_per_second: tokens / ((tGen - t0) / 1000),
     rollout_time: (tGen - t0) / 1000,
-    step_time: seconds,
+    step_time: (performance.now() - t0) / 1000,
   };
   return { metrics, group, scores };
 }
 
-/** Averages step records key by key (TRL logs the mean since the last log). */
-export function averageRecords(records: StepMetrics[]): StepMetrics {
-  const out: StepMetrics = {};
-  for (const key of Object.keys(records[0] ?? {})) {
-    out[key] = records.reduce((s, r) => s + (r[key] ?? 0), 0) / records.length;
-  }
-  return out;
-}
-
-// ----- checkpoints ---------------------------------------------------------------------------
-
-/**
- * Saves `<dir>` = `checkpoint-<step>/`: the adapter (PEFT), `optimizer.safetensors` (AdamW
- * moments, torch names `exp_avg` / `exp_avg_sq`), `trainer_state.json` and the effective
- * `config.yaml`. Files are written atomically; the directory appears complete or not at all.
- *
- * @example Usage
- * ```ts ignore
- * await saveCheckpoint(`${outputDir}/checkpoint-10`, ctx, state);
- * ```
- */
-export async function saveCheckpoint(
-  dir: string,
-  ctx: Pick<TrainerContext, "config" | "adapter" | "optimizer" | "model">,
-  state: TrainerState,
-): Promise<void> {
-  const tmp = `${dir}.tmp-${crypto.randomUUID()}`;
-  await Deno.mkdir(tmp, { recursive: true });
-  await saveLora(ctx.adapter, tmp, { baseModel: ctx.model.dir });
-  const opt: AdamWState = await ctx.optimizer.state();
-  const tensors: Record<string, TensorData> = {};
-  for (const [name, v] of ctx.adapter.variables) {
-    const shape = v.shape;
-    tensors[`${name}.exp_avg`] = { dtype: "F32", shape, data: opt.exp_avg[v.name] };
-    tensors[`${name}.exp_avg_sq`] = { dtype: "F32", shape, data: opt.exp_avg_sq[v.name] };
-  }
-  await saveSafetensors(`${tmp}/optimizer.safetensors`, tensors, {
-    format: "pt",
-    step: String(opt.step),
-  });
-  await Deno.writeTextFile(`${tmp}/trainer_state.json`, JSON.stringify(state, null, 2) + "\n");
-  await Deno.writeTextFile(`${tmp}/config.yaml`, formatConfig(ctx.config));
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
-  await Deno.rename(tmp, dir);
-}
-
-/**
- * Restores a checkpoint into a live context: adapter values, optimizer moments and step.
- *
- * @returns The saved trainer state.
- * @example Usage
- * ```ts ignore
- * const state = await loadCheckpoint("results/run/checkpoint-10", ctx);
- * ```
- */
-export async function loadCheckpoint(
-  dir: string,
-  ctx: Pick<TrainerContext, "adapter" | "optimizer" | "model">,
-): Promise<TrainerState> {
-  const statePath = `${dir}/trainer_state.json`;
-  let state: TrainerState;
-  try {
-    state = JSON.parse(await Deno.readTextFile(statePath));
-  } catch (error) {
-    throw new CheckpointError(
-      `Cannot resume from ${dir}: ${statePath} is missing or not JSON (${
-        (error as Error).message
-      }). ` +
-        `A checkpoint directory holds adapter_model.safetensors, adapter_config.json, ` +
-        `optimizer.safetensors and trainer_state.json`,
-      { file: statePath, cause: error },
-    );
-  }
-  const saved = await loadLora(ctx.model, dir);
-  try {
-    for (const [key, v] of ctx.adapter.variables) {
-      const s = saved.variables.get(key);
-      if (!s) {
-        throw new CheckpointError(`Cannot resume from ${dir}: adapter has no tensor ${key}`, {
-          file: `${dir}/adapter_model.safetensors`,
-          key,
-        });
-      }
-      v.assign(s);
-    }
-  } finally {
-    saved.dispose();
-  }
-  const optPath = `${dir}/optimizer.safetensors`;
-  const file = await loadSafetensors(optPath);
-  const exp_avg: Record<string, Float32Array> = {};
-  const exp_avg_sq: Record<string, Float32Array> = {};
-  for (const [key, v] of ctx.adapter.variables) {
-    const m = file.tensors.get(`${key}.exp_avg`);
-    const s = file.tensors.get(`${key}.exp_avg_sq`);
-    if (!m || !s) {
-      throw new CheckpointError(`Cannot resume from ${optPath}: no moments for ${key}`, {
-        file: optPath,
-        key,
-      });
-    }
-    exp_avg[v.name] = m.data as Float32Array;
-    exp_avg_sq[v.name] = s.data as Float32Array;
-  }
-  ctx.optimizer.loadState({ step: Number(file.metadata.step ?? 0), exp_avg, exp_avg_sq });
-  return state;
-}
-
-/** The checkpoint directory with the highest step under `outputDir`, or null. */
-export async function latestCheckpoint(outputDir: string): Promise<string | null> {
-  let best: { step: number; name: string } | null = null;
-  try {
-    for await (const e of Deno.readDir(outputDir)) {
-      const m = /^checkpoint-(\d+)$/.exec(e.name);
-      if (e.isDirectory && m && (!best || Number(m[1]) > best.step)) {
-        best = { step: Number(m[1]), name: e.name };
-      }
-    }
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
-  }
-  return best ? `${outputDir}/${best.name}` : null;
-}
-
-/** Deletes the oldest checkpoints beyond `limit` (HF `save_total_limit`). */
-export async function pruneCheckpoints(outputDir: string, limit: number | null): Promise<void> {
-  if (limit === null) return;
-  const steps: number[] = [];
-  for await (const e of Deno.readDir(outputDir)) {
-    const m = /^checkpoint-(\d+)$/.exec(e.name);
-    if (e.isDirectory && m) steps.push(Number(m[1]));
-  }
-  steps.sort((a, b) => a - b);
-  for (const s of steps.slice(0, Math.max(0, steps.length - limit))) {
-    await Deno.remove(`${outputDir}/checkpoint-${s}`, { recursive: true });
-  }
-}
-
-/** Appends one line to a file (creating it), for training.log / metrics.jsonl. */
-export async function saveLine(path: string, line: string): Promise<void> {
-  await Deno.writeTextFile(path, line + "\n", { append: true, create: true });
-}
-
-// ----- the loop ------------------------------------------------------------------------------
-
-/** Callbacks through which {@linkcode train} reports; the task prints, a notebook plots. */
+/** Callbacks through which {@linkcode train} reports as it goes; the task prints, a notebook plots. */
 export interface TrainCallbacks {
-  /** A line for the terminal and training.log. */
+  /** A line for the terminal (the writer also gets it for training.log). */
   log?: (line: string) => void;
   /** Progress of the current phase. */
   progress?: (
@@ -695,66 +118,52 @@ export interface TrainCallbacks {
   metrics?: (record: StepMetrics) => void;
 }
 
-/** What {@linkcode train} returns and writes to `summary.json`. */
-export interface RunSummary {
-  before: EvalSummary | null;
-  after: EvalSummary | null;
-  kl: number;
-  steps: number;
-  seconds: number;
-  output_dir: string;
-}
-
-/** Evaluation on the held-out slice, logged as `eval/*`. */
-async function runEval(
-  ctx: TrainerContext,
-  examples: Example[],
-  step: number,
-  callbacks: TrainCallbacks,
-): Promise<{ summary: EvalSummary; results: ProblemResult[] }> {
-  const { config } = ctx;
-  return await evaluate(ctx.model, ctx.tokenizer, examples, {
-    generation: {
-      ...config.generation,
-      max_new_tokens: config.eval.max_new_tokens ?? config.generation.max_new_tokens,
-    },
-    reward: config.reward,
-    batchSize: config.eval.eval_batch_size,
-    adapter: ctx.adapter,
-    onProgress: (done, total) =>
-      callbacks.progress?.({ phase: "eval", step, totalSteps: 0, done, total }),
-  });
-}
-
 /**
  * The whole run behind `deno task train`: evaluate → (rollout → score → update) × steps →
- * evaluate, with logs, metrics, checkpoints and resume. Everything lands in
- * `outputDir`: `training.log`, `metrics.jsonl`, `completions.jsonl`, `checkpoint-<step>` dirs,
- * `summary.json`, `config.yaml`.
+ * evaluate, with logs, metrics, checkpoints and resume. Every record goes to `writer` (default:
+ * {@linkcode fileRunWriter} into `outputDir`): `training.log`, `metrics.jsonl`,
+ * `completions.jsonl`, `checkpoint-<step>/`, `eval_results.jsonl`, `summary.json`,
+ * `config.yaml`.
  *
  * @example Usage
  * ```ts ignore
- * const summary = await train(ctx, { train: examples, eval: held }, { outputDir, callbacks });
+ * const writer = memoryRunWriter();
+ * const summary = await train(ctx, { train: examples, eval: held }, { writer });
+ * console.log(writer.records.metrics);
  * ```
  */
 export async function train(
   ctx: TrainerContext,
   data: { train: Example[]; eval: Example[] },
-  options: { outputDir: string; resumeFrom?: string | null; callbacks?: TrainCallbacks },
+  options: {
+    outputDir?: string;
+    writer?: RunWriter;
+    resumeFrom?: string | null;
+    callbacks?: TrainCallbacks;
+  },
 ): Promise<RunSummary> {
   const { config } = ctx;
   const cb = options.callbacks ?? {};
-  const out = options.outputDir;
-  await Deno.mkdir(out, { recursive: true });
+  if (!options.writer && !options.outputDir) {
+    throw new TypeError("train() needs an outputDir or a writer");
+  }
+  const writer = options.writer ?? fileRunWriter(options.outputDir!);
   const log = async (line: string) => {
     cb.log?.(line);
-    await saveLine(`${out}/training.log`, `${new Date().toISOString()} ${line}`);
+    await writer.log(line);
   };
-  const writeMetrics = async (record: StepMetrics) => {
+  const logMetrics = async (record: StepMetrics) => {
     cb.metrics?.(record);
-    await saveLine(`${out}/metrics.jsonl`, JSON.stringify(record));
+    await writer.metrics(record);
   };
-  await Deno.writeTextFile(`${out}/config.yaml`, formatConfig(config));
+  const runEval = (step: number): Promise<{ summary: EvalSummary; results: ProblemResult[] }> =>
+    evaluate(ctx.model, ctx.tokenizer, data.eval, {
+      ...evalOptions(config),
+      adapter: ctx.adapter,
+      onProgress: (done, total) =>
+        cb.progress?.({ phase: "eval", step, totalSteps: 0, done, total }),
+    });
+  await writer.config(config);
   const steps = totalSteps(data.train.length, config);
   let state: TrainerState = {
     global_step: 0,
@@ -765,15 +174,15 @@ export async function train(
     before: null,
   };
   if (options.resumeFrom) {
-    state = await loadCheckpoint(options.resumeFrom, ctx);
+    const into = { adapter: ctx.adapter, optimizer: ctx.optimizer };
+    state = (await loadCheckpoint<TrainerState>(options.resumeFrom, into)).state;
     await log(`resumed from ${options.resumeFrom} at step ${state.global_step}`);
   }
   const t0 = performance.now();
-  let after: EvalSummary | null = null;
   const evalEnabled = data.eval.length > 0;
   if (evalEnabled && state.global_step === 0) {
-    state.before = (await runEval(ctx, data.eval, 0, cb)).summary;
-    await writeMetrics(evalRecord(0, state.before));
+    state.before = (await runEval(0)).summary;
+    await logMetrics(evalRecord(0, state.before));
     await log(`eval before training: ${formatEval(state.before)}`);
   }
   let window: StepMetrics[] = [];
@@ -802,56 +211,40 @@ export async function train(
       total: steps,
     });
     if (config.logging.log_completions) {
-      const prompts = repeatGroups(
-        group.examples.map((e) => e.question),
-        config.grpo.num_return_sequences,
-      );
-      // One write per step, not one per completion.
-      const lines = group.texts.map((completion, i) =>
-        JSON.stringify({
-          step: step + 1,
-          prompt: prompts[i],
-          completion,
-          answer: group.answers[i],
-          predicted: scores.predicted[i],
-          reward: scores.rewards[i],
-          status: scores.status[i],
-        })
-      );
-      await saveLine(`${out}/completions.jsonl`, lines.join("\n"));
+      await writer.completions(completionRecords(step + 1, group, scores));
     }
     const isLast = step + 1 === steps;
     if ((step + 1) % config.logging.logging_steps === 0 || isLast) {
       const record = { step: step + 1, epoch: +state.epoch.toFixed(4), ...averageRecords(window) };
       window = [];
       state.log_history.push(record);
-      await writeMetrics(record);
+      await logMetrics(record);
       await log(formatRecord(record));
     }
-    if (
-      evalEnabled && config.eval.eval_steps > 0 && (step + 1) % config.eval.eval_steps === 0 &&
-      !isLast
-    ) {
-      const s = (await runEval(ctx, data.eval, step + 1, cb)).summary;
-      await writeMetrics(evalRecord(step + 1, s));
+    const evalNow = config.eval.eval_steps > 0 && (step + 1) % config.eval.eval_steps === 0;
+    if (evalEnabled && evalNow && !isLast) {
+      const s = (await runEval(step + 1)).summary;
+      await logMetrics(evalRecord(step + 1, s));
       await log(`eval at step ${step + 1}: ${formatEval(s)}`);
     }
     if ((step + 1) % config.training.save_steps === 0 || isLast) {
-      const dir = `${out}/checkpoint-${step + 1}`;
-      await saveCheckpoint(dir, ctx, state);
-      await pruneCheckpoints(out, config.training.save_total_limit);
-      await log(`saved ${dir}`);
+      const saved = await writer.checkpoint(step + 1, {
+        state,
+        adapter: ctx.adapter,
+        baseModel: ctx.model.dir,
+        optimizer: ctx.optimizer,
+        config,
+      }, config.training);
+      await log(`saved ${saved}`);
     }
   }
+  let after: EvalSummary | null = null;
   if (evalEnabled) {
-    const res = await runEval(ctx, data.eval, steps, cb);
+    const res = await runEval(steps);
     after = res.summary;
-    await writeMetrics(evalRecord(steps, after));
+    await logMetrics(evalRecord(steps, after));
     await log(`eval after training: ${formatEval(after)}`);
-    await saveLine(
-      `${out}/eval_results.jsonl`,
-      res.results.map((r) => JSON.stringify(r)).join("\n"),
-    );
+    await writer.evalResults(res.results);
   }
   const summary: RunSummary = {
     before: evalEnabled ? state.before ?? null : null,
@@ -859,40 +252,8 @@ export async function train(
     kl: lastKl,
     steps,
     seconds: (performance.now() - t0) / 1000,
-    output_dir: out,
+    output_dir: writer.dir,
   };
-  await Deno.writeTextFile(`${out}/summary.json`, JSON.stringify(summary, null, 2) + "\n");
+  await writer.summary(summary);
   return summary;
-}
-
-function evalRecord(step: number, s: EvalSummary): StepMetrics {
-  return {
-    step,
-    "eval/accuracy": s.accuracy,
-    "eval/no_answer_rate": s.no_answer_rate,
-    "eval/mean_reward": s.mean_reward,
-    "eval/accuracy_boxed": s.accuracy_boxed,
-    "eval/n": s.n,
-  };
-}
-
-/** One line of an eval summary. */
-export function formatEval(s: EvalSummary): string {
-  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
-  return `accuracy ${pct(s.accuracy)} | no answer ${pct(s.no_answer_rate)} | ` +
-    `accuracy among boxed ${pct(s.accuracy_boxed)} | mean reward ${
-      s.mean_reward.toFixed(3)
-    } | n ${s.n}`;
-}
-
-/** One log line of a metrics record, the seed's four first. */
-export function formatRecord(r: StepMetrics): string {
-  const first = ["step", "reward", "accuracy", "kl_penalty", "loss"];
-  const keys = [...first, ...Object.keys(r).filter((k) => !first.includes(k))];
-  return keys.filter((k) => k in r).map((k) => {
-    const v = r[k];
-    return `${k}=${
-      Number.isInteger(v) ? v : Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(2) : v.toFixed(4)
-    }`;
-  }).join(" ");
 }

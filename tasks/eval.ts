@@ -17,7 +17,7 @@ import type { FlagSpec } from "../lib/cli.ts";
 import { COMMAND_LINE } from "../lib/config.ts";
 import { loadDataset } from "../lib/data.ts";
 import { ConfigError } from "../lib/errors.ts";
-import { evaluate } from "../lib/evaluate.ts";
+import { evalOptions, evaluate } from "../lib/evaluate.ts";
 import { loadLora } from "../lib/lora.ts";
 import { loadModel, loadModelConfig } from "../lib/model_loader.ts";
 import { weightBytes } from "../lib/qwen2_config.ts";
@@ -100,10 +100,8 @@ async function main(): Promise<void> {
     ? config.data.max_samples
     : config.eval.eval_max_samples;
   const outputDir = (values.output_dir as string | undefined) ?? defaultOutputDir();
-  const generation = {
-    ...config.generation,
-    max_new_tokens: config.eval.max_new_tokens ?? config.generation.max_new_tokens,
-  };
+  const options = evalOptions(config);
+  const { generation } = options;
 
   // Sized first: under runtime.backend auto, weights too big for the wasm heap go to cpu + BLAS.
   const modelBytes = weightBytes(await loadModelConfig(config.model.path));
@@ -129,9 +127,7 @@ async function main(): Promise<void> {
     unit: "problems",
   });
   const { results, summary } = await evaluate(model, tokenizer, examples, {
-    generation,
-    reward: config.reward,
-    batchSize: config.eval.eval_batch_size,
+    ...options,
     samples,
     seed: config.training.seed,
     adapter,

@@ -3,16 +3,11 @@
  * [--resume DIR|latest] [--set section.key=value ...]`: GRPO + LoRA training, end to end.
  * Without --config it runs configs/demo.yaml on the small model and data the repo ships.
  */
-import { describeBackend, setupBackend } from "../lib/backend.ts";
-import { loadDataset } from "../lib/data.ts";
-import { BackendError, ConfigError } from "../lib/errors.ts";
-import { createLora, loadLora, parameterCounts, trainableParametersLine } from "../lib/lora.ts";
-import { loadModel, loadModelConfig } from "../lib/model_loader.ts";
-import { weightBytes } from "../lib/qwen2_config.ts";
-import { AdamW } from "../lib/optim.ts";
+import { resolveRun } from "../lib/checkpoint.ts";
+import { configWarnings, describeContext, loadContext } from "../lib/context.ts";
+import { formatEval } from "../lib/evaluate.ts";
 import { ProgressBar } from "../lib/progress.ts";
-import { loadTokenizer } from "../lib/tokenizer.ts";
-import { configWarnings, formatEval, latestCheckpoint, train } from "../lib/trainer.ts";
+import { train } from "../lib/trainer.ts";
 import { runTask, startTask } from "./_main.ts";
 
 const DEFAULT_CONFIG = "configs/demo.yaml";
@@ -25,100 +20,37 @@ async function main(): Promise<void> {
   });
   if (started === null) return;
   const { commandLine, config } = started;
-  // Sized first: under runtime.backend auto, weights too big for the wasm heap go to cpu + BLAS.
-  const modelBytes = weightBytes(await loadModelConfig(config.model.path));
-  const backend = await setupBackend(config.runtime, { weightBytes: modelBytes });
-  console.error(describeBackend(backend));
-  for (const note of backend.notes) console.error(`  ${note}`);
-  if (config.training.fp16 || config.training.bf16) {
-    const which = config.training.fp16 ? "fp16" : "bf16";
-    throw new BackendError(
-      `training.${which}: true cannot be honoured on the ${backend.name} backend (TensorFlow.js ` +
-        `computes in float32 there); set training.${which}: false`,
-    );
-  }
   for (const w of configWarnings(config)) console.error(`warning: ${w}`);
-
-  let outputDir = config.training.output_dir ??
-    `results/rl_grpo_${
-      new Date().toISOString().replace(/[-:]/g, "").replace("T", "_").slice(0, 15)
-    }`;
-  let resumeFrom: string | null = null;
-  if (commandLine.resume === "latest") {
-    if (config.training.output_dir === null) {
-      throw new ConfigError(
-        "Cannot parse <command line>: --resume latest needs --output_dir (the run to continue)",
-        { file: "<command line>", key: "resume" },
-      );
-    }
-    resumeFrom = await latestCheckpoint(outputDir);
-    if (!resumeFrom) {
-      throw new ConfigError(
-        `Cannot resume: no checkpoint-*/ directory in ${outputDir}`,
-        { file: "<command line>", key: "resume" },
-      );
-    }
-  } else if (commandLine.resume) {
-    resumeFrom = commandLine.resume.replace(/\/$/, "");
-    if (config.training.output_dir === null) outputDir = resumeFrom.replace(/\/[^/]*$/, "");
-  }
-
-  const model = await loadModel(config.model.path);
-  const tokenizer = await loadTokenizer(config.model.path);
-  const adapter = config.model.adapter_path
-    ? await loadLora(model, config.model.adapter_path)
-    : createLora(model, config.lora, { seed: config.training.seed });
-  const counts = parameterCounts(model, adapter);
-  console.error(trainableParametersLine(counts.trainable, counts.all));
-  const optimizer = new AdamW([...adapter.variables.values()], config.training);
-  const trainSet = await loadDataset(config.data.train_file, {
-    format: config.data.format,
-    max_samples: config.data.max_samples,
-    on_bad_row: config.data.on_bad_row,
-  });
-  if (trainSet.skipped > 0) {
-    console.error(`skipped ${trainSet.skipped} bad rows of ${config.data.train_file}`);
-  }
-  const evalSet = config.eval.eval_file
-    ? (await loadDataset(config.eval.eval_file, {
-      format: config.data.format,
-      max_samples: config.eval.eval_max_samples,
-      on_bad_row: config.data.on_bad_row,
-    })).examples
-    : [];
-  console.error(
-    `${trainSet.examples.length} training prompts, ${evalSet.length} held-out; output ${outputDir}`,
-  );
+  const { outputDir, resumeFrom } = await resolveRun(config.training, commandLine.resume);
+  const run = await loadContext(config);
+  for (const line of describeContext(run)) console.error(line);
+  console.error(`output ${outputDir}`);
 
   let bar: ProgressBar | null = null;
   let barKind = "";
-  const summary = await train(
-    { config, model, tokenizer, adapter, optimizer },
-    { train: trainSet.examples, eval: evalSet },
-    {
-      outputDir,
-      resumeFrom,
-      callbacks: {
-        log: (line) => bar ? bar.log(line) : console.error(line),
-        progress: ({ phase, step, totalSteps, done, total }) => {
-          const kind = phase === "eval" ? "eval" : "train";
-          if (barKind !== kind || !bar) {
-            bar?.done();
-            barKind = kind;
-            bar = new ProgressBar({
-              label: kind,
-              total: kind === "eval" ? total : totalSteps,
-              writer: Deno.stderr,
-              unit: kind === "eval" ? "problems" : "steps",
-              initial: kind === "eval" ? 0 : step, // a resumed run starts mid-way
-            });
-          }
-          if (kind === "eval") bar.update(done);
-          else bar.update(phase === "step" ? done : step, { phase });
-        },
+  const summary = await train(run, run.data, {
+    outputDir,
+    resumeFrom,
+    callbacks: {
+      log: (line) => bar ? bar.log(line) : console.error(line),
+      progress: ({ phase, step, totalSteps, done, total }) => {
+        const kind = phase === "eval" ? "eval" : "train";
+        if (barKind !== kind || !bar) {
+          bar?.done();
+          barKind = kind;
+          bar = new ProgressBar({
+            label: kind,
+            total: kind === "eval" ? total : totalSteps,
+            writer: Deno.stderr,
+            unit: kind === "eval" ? "problems" : "steps",
+            initial: kind === "eval" ? 0 : step, // a resumed run starts mid-way
+          });
+        }
+        if (kind === "eval") bar.update(done);
+        else bar.update(phase === "step" ? done : step, { phase });
       },
     },
-  );
+  });
   (bar as ProgressBar | null)?.done();
   console.log(
     `\nRun finished in ${summary.seconds.toFixed(0)} s, ${summary.steps} steps → ${outputDir}`,
@@ -126,8 +58,6 @@ async function main(): Promise<void> {
   if (summary.before) console.log(`before: ${formatEval(summary.before)}`);
   if (summary.after) console.log(`after:  ${formatEval(summary.after)}`);
   console.log(`KL to the reference at the last step: ${summary.kl.toFixed(4)}`);
-  adapter.dispose();
-  optimizer.dispose();
-  model.dispose();
+  run.dispose();
 }
 await runTask(main);

@@ -1,5 +1,15 @@
 import assert from "node:assert/strict";
-import { loadDataset, mulberry32, parseDataset, shuffle } from "../lib/data.ts";
+import { defaultConfig } from "../lib/config.ts";
+import {
+  deriveSeed,
+  loadDataset,
+  mulberry32,
+  parseDataset,
+  promptsForStep,
+  promptsPerStep,
+  shuffle,
+  totalSteps,
+} from "../lib/data.ts";
 import { DataError } from "../lib/errors.ts";
 
 const FIXTURES = "tests/fixtures/data";
@@ -247,4 +257,49 @@ Deno.test("loadDataset() reads the real MATH-500 set: 500 rows with subject and 
   assert.equal(examples[0].level, 2);
   assert.equal(examples.filter((e) => e.subject === "Algebra").length, 124);
   assert.equal(examples.filter((e) => e.level === 5).length, 134);
+});
+
+Deno.test("deriveSeed() depends on every part, in order", () => {
+  assert.equal(deriveSeed(42, 3, 1), deriveSeed(42, 3, 1));
+  const seeds = new Set([
+    deriveSeed(42, 3, 1),
+    deriveSeed(42, 1, 3),
+    deriveSeed(43, 3, 1),
+    deriveSeed(42, 3),
+  ]);
+  assert.equal(seeds.size, 4);
+  assert.ok(Number.isInteger(deriveSeed(42)) && deriveSeed(42) >= 0 && deriveSeed(42) < 2 ** 32);
+});
+
+Deno.test("promptsForStep() walks a fresh seeded shuffle each epoch and tops up the last step", () => {
+  const rows = Array.from({ length: 5 }, (_, i) => ({
+    id: `r${i}`,
+    question: `q${i}`,
+    answer: "1",
+    source: `t:${i}`,
+  }));
+  const options = { perStep: 2, seed: 7, shuffle: true };
+  const epoch0 = [0, 1, 2].map((step) => promptsForStep(rows, step, options));
+  assert.deepEqual(epoch0.map((b) => b.examples.length), [2, 2, 2]);
+  assert.deepEqual(epoch0.map((b) => b.epoch), [1 / 3, 2 / 3, 1]);
+  const seen = epoch0.flatMap((b) => b.examples.map((e) => e.id));
+  assert.deepEqual([...new Set(seen)].sort(), rows.map((r) => r.id)); // every row, one repeat
+  assert.deepEqual(promptsForStep(rows, 1, options), epoch0[1]); // any step recomputes
+  const order = (step: number) => promptsForStep(rows, step, options).examples.map((e) => e.id);
+  assert.notDeepEqual([...order(3), ...order(4)], [...order(0), ...order(1)]); // reshuffled
+});
+
+Deno.test("promptsPerStep() and totalSteps() count completions as TRL does", () => {
+  const config = defaultConfig();
+  config.training.per_device_train_batch_size = 16;
+  config.training.gradient_accumulation_steps = 4;
+  config.grpo.num_return_sequences = 8;
+  assert.equal(promptsPerStep(config), 8);
+  config.training.max_steps = -1;
+  config.training.num_epochs = 2;
+  assert.equal(totalSteps(20, config), 6); // ceil(20 / 8) × 2
+  config.training.max_steps = 5;
+  assert.equal(totalSteps(20, config), 5);
+  config.grpo.num_return_sequences = 6;
+  assert.throws(() => promptsPerStep(config), { name: "RangeError", message: /multiple of/ });
 });

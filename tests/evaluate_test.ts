@@ -1,6 +1,14 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
-import { evaluate, majorityAnswer, passAtK, summarize } from "../lib/evaluate.ts";
+import { defaultConfig } from "../lib/config.ts";
+import {
+  evalOptions,
+  evaluate,
+  formatEval,
+  majorityAnswer,
+  passAtK,
+  summarize,
+} from "../lib/evaluate.ts";
 import type { ProblemResult } from "../lib/evaluate.ts";
 import { loadModel } from "../lib/model_loader.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
@@ -75,4 +83,31 @@ Deno.test("evaluate() is deterministic, k samples give pass@k and maj@k, and no 
   assert.equal(tf.memory().numTensors, before, "leaked tensors");
   await assert.rejects(() => evaluate(model, tokenizer, [], options), RangeError);
   model.dispose();
+});
+
+Deno.test("evalOptions() takes eval.max_new_tokens over generation's, and the config's rewards", () => {
+  const config = defaultConfig();
+  const plain = evalOptions(config);
+  assert.equal(plain.generation.max_new_tokens, config.generation.max_new_tokens);
+  assert.equal(plain.batchSize, config.eval.eval_batch_size);
+  assert.equal(plain.reward.reward_no_answer, config.reward.reward_no_answer);
+  config.eval.max_new_tokens = 7;
+  assert.equal(evalOptions(config).generation.max_new_tokens, 7);
+  assert.equal(evalOptions(config).generation.temperature, config.generation.temperature);
+});
+
+Deno.test("formatEval() is one line with the four numbers", () => {
+  const line = formatEval({
+    n: 4,
+    accuracy: 0.25,
+    no_answer_rate: 0.5,
+    mean_reward: -0.625,
+    accuracy_boxed: 0.5,
+    mean_length: 3,
+    k: 1,
+  });
+  assert.equal(
+    line,
+    "accuracy 25.0% | no answer 50.0% | accuracy among boxed 50.0% | mean reward -0.625 | n 4",
+  );
 });

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
+import { completionLogProbs } from "../lib/grpo.ts";
 import { forward } from "../lib/model.ts";
 import { loadModel } from "../lib/model_loader.ts";
 import { parseQwen2Config } from "../lib/qwen2_config.ts";
@@ -16,6 +17,7 @@ import {
   saveMerged,
   trainableParametersLine,
 } from "../lib/lora.ts";
+import { toTrainingBatch } from "../lib/rollout.ts";
 import { assertAllClose } from "./_assert.ts";
 import { BACKENDS, useTestBackend } from "./_backend.ts";
 
@@ -176,5 +178,38 @@ Deno.test("createLora() and loadLora() leave no tensors behind after dispose()",
   createLora(model, LORA, { seed: 3 }).dispose();
   (await loadLora(model, `${DIR}/adapter`)).dispose();
   assert.equal(tf.memory().numTensors, before);
+  model.dispose();
+});
+
+Deno.test("completionLogProbs() draws LoRA dropout from dropoutSeed alone; the adapter holds no seed", async () => {
+  await useTestBackend("cpu");
+  const model = await loadModel(DIR);
+  const adapter = createLora(model, { ...LORA, lora_dropout: 0.5 }, { seed: 2 });
+  // lora_B starts at zero (the delta is 0 whatever the mask): give it values.
+  for (const [key, v] of adapter.variables) {
+    if (key.includes("lora_B")) v.assign(tf.randomNormal(v.shape, 0, 0.5, "float32", 3));
+  }
+  assert.ok(!("dropoutSeed" in adapter));
+  const batch = toTrainingBatch({
+    promptIds: [[72, 105, 32]],
+    completionIds: [[50, 51, 52, 53]],
+    finishReasons: ["length"],
+  }, 0);
+  const input = { ...batch, temperature: 1 };
+  const run = async (dropoutSeed: number | null) => {
+    const logps = completionLogProbs(model, input, { adapter, dropoutSeed });
+    const out = Array.from(await logps.data());
+    logps.dispose();
+    return out;
+  };
+  const a = await run(1);
+  assert.deepEqual(await run(1), a, "the same seed draws the same masks");
+  assert.notDeepEqual(await run(2), a, "another seed draws other masks");
+  const off = await run(null);
+  assert.notDeepEqual(off, a);
+  const plain = completionLogProbs(model, input, { adapter });
+  assert.deepEqual(Array.from(await plain.data()), off, "no seed = no dropout");
+  tf.dispose([plain, batch.inputIds, batch.attentionMask, batch.completionMask]);
+  adapter.dispose();
   model.dispose();
 });

@@ -8,6 +8,7 @@ import {
   formatReward,
   isEquivalent,
   REWARD_SELF_TEST_CASES,
+  scorePhase,
 } from "../lib/reward.ts";
 
 type Status = "correct" | "wrong" | "no_answer";
@@ -1081,4 +1082,48 @@ Deno.test("hostile inputs finish quickly and never throw", () => {
     }
   }
   assert.equal(computeReward("\\boxed{10^{10^{10}}}", "10^{10^{10}+1}").status, "wrong");
+});
+
+Deno.test("scorePhase() runs the verifier once per completion and agrees with computeReward()", () => {
+  const texts = ["\\boxed{4}", "\\boxed{5}", "no idea", "so \\boxed{\\frac{8}{2}}."];
+  const answers = ["4", "4", "4", "4"];
+  const reward = {
+    reward_functions: ["accuracy" as const, "format" as const],
+    reward_weights: [1, 0.5],
+    reward_correct: 2,
+    reward_wrong: -1,
+    reward_no_answer: -3,
+  };
+  const calls: string[] = [];
+  const scores = scorePhase({ texts, answers }, {
+    ...reward,
+    verify: (text, answer, rewards) => {
+      calls.push(text);
+      return computeReward(text, answer, rewards);
+    },
+  });
+  assert.deepEqual(calls, texts);
+  const verdicts = texts.map((t, i) => computeReward(t, answers[i], reward));
+  assert.deepEqual(scores.perFunction.accuracy, verdicts.map((v) => v.reward));
+  assert.deepEqual(scores.perFunction.format, formatReward(texts));
+  assert.deepEqual(scores.rewards, [2.5, -0.5, -3, 2.5]);
+  assert.deepEqual(scores.status, verdicts.map((v) => v.status));
+  assert.deepEqual(scores.predicted, ["4", "5", null, "\\frac{8}{2}"]);
+  assert.deepEqual(scorePhase({ texts, answers }, reward), scores);
+  assert.throws(() => scorePhase({ texts, answers: [] }, reward), {
+    name: "RangeError",
+    message: /0 answers for 4 completions/,
+  });
+});
+
+Deno.test("computeReward() and accuracyReward() take the config's reward keys", () => {
+  const config = { reward_correct: 2, reward_wrong: 0, reward_no_answer: -3 };
+  assert.equal(computeReward("\\boxed{1}", "1", config).reward, 2);
+  assert.equal(computeReward("\\boxed{2}", "1", config).reward, 0);
+  assert.deepEqual(accuracyReward(["\\boxed{1}", "1"], ["1", "1"], config), [2, -3]);
+  assert.equal(computeReward("1", "1", { reward_wrong: 0 }).reward, -0.5);
+  assert.throws(() => computeReward("1", "1", { reward_no_answer: Infinity }), {
+    name: "RangeError",
+    message: /reward_no_answer/,
+  });
 });

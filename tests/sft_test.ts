@@ -4,7 +4,9 @@ import { useBackend } from "../lib/backend.ts";
 import { loadDataset } from "../lib/data.ts";
 import { forward } from "../lib/model.ts";
 import { loadModel } from "../lib/model_loader.ts";
+import { latestCheckpoint, loadCheckpoint } from "../lib/checkpoint.ts";
 import { AdamW } from "../lib/optim.ts";
+import { fileRunWriter } from "../lib/run_writer.ts";
 import { rollout } from "../lib/rollout.ts";
 import {
   buildSftExample,
@@ -13,14 +15,16 @@ import {
   epochBatches,
   formatDefectExamples,
   initWeights,
+  runSft,
   SFT_CHARS,
   sftLoss,
+  sftRows,
   sftStep,
   sftTokenizerFiles,
   trainableModel,
   unboxSolution,
 } from "../lib/sft.ts";
-import type { SftBatch } from "../lib/sft.ts";
+import type { SftBatch, SftState } from "../lib/sft.ts";
 import { SYNTHETIC_CHARS } from "../lib/synthetic.ts";
 import { createTokenizer, formatPrompt, loadTokenizer } from "../lib/tokenizer.ts";
 import { assertAllClose } from "./_assert.ts";
@@ -236,4 +240,73 @@ Deno.test("the committed data/demo/sft-model loads and answers a test question",
   assert.match(out.texts[0], /The answer is/);
   assert.equal(out.finishReasons[0], "eos");
   assert.equal(tf.memory().numTensors, before, "leaked tensors");
+});
+
+Deno.test("runSft() interrupted after a checkpoint and resumed ends with the same weights and metrics", async () => {
+  await useBackend("wasm+blas");
+  const tokenizer = createTokenizer(sftTokenizerFiles());
+  const config = demoModelConfig(tokenizer.vocabSize, {
+    eos: tokenizer.eosTokenIds[0],
+    pad: tokenizer.padTokenId,
+  }, TINY);
+  const rows = sftRows(
+    (await loadDataset("data/demo/train.json", { max_samples: 6 })).examples,
+    "",
+  );
+  const settings = {
+    steps: 4,
+    stage2_steps: 2,
+    batch_size: 2,
+    lr: 1e-2,
+    stage2_lr: 5e-3,
+    warmup_steps: 1,
+    weight_decay: 0.05,
+    drop_box_fraction: 0.5,
+    seed: 3,
+    save_every: 2,
+  };
+  const stub = { n: 1, accuracy: 0, no_answer_rate: 1, mean_reward: -0.5, accuracy_boxed: 0 };
+  const evaluate = () => Promise.resolve({ ...stub, mean_length: 1, k: 1, no_box_rate: 1 });
+  const root = await Deno.makeTempDir();
+  const run = async (work: string, crashAt: number | null) => {
+    const { model, variables } = trainableModel(config, initWeights(config, { seed: 3 }));
+    const writer = fileRunWriter(work);
+    const dir = await latestCheckpoint(work);
+    const resumed = dir ? await loadCheckpoint<SftState>(dir, { model }) : null;
+    const checkpoint = writer.checkpoint.bind(writer);
+    writer.checkpoint = async (step, parts, options) => {
+      const path = await checkpoint(step, parts, options);
+      if (step === crashAt) throw new Error("crash");
+      return path;
+    };
+    try {
+      const out = await runSft({ model, variables, tokenizer }, { rows, test: [] }, {
+        ...settings,
+        writer,
+        resumed,
+        evaluate,
+      });
+      const weights = new Map<string, Float32Array>();
+      for (const [k, w] of model.weights) weights.set(k, new Float32Array(await w.data()));
+      return { out, weights };
+    } finally {
+      model.dispose(); // tfjs variable names are global: one trainable model at a time
+    }
+  };
+  const straight = await run(`${root}/straight`, null);
+  await assert.rejects(() => run(`${root}/cut`, 2), { message: "crash" }); // mid stage 1
+  await assert.rejects(() => run(`${root}/cut`, 4), { message: "crash" }); // stage 1 done
+  const resumed = await run(`${root}/cut`, null);
+  assert.deepEqual(resumed.weights, straight.weights);
+  assert.deepEqual(resumed.out.state.tokens, straight.out.state.tokens);
+  assert.equal(resumed.out.state.stage1Eval?.no_box_rate, 1);
+  const metrics = async (work: string) =>
+    (await Deno.readTextFile(`${work}/metrics.jsonl`)).trim().split("\n").map((l) => {
+      const { tokens_per_second: _, ...rest } = JSON.parse(l);
+      return rest;
+    });
+  assert.deepEqual(await metrics(`${root}/cut`), await metrics(`${root}/straight`));
+  const left = [...Deno.readDirSync(`${root}/cut`)].map((e) => e.name).sort();
+  assert.deepEqual(left, ["checkpoint-6", "metrics.jsonl", "stage1.safetensors"]);
+  await Deno.remove(root, { recursive: true });
 });

@@ -12,8 +12,9 @@ import type { Config } from "../lib/config.ts";
 import type { Example } from "../lib/data.ts";
 import { AdamW } from "../lib/optim.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
-import { disposePrepared, prepareBatch, train, trainStep } from "../lib/trainer.ts";
-import type { TrainerContext } from "../lib/trainer.ts";
+import { train, trainStep } from "../lib/trainer.ts";
+import { disposePrepared, prepareBatch } from "../lib/update.ts";
+import type { TrainerContext } from "../lib/context.ts";
 import { assertGrpoCase } from "./_fixtures.ts";
 import { BACKENDS, useTestBackend } from "./_backend.ts";
 

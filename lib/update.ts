@@ -1,0 +1,294 @@
+/**
+ * The "update" phase: one optimizer step of GRPO on a scored rollout. The rollout is split into
+ * micro-batches of `per_device_train_batch_size` completions ({@linkcode prepareMicroBatches}),
+ * whose gradients are summed (gradient accumulation), clipped by global norm and applied by
+ * AdamW ({@linkcode updatePhase}).
+ *
+ * Follows TRL `GRPOTrainer._compute_loss` and `Trainer.training_step` with LoRA as the policy
+ * and the adapter switched off as the reference (no second copy of the weights).
+ *
+ * @module
+ */
+import { tf } from "./tf.ts";
+import type { Config } from "./config.ts";
+import { deriveSeed } from "./data.ts";
+import { completionLogProbs, grpoLossAndGrads } from "./grpo.ts";
+import type { LoraAdapter } from "./lora.ts";
+import type { LinearAdapter, Qwen2Model } from "./model.ts";
+import type { AdamW } from "./optim.ts";
+import { accumulateGrads, clipGradNorm, globalGradNorm } from "./optim.ts";
+import type { Rollout, TrainingBatch } from "./rollout.ts";
+import { disposeBatch, toTrainingBatch } from "./rollout.ts";
+import type { Tokenizer } from "./tokenizer.ts";
+
+/** The config slices the update reads: `grpo`, `generation` and `training`. */
+export interface UpdateConfig {
+  grpo: Pick<
+    Config["grpo"],
+    | "loss_type"
+    | "epsilon"
+    | "epsilon_high"
+    | "kl_coef"
+    | "num_iterations"
+    | "mask_truncated_completions"
+  >;
+  generation: Pick<Config["generation"], "temperature" | "max_new_tokens">;
+  training: Pick<
+    Config["training"],
+    "per_device_train_batch_size" | "gradient_checkpointing" | "max_grad_norm"
+  >;
+}
+
+/** What {@linkcode prepareBatch} reads: the policy, the pad id and the config slices. */
+export interface PrepareInputs {
+  model: Qwen2Model;
+  tokenizer: Pick<Tokenizer, "padTokenId">;
+  /** The policy's adapter (its log-probs are the old policy's when num_iterations > 1). */
+  adapter: LinearAdapter | null;
+  config: UpdateConfig;
+}
+
+/** What {@linkcode updatePhase} reads and changes: the policy, its optimizer and the config. */
+export interface UpdateInputs {
+  model: Qwen2Model;
+  /** The LoRA policy; its variables are what the optimizer updates. */
+  adapter: LoraAdapter;
+  optimizer: AdamW;
+  config: UpdateConfig;
+}
+
+/** A micro-batch ready for the update: padded tensors, advantages, reference/old log-probs. */
+export interface PreparedBatch {
+  batch: TrainingBatch;
+  /** [B] */
+  advantages: tf.Tensor1D;
+  /** [B, C] adapter-off log-probs, or null when kl_coef = 0. */
+  ref: tf.Tensor2D | null;
+  /** [B, C] log-probs at generation time, or null when num_iterations = 1. */
+  old: tf.Tensor2D | null;
+}
+
+/** The numbers of one optimizer step, named as TRL logs them. */
+export type UpdateMetrics = {
+  /** The loss of the step: the sum over micro-batches (each already normalised). */
+  loss: number;
+  /** The loss without the β·KL term. */
+  policy_loss: number;
+  /** Mean per-token KL to the reference (k3), averaged over micro-batches. */
+  kl: number;
+  /** kl_coef · kl. */
+  kl_penalty: number;
+  "clip_ratio/low_mean": number;
+  "clip_ratio/high_mean": number;
+  "clip_ratio/region_mean": number;
+  /** Global gradient norm before clipping. */
+  grad_norm: number;
+  learning_rate: number;
+};
+
+/**
+ * Builds the tensors of one micro-batch: padding, advantages, and the log-probs that stay fixed
+ * during the update (reference with the adapter off; old policy when num_iterations > 1).
+ *
+ * @param policy Model, tokenizer, adapter and config slices.
+ * @param rows Prompt ids, completion ids and finish reasons per row.
+ * @param advantages One per row.
+ * @returns The prepared batch. The caller disposes it ({@linkcode disposePrepared}).
+ * @example Usage
+ * ```ts ignore
+ * const prepared = prepareBatch({ model, tokenizer, adapter, config }, groups, advantages);
+ * ```
+ */
+export function prepareBatch(
+  policy: PrepareInputs,
+  rows: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
+  advantages: number[],
+): PreparedBatch {
+  const { config } = policy;
+  const batch = toTrainingBatch(rows, policy.tokenizer.padTokenId, {
+    maskTruncated: config.grpo.mask_truncated_completions,
+  });
+  const input = {
+    inputIds: batch.inputIds,
+    attentionMask: batch.attentionMask,
+    completionLength: batch.completionLength,
+    temperature: config.generation.temperature,
+  };
+  // No dropout seed: the reference and the old policy are evaluated, not trained.
+  const ref = config.grpo.kl_coef !== 0
+    ? completionLogProbs(policy.model, input, { adapter: null })
+    : null;
+  const old = config.grpo.num_iterations > 1
+    ? completionLogProbs(policy.model, input, { adapter: policy.adapter })
+    : null;
+  return { batch, advantages: tf.tensor1d(advantages), ref, old };
+}
+
+/**
+ * Splits a rollout into micro-batches of `per_device_train_batch_size` completions (gradient
+ * accumulation) and prepares each with {@linkcode prepareBatch}.
+ *
+ * @param policy Model, tokenizer, adapter and config slices.
+ * @param rows The rollout.
+ * @param advantages One per completion.
+ * @returns One prepared batch per micro-batch. The caller disposes them ({@linkcode disposePrepared}).
+ * @example Usage
+ * ```ts ignore
+ * const prepared = prepareMicroBatches(ctx, groups, advantages);
+ * const metrics = await updatePhase(ctx, prepared, { learningRate: 1e-3, dropoutSeed: 1 });
+ * prepared.forEach(disposePrepared);
+ * ```
+ */
+export function prepareMicroBatches(
+  policy: PrepareInputs,
+  rows: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
+  advantages: number[],
+): PreparedBatch[] {
+  const size = policy.config.training.per_device_train_batch_size;
+  const out: PreparedBatch[] = [];
+  try {
+    for (let row = 0; row < rows.completionIds.length; row += size) {
+      const end = Math.min(row + size, rows.completionIds.length);
+      out.push(prepareBatch(policy, {
+        promptIds: rows.promptIds.slice(row, end),
+        completionIds: rows.completionIds.slice(row, end),
+        finishReasons: rows.finishReasons.slice(row, end),
+      }, advantages.slice(row, end)));
+    }
+  } catch (error) {
+    out.forEach(disposePrepared);
+    throw error;
+  }
+  return out;
+}
+
+/** Frees a {@linkcode PreparedBatch}. */
+export function disposePrepared(p: PreparedBatch): void {
+  disposeBatch(p.batch);
+  tf.dispose([p.advantages, ...(p.ref ? [p.ref] : []), ...(p.old ? [p.old] : [])]);
+}
+
+/**
+ * Update phase: one optimizer step. Gradients of the GRPO loss are summed over the
+ * micro-batches (gradient accumulation), clipped by global norm, and applied by AdamW. LoRA
+ * dropout draws its masks from `deriveSeed(dropoutSeed, micro-batch index)`.
+ *
+ * @param policy Model, LoRA adapter, optimizer and config slices.
+ * @param prepared The micro-batches ({@linkcode prepareMicroBatches}); not disposed here.
+ * @param options `learningRate` of this step and `dropoutSeed`.
+ * @returns Loss parts, clip ratios, KL and the pre-clip gradient norm.
+ * @example Usage
+ * ```ts ignore
+ * const metrics = await updatePhase(ctx, prepared, { learningRate: 1e-3, dropoutSeed: 7 });
+ * ```
+ */
+export async function updatePhase(
+  policy: UpdateInputs,
+  prepared: PreparedBatch[],
+  options: { learningRate: number; dropoutSeed: number },
+): Promise<UpdateMetrics> {
+  const { config } = policy;
+  const vars = [...policy.adapter.variables.values()];
+  // dapo normalises by the active tokens of the whole accumulated batch (TRL num_items_in_batch).
+  const numItems = prepared.reduce((n, p) => n + p.batch.numTokens, 0);
+  let sum: tf.NamedTensorMap | null = null;
+  // Per micro-batch scalars, summed and read back once at the end of the step.
+  const parts: Record<"loss" | "policyLoss" | "kl" | "low" | "high" | "region", tf.Scalar[]> = {
+    loss: [],
+    policyLoss: [],
+    kl: [],
+    low: [],
+    high: [],
+    region: [],
+  };
+  try {
+    for (const [m, p] of prepared.entries()) {
+      const { loss, grads, metrics } = grpoLossAndGrads(
+        () =>
+          completionLogProbs(policy.model, {
+            inputIds: p.batch.inputIds,
+            attentionMask: p.batch.attentionMask,
+            completionLength: p.batch.completionLength,
+            temperature: config.generation.temperature,
+          }, {
+            adapter: policy.adapter,
+            dropoutSeed: deriveSeed(options.dropoutSeed, m),
+            gradientCheckpointing: config.training.gradient_checkpointing,
+          }),
+        {
+          old_per_token_logps: p.old,
+          ref_per_token_logps: p.ref,
+          advantages: p.advantages,
+          completion_mask: p.batch.completionMask,
+        },
+        {
+          loss_type: config.grpo.loss_type,
+          epsilon: config.grpo.epsilon,
+          epsilon_high: config.grpo.epsilon_high,
+          kl_coef: config.grpo.kl_coef,
+          max_completion_length: config.generation.max_new_tokens,
+          num_items_in_batch: Math.max(1, numItems),
+          gradient_accumulation_steps: prepared.length,
+          varList: vars,
+        },
+      );
+      // Keyed by tf variable name, as AdamW keys its moments.
+      sum = accumulateGrads(sum, grads);
+      tf.dispose(Object.values(grads));
+      parts.loss.push(loss);
+      parts.policyLoss.push(metrics.policyLoss);
+      parts.kl.push(metrics.kl ?? tf.scalar(0));
+      parts.low.push(metrics.clipLow);
+      parts.high.push(metrics.clipHigh);
+      parts.region.push(metrics.clipRegion);
+    }
+    // max_grad_norm 0 turns clipping off (HF); the norm is still logged.
+    const { grads: clipped, norm } = config.training.max_grad_norm > 0
+      ? clipGradNorm(sum!, config.training.max_grad_norm)
+      : { grads: sum!, norm: globalGradNorm(sum!) };
+    if (clipped !== sum) tf.dispose(Object.values(sum!));
+    sum = null;
+    policy.optimizer.step(clipped, options.learningRate);
+    tf.dispose(Object.values(clipped));
+    const totals = await readScalars({
+      loss: tf.addN(parts.loss),
+      policyLoss: tf.addN(parts.policyLoss),
+      kl: tf.addN(parts.kl),
+      low: tf.addN(parts.low),
+      high: tf.addN(parts.high),
+      region: tf.addN(parts.region),
+      gradNorm: norm,
+    });
+    // The loss of TRL's step is the sum over micro-batches (each already divided by their count
+    // for grpo/bnpo/dr_grpo); ratios and KL are averaged.
+    const n = prepared.length;
+    const kl = totals.kl / n;
+    return {
+      loss: totals.loss,
+      policy_loss: totals.policyLoss,
+      kl,
+      kl_penalty: config.grpo.kl_coef * kl,
+      "clip_ratio/low_mean": totals.low / n,
+      "clip_ratio/high_mean": totals.high / n,
+      "clip_ratio/region_mean": totals.region / n,
+      grad_norm: totals.gradNorm,
+      learning_rate: options.learningRate,
+    };
+  } finally {
+    if (sum !== null) tf.dispose(Object.values(sum));
+    tf.dispose(Object.values(parts).flat());
+  }
+}
+
+/**
+ * Reads named scalars back in one transfer and disposes them: the step's only sync point.
+ */
+async function readScalars<K extends string>(
+  scalars: Record<K, tf.Scalar>,
+): Promise<Record<K, number>> {
+  const names = Object.keys(scalars) as K[];
+  const stacked = tf.stack(names.map((name) => scalars[name])); // [names.length]
+  const values = await stacked.data();
+  tf.dispose([stacked, ...names.map((name) => scalars[name])]);
+  return Object.fromEntries(names.map((name, i) => [name, values[i]])) as Record<K, number>;
+}

@@ -1,0 +1,156 @@
+/**
+ * The run writer: the file writer lays out a run directory as the report reads it, the
+ * in-memory writer gives the same records back without files, and `train()` sends every record
+ * through the writer it is given.
+ */
+import assert from "node:assert/strict";
+import { loadConfig } from "../lib/config.ts";
+import type { TrainerContext } from "../lib/context.ts";
+import type { Example } from "../lib/data.ts";
+import { loadLora } from "../lib/lora.ts";
+import { loadModel } from "../lib/model_loader.ts";
+import { AdamW } from "../lib/optim.ts";
+import { loadRun } from "../lib/report.ts";
+import {
+  averageRecords,
+  fileRunWriter,
+  formatRecord,
+  memoryRunWriter,
+  RUN_LOG_FILES,
+} from "../lib/run_writer.ts";
+import type { RunWriter } from "../lib/run_writer.ts";
+import { tf } from "../lib/tf.ts";
+import { loadTokenizer } from "../lib/tokenizer.ts";
+import { train } from "../lib/trainer.ts";
+import { useTestBackend } from "./_backend.ts";
+
+const EXAMPLES: Example[] = Array.from({ length: 4 }, (_, i) => ({
+  id: `t${i}`,
+  question: `${i} + 1 = ?`,
+  answer: String(i + 1),
+  source: `test:${i}`,
+}));
+
+/** Writes one record of each kind. */
+async function writeAll(writer: RunWriter): Promise<void> {
+  await writer.config(await loadConfig("configs/demo.yaml"));
+  await writer.log("hello");
+  await writer.metrics({ step: 1, reward: 0.5 });
+  await writer.completions([
+    {
+      step: 1,
+      prompt: "q",
+      completion: "c",
+      answer: "1",
+      predicted: null,
+      reward: -1,
+      status: "no_answer",
+    },
+  ]);
+  await writer.summary({
+    before: null,
+    after: null,
+    kl: 0,
+    steps: 1,
+    seconds: 1,
+    output_dir: writer.dir,
+  });
+}
+
+Deno.test("fileRunWriter() writes a run directory that loadRun() reads back; clear() empties it", async () => {
+  const dir = await Deno.makeTempDir();
+  const writer = fileRunWriter(`${dir}/run`);
+  await writeAll(writer);
+  await writeAll(writer); // JSONL and the log append; summary and config are replaced
+  const run = await loadRun(`${dir}/run`);
+  assert.deepEqual(run.metrics, [{ step: 1, reward: 0.5 }, { step: 1, reward: 0.5 }]);
+  assert.equal(run.completions?.length, 2);
+  assert.equal(run.summary?.output_dir, `${dir}/run`);
+  assert.match(run.config!, /^model:/m);
+  const log = (await Deno.readTextFile(`${dir}/run/training.log`)).trim().split("\n");
+  assert.equal(log.length, 2);
+  assert.match(log[0], /^\d{4}-\d\d-\d\dT[\d:.]+Z hello$/);
+  await writer.clear();
+  for (const file of Object.values(RUN_LOG_FILES)) {
+    await assert.rejects(() => Deno.stat(`${dir}/run/${file}`), Deno.errors.NotFound);
+  }
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("memoryRunWriter() keeps the same records and writes nothing", async () => {
+  const writer = memoryRunWriter();
+  await writeAll(writer);
+  assert.equal(writer.dir, null);
+  assert.deepEqual(writer.records.log, ["hello"]);
+  assert.deepEqual(writer.records.metrics, [{ step: 1, reward: 0.5 }]);
+  assert.equal(writer.records.completions[0].status, "no_answer");
+  assert.equal(writer.records.summary?.output_dir, null);
+  assert.equal(writer.records.config?.model.path, "data/demo/sft-model");
+  await writer.clear();
+  assert.deepEqual(writer.records.metrics, []);
+});
+
+Deno.test("averageRecords() and formatRecord() give TRL's window mean and the log line", () => {
+  const mean = averageRecords([{ step: 1, loss: 1, kl: 0 }, { step: 2, loss: 2, kl: 1e-4 }]);
+  assert.deepEqual(mean, { step: 1.5, loss: 1.5, kl: 5e-5 });
+  assert.equal(formatRecord({ kl: 5e-5, loss: 1.5, step: 2 }), "step=2 loss=1.5000 kl=5.00e-5");
+  assert.deepEqual(averageRecords([]), {});
+});
+
+Deno.test("train() with an in-memory writer returns every record and creates no file", async () => {
+  await useTestBackend("wasm+blas");
+  const config = await loadConfig("configs/rl_grpo_config_test.yaml", {
+    set: [
+      "model.adapter_path=tests/fixtures/qwen2-tiny/adapter",
+      "generation.prompt_format=plain",
+      "generation.max_new_tokens=8",
+      "training.max_steps=2",
+      "training.save_steps=1",
+      "logging.logging_steps=1",
+      "logging.log_completions=true",
+    ],
+  });
+  const model = await loadModel(config.model.path);
+  const adapter = await loadLora(model, config.model.adapter_path!);
+  const optimizer = new AdamW([...adapter.variables.values()], config.training);
+  const ctx: TrainerContext = {
+    config,
+    model,
+    tokenizer: await loadTokenizer(config.model.path),
+    adapter,
+    optimizer,
+  };
+  // Every file-writing call of Deno counts while train() runs (this test module's own Deno).
+  const writes: string[] = [];
+  const saved = new Map<string, unknown>();
+  const deno = Deno as unknown as Record<string, (...args: unknown[]) => unknown>;
+  for (const name of ["writeTextFile", "writeFile", "mkdir", "open", "rename", "remove"]) {
+    const original = deno[name];
+    saved.set(name, original);
+    deno[name] = (...args: unknown[]) => {
+      writes.push(`${name} ${args[0]}`);
+      return original(...args);
+    };
+  }
+  const before = tf.memory().numTensors;
+  try {
+    const writer = memoryRunWriter();
+    const summary = await train(ctx, { train: EXAMPLES, eval: EXAMPLES.slice(0, 1) }, { writer });
+    const { records } = writer;
+    assert.equal(summary.output_dir, null);
+    assert.deepEqual(records.summary, summary);
+    assert.deepEqual(records.metrics.map((m) => m.step), [0, 1, 2, 2]); // eval, 2 steps, eval
+    assert.equal(records.completions.length, 2 * 2); // 2 steps × 1 prompt × G=2
+    assert.deepEqual(records.checkpoints.map((c) => c.step), [1, 2]);
+    assert.equal(records.evalResults.length, 1);
+    assert.ok(records.log.some((l) => l.startsWith("eval after training: accuracy")));
+    assert.equal(records.config?.training.max_steps, 2);
+    assert.deepEqual(writes, []);
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+  } finally {
+    for (const [name, original] of saved) deno[name] = original as (...args: unknown[]) => unknown;
+    adapter.dispose();
+    optimizer.dispose();
+    model.dispose();
+  }
+});
