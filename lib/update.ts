@@ -12,7 +12,8 @@
 import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { deriveSeed } from "./data.ts";
-import { completionLogProbs, grpoLossAndGrads } from "./grpo.ts";
+import type { GrpoMetrics } from "./grpo.ts";
+import { completionLogProbs, disposeMetrics, GRPO_METRIC_NAMES, grpoLossAndGrads } from "./grpo.ts";
 import type { LoraAdapter } from "./lora.ts";
 import type { LinearAdapter, Qwen2Model } from "./model.ts";
 import type { AdamW } from "./optim.ts";
@@ -68,22 +69,25 @@ export interface PreparedBatch {
   old: tf.Tensor2D | null;
 }
 
-/** The numbers of one optimizer step, named as TRL logs them. */
+/**
+ * The numbers of one optimizer step, named as TRL logs them. Besides the keys below, every
+ * metric {@linkcode grpoLossAndGrads} gives for the configured options, under its
+ * {@linkcode GRPO_METRIC_NAMES} name: `clip_ratio/low_mean`, `/high_mean` and `/region_mean`
+ * (not for cispo, sapo and vespo, as in TRL), `cispo_clip_ratio` and `vespo/phi_seq_mean`.
+ */
 export type UpdateMetrics = {
   /** The loss of the step: the sum over micro-batches (each already normalised). */
   loss: number;
-  /** The loss without the β·KL term. */
+  /** The loss without the β·KL term, summed like the loss. */
   policy_loss: number;
-  /** Mean per-token KL to the reference (k3), averaged over micro-batches. */
+  /** Mean per-token KL to the reference (k3), averaged over micro-batches; 0 without one. */
   kl: number;
   /** kl_coef · kl. */
   kl_penalty: number;
-  "clip_ratio/low_mean": number;
-  "clip_ratio/high_mean": number;
-  "clip_ratio/region_mean": number;
   /** Global gradient norm before clipping. */
   grad_norm: number;
   learning_rate: number;
+  [metric: string]: number;
 };
 
 /**
@@ -169,6 +173,35 @@ export function disposePrepared(p: PreparedBatch): void {
 }
 
 /**
+ * Loss types without TRL's `clip_ratio/*` metrics: TRL `_compute_loss` logs them only for grpo,
+ * bnpo, dr_grpo, dapo and luspo (cispo logs `cispo_clip_ratio`, vespo `vespo/phi_seq_mean`).
+ */
+const NO_CLIP_RATIO: ReadonlySet<string> = new Set(["cispo", "sapo", "vespo"]);
+const CLIP_RATIO_METRICS: ReadonlySet<keyof GrpoMetrics> = new Set([
+  "clipLow",
+  "clipHigh",
+  "clipRegion",
+]);
+
+/**
+ * How a metric combines over micro-batches: the policy loss sums like the loss, the extremes
+ * stay extremes, the others average.
+ */
+function reduction(key: keyof GrpoMetrics): "sum" | "mean" | "min" | "max" {
+  if (key === "policyLoss") return "sum";
+  if (key === "importanceSamplingRatioMin") return "min";
+  if (key === "samplingLogpDifferenceMax" || key === "importanceSamplingRatioMax") return "max";
+  return "mean";
+}
+
+/** One scalar per micro-batch → one scalar; a mean is a sum here, divided after the read-back. */
+function reduceOnDevice(values: tf.Scalar[], how: ReturnType<typeof reduction>): tf.Scalar {
+  if (how === "min") return tf.tidy(() => tf.min(tf.stack(values))) as tf.Scalar;
+  if (how === "max") return tf.tidy(() => tf.max(tf.stack(values))) as tf.Scalar;
+  return tf.addN(values);
+}
+
+/**
  * Update phase: one optimizer step. Gradients of the GRPO loss are summed over the
  * micro-batches (gradient accumulation), clipped by global norm, and applied by AdamW. LoRA
  * dropout draws its masks from `deriveSeed(dropoutSeed, micro-batch index)`.
@@ -176,7 +209,7 @@ export function disposePrepared(p: PreparedBatch): void {
  * @param policy Model, LoRA adapter, optimizer and config slices.
  * @param prepared The micro-batches ({@linkcode prepareMicroBatches}); not disposed here.
  * @param options `learningRate` of this step and `dropoutSeed`.
- * @returns Loss parts, clip ratios, KL and the pre-clip gradient norm.
+ * @returns Loss parts, KL, the loss options' metrics and the pre-clip gradient norm.
  * @example Usage
  * ```ts ignore
  * const metrics = await updatePhase(ctx, prepared, { learningRate: 1e-3, dropoutSeed: 7 });
@@ -192,15 +225,10 @@ export async function updatePhase(
   // dapo normalises by the active tokens of the whole accumulated batch (TRL num_items_in_batch).
   const numItems = prepared.reduce((n, p) => n + p.batch.numTokens, 0);
   let sum: tf.NamedTensorMap | null = null;
-  // Per micro-batch scalars, summed and read back once at the end of the step.
-  const parts: Record<"loss" | "policyLoss" | "kl" | "low" | "high" | "region", tf.Scalar[]> = {
-    loss: [],
-    policyLoss: [],
-    kl: [],
-    low: [],
-    high: [],
-    region: [],
-  };
+  // Per micro-batch scalars, reduced on the device and read back once at the end of the step.
+  const losses: tf.Scalar[] = [];
+  const perBatch: GrpoMetrics[] = [];
+  const zeros: tf.Scalar[] = [];
   try {
     for (const [m, p] of prepared.entries()) {
       const { loss, grads, metrics } = grpoLossAndGrads(
@@ -232,15 +260,11 @@ export async function updatePhase(
           varList: vars,
         },
       );
+      losses.push(loss);
+      perBatch.push(metrics);
       // Keyed by tf variable name, as AdamW keys its moments.
       sum = accumulateGrads(sum, grads);
       tf.dispose(Object.values(grads));
-      parts.loss.push(loss);
-      parts.policyLoss.push(metrics.policyLoss);
-      parts.kl.push(metrics.kl ?? tf.scalar(0));
-      parts.low.push(metrics.clipLow);
-      parts.high.push(metrics.clipHigh);
-      parts.region.push(metrics.clipRegion);
     }
     // max_grad_norm 0 turns clipping off (HF); the norm is still logged.
     const { grads: clipped, norm } = config.training.max_grad_norm > 0
@@ -250,33 +274,47 @@ export async function updatePhase(
     sum = null;
     policy.optimizer.step(clipped, options.learningRate);
     tf.dispose(Object.values(clipped));
-    const totals = await readScalars({
-      loss: tf.addN(parts.loss),
-      policyLoss: tf.addN(parts.policyLoss),
-      kl: tf.addN(parts.kl),
-      low: tf.addN(parts.low),
-      high: tf.addN(parts.high),
-      region: tf.addN(parts.region),
-      gradNorm: norm,
-    });
+
+    // The metrics this configuration has, in GRPO_METRIC_NAMES order (TRL logs KL only with a
+    // reference; we log 0 without one, as before).
+    const noClipRatio = NO_CLIP_RATIO.has(config.grpo.loss_type);
+    const keys = (Object.keys(GRPO_METRIC_NAMES) as (keyof GrpoMetrics)[]).filter((key) =>
+      key === "kl" ||
+      (perBatch[0][key] != null && !(noClipRatio && CLIP_RATIO_METRICS.has(key)))
+    );
+    const scalars: Record<string, tf.Scalar> = { loss: tf.addN(losses), gradNorm: norm };
+    for (const key of keys) {
+      const values = perBatch.map((mt) => {
+        const value = mt[key];
+        if (value != null) return value;
+        zeros.push(tf.scalar(0)); // kl without a reference
+        return zeros[zeros.length - 1];
+      });
+      scalars[key] = reduceOnDevice(values, reduction(key));
+    }
+    // Sync point: the step's one read-back.
+    const totals = await readScalars(scalars);
     // The loss of TRL's step is the sum over micro-batches (each already divided by their count
     // for grpo/bnpo/dr_grpo); ratios and KL are averaged.
     const n = prepared.length;
-    const kl = totals.kl / n;
+    const out: Record<string, number> = {};
+    for (const key of keys) {
+      out[GRPO_METRIC_NAMES[key]] = reduction(key) === "mean" ? totals[key] / n : totals[key];
+    }
+    const { kl, policy_loss, ...rest } = out;
     return {
       loss: totals.loss,
-      policy_loss: totals.policyLoss,
+      policy_loss,
       kl,
       kl_penalty: config.grpo.kl_coef * kl,
-      "clip_ratio/low_mean": totals.low / n,
-      "clip_ratio/high_mean": totals.high / n,
-      "clip_ratio/region_mean": totals.region / n,
+      ...rest,
       grad_norm: totals.gradNorm,
       learning_rate: options.learningRate,
     };
   } finally {
     if (sum !== null) tf.dispose(Object.values(sum));
-    tf.dispose(Object.values(parts).flat());
+    tf.dispose([...losses, ...zeros]);
+    perBatch.forEach(disposeMetrics);
   }
 }
 

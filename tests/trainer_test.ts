@@ -223,3 +223,56 @@ Deno.test("train() resumed after checkpoint-1 still reports the evaluation from 
   assert.equal(resumed.after?.n, 2);
   await Deno.remove(dir, { recursive: true });
 });
+
+/** TRL `_compute_loss` logs these only for the clipped losses (grpo, bnpo, dr_grpo, dapo, luspo). */
+const CLIP_RATIOS = ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"];
+
+/**
+ * The loss types whose metrics are not the clip ratios: the `--set` lines, the metrics a step
+ * must log and those it must not.
+ */
+const OPTION_GROUPS: { name: string; set: string[]; logs: string[]; absent: string[] }[] = [
+  {
+    name: "loss_type cispo",
+    set: ["grpo.loss_type=cispo", "grpo.epsilon_high=5"],
+    logs: ["cispo_clip_ratio"],
+    absent: [...CLIP_RATIOS, "vespo/phi_seq_mean"],
+  },
+  {
+    name: "loss_type sapo",
+    set: ["grpo.loss_type=sapo"],
+    logs: [],
+    absent: [...CLIP_RATIOS, "cispo_clip_ratio"],
+  },
+  {
+    name: "loss_type vespo",
+    set: ["grpo.loss_type=vespo"],
+    logs: ["vespo/phi_seq_mean"],
+    absent: [...CLIP_RATIOS, "cispo_clip_ratio"],
+  },
+];
+
+for (const group of OPTION_GROUPS) {
+  Deno.test(`trainStep() with ${group.name}: logs its metrics, moves the adapter, tensors stay flat`, async () => {
+    await useTestBackend("wasm+blas");
+    const ctx = await context(await testConfig("/tmp/unused", group.set));
+    const start = new Map<string, Float32Array>();
+    for (const [k, v] of ctx.adapter.variables) start.set(k, (await v.data()) as Float32Array);
+    let afterStep1 = 0;
+    for (let step = 0; step < 3; step++) {
+      const { metrics } = await trainStep(ctx, EXAMPLES.slice(0, 2), { step, totalSteps: 3 });
+      for (const name of ["loss", "policy_loss", "kl", "grad_norm", ...group.logs]) {
+        assert.ok(Number.isFinite(metrics[name]), `step ${step}: ${name} = ${metrics[name]}`);
+      }
+      for (const name of group.absent) assert.ok(!(name in metrics), `step ${step} logs ${name}`);
+      if (step === 0) afterStep1 = tf.memory().numTensors;
+    }
+    assert.equal(tf.memory().numTensors, afterStep1, "tensor count grew between step 1 and 3");
+    let moved = 0;
+    for (const [k, v] of ctx.adapter.variables) {
+      if ((await v.data()).some((x, i) => x !== start.get(k)![i])) moved++;
+    }
+    assert.equal(moved, ctx.adapter.variables.size, "some LoRA tensors did not change");
+    disposeContext(ctx);
+  });
+}
