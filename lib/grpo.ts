@@ -379,8 +379,11 @@ export interface GrpoLossInputs {
   entropies?: tf.Tensor2D | null;
 }
 
-/** The `grpo` keys the loss reads besides the clip ranges and KL coefficient. */
-type LossKey =
+/**
+ * The `grpo` keys of TRL 1.13's options that the loss reads besides `loss_type`, the clip
+ * ranges and the KL coefficient; {@linkcode GrpoLossOptions} takes each as optional.
+ */
+export type GrpoLossKey =
   | "importance_sampling_level"
   | "delta"
   | "top_entropy_quantile"
@@ -397,7 +400,7 @@ type LossKey =
   | "vllm_importance_sampling_clip_min"
   | "vllm_importance_sampling_clip_max";
 
-const LOSS_KEYS: readonly LossKey[] = [
+const LOSS_KEYS: readonly GrpoLossKey[] = [
   "importance_sampling_level",
   "delta",
   "top_entropy_quantile",
@@ -425,7 +428,7 @@ const LOSS_KEYS: readonly LossKey[] = [
 export interface GrpoLossOptions
   extends
     Pick<Config["grpo"], "loss_type" | "epsilon" | "epsilon_high" | "kl_coef">,
-    Partial<Pick<Config["grpo"], LossKey>> {
+    Partial<Pick<Config["grpo"], GrpoLossKey>> {
   /** dr_grpo's constant normaliser per row (TRL `max_completion_length` = our max_new_tokens). */
   max_completion_length?: number;
   /**
@@ -443,7 +446,7 @@ export interface GrpoLossOptions
 }
 
 /** Every loss setting resolved: {@linkcode GrpoLossOptions} with the schema's defaults filled in. */
-type LossSettings = GrpoLossOptions & Pick<Config["grpo"], LossKey> & {
+type LossSettings = GrpoLossOptions & Pick<Config["grpo"], GrpoLossKey> & {
   epsilon_low: number;
   epsilon_high: number;
 };

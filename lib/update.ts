@@ -12,8 +12,14 @@
 import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { deriveSeed } from "./data.ts";
-import type { GrpoMetrics } from "./grpo.ts";
-import { completionLogProbs, disposeMetrics, GRPO_METRIC_NAMES, grpoLossAndGrads } from "./grpo.ts";
+import type { GrpoLossKey, GrpoMetrics } from "./grpo.ts";
+import {
+  completionLogProbs,
+  completionLogProbsAndEntropies,
+  disposeMetrics,
+  GRPO_METRIC_NAMES,
+  grpoLossAndGrads,
+} from "./grpo.ts";
 import type { LoraAdapter } from "./lora.ts";
 import type { LinearAdapter, Qwen2Model } from "./model.ts";
 import type { AdamW } from "./optim.ts";
@@ -22,17 +28,23 @@ import type { Rollout, TrainingBatch } from "./rollout.ts";
 import { disposeBatch, toTrainingBatch } from "./rollout.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
-/** The config slices the update reads: `grpo`, `generation` and `training`. */
+/**
+ * The config slices the update reads: `grpo`, `generation` and `training`. TRL 1.13's loss
+ * options ({@linkcode GrpoLossKey}) may be left out of a literal; the loss then uses the
+ * schema's defaults.
+ */
 export interface UpdateConfig {
-  grpo: Pick<
-    Config["grpo"],
-    | "loss_type"
-    | "epsilon"
-    | "epsilon_high"
-    | "kl_coef"
-    | "num_iterations"
-    | "mask_truncated_completions"
-  >;
+  grpo:
+    & Pick<
+      Config["grpo"],
+      | "loss_type"
+      | "epsilon"
+      | "epsilon_high"
+      | "kl_coef"
+      | "num_iterations"
+      | "mask_truncated_completions"
+    >
+    & Partial<Pick<Config["grpo"], GrpoLossKey>>;
   generation: Pick<Config["generation"], "temperature" | "max_new_tokens">;
   training: Pick<
     Config["training"],
@@ -58,7 +70,10 @@ export interface UpdateInputs {
   config: UpdateConfig;
 }
 
-/** A micro-batch ready for the update: padded tensors, advantages, reference/old log-probs. */
+/**
+ * A micro-batch ready for the update: padded tensors (with the sampler's log-probs when the
+ * rollout gave them), advantages, reference/old log-probs.
+ */
 export interface PreparedBatch {
   batch: TrainingBatch;
   /** [B] */
@@ -73,7 +88,8 @@ export interface PreparedBatch {
  * The numbers of one optimizer step, named as TRL logs them. Besides the keys below, every
  * metric {@linkcode grpoLossAndGrads} gives for the configured options, under its
  * {@linkcode GRPO_METRIC_NAMES} name: `clip_ratio/low_mean`, `/high_mean` and `/region_mean`
- * (not for cispo, sapo and vespo, as in TRL), `cispo_clip_ratio` and `vespo/phi_seq_mean`.
+ * (not for cispo, sapo and vespo, as in TRL), `entropy`, `cispo_clip_ratio`,
+ * `vespo/phi_seq_mean` and the `sampling/*` metrics of the IS correction.
  */
 export type UpdateMetrics = {
   /** The loss of the step: the sum over micro-batches (each already normalised). */
@@ -90,12 +106,18 @@ export type UpdateMetrics = {
   [metric: string]: number;
 };
 
+/** The rollout rows {@linkcode prepareBatch} reads. */
+export type MicroBatchRows =
+  & Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">
+  & Partial<Pick<Rollout, "samplingLogProbs">>;
+
 /**
  * Builds the tensors of one micro-batch: padding, advantages, and the log-probs that stay fixed
  * during the update (reference with the adapter off; old policy when num_iterations > 1).
  *
  * @param policy Model, tokenizer, adapter and config slices.
- * @param rows Prompt ids, completion ids and finish reasons per row.
+ * @param rows Prompt ids, completion ids and finish reasons per row, and the sampler's
+ *   log-probs when the rollout gave them (`sampling_per_token_logps` of the loss).
  * @param advantages One per row.
  * @returns The prepared batch. The caller disposes it ({@linkcode disposePrepared}).
  * @example Usage
@@ -105,7 +127,7 @@ export type UpdateMetrics = {
  */
 export function prepareBatch(
   policy: PrepareInputs,
-  rows: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
+  rows: MicroBatchRows,
   advantages: number[],
 ): PreparedBatch {
   const { config } = policy;
@@ -145,7 +167,7 @@ export function prepareBatch(
  */
 export function prepareMicroBatches(
   policy: PrepareInputs,
-  rows: Pick<Rollout, "promptIds" | "completionIds" | "finishReasons">,
+  rows: MicroBatchRows,
   advantages: number[],
 ): PreparedBatch[] {
   const size = policy.config.training.per_device_train_batch_size;
@@ -157,6 +179,7 @@ export function prepareMicroBatches(
         promptIds: rows.promptIds.slice(row, end),
         completionIds: rows.completionIds.slice(row, end),
         finishReasons: rows.finishReasons.slice(row, end),
+        samplingLogProbs: rows.samplingLogProbs?.slice(row, end),
       }, advantages.slice(row, end)));
     }
   } catch (error) {
@@ -202,9 +225,12 @@ function reduceOnDevice(values: tf.Scalar[], how: ReturnType<typeof reduction>):
 }
 
 /**
- * Update phase: one optimizer step. Gradients of the GRPO loss are summed over the
- * micro-batches (gradient accumulation), clipped by global norm, and applied by AdamW. LoRA
- * dropout draws its masks from `deriveSeed(dropoutSeed, micro-batch index)`.
+ * Update phase: one optimizer step. Gradients of the GRPO loss (TRL 1.13's `_compute_loss`,
+ * with every option of the `grpo` section) are summed over the micro-batches (gradient
+ * accumulation), clipped by global norm, and applied by AdamW. The policy forward also gives
+ * each token's entropy (TRL computes it in every `_compute_loss`): the `entropy` metric, and
+ * what `top_entropy_quantile` masks by. LoRA dropout draws its masks from
+ * `deriveSeed(dropoutSeed, micro-batch index)`.
  *
  * @param policy Model, LoRA adapter, optimizer and config slices.
  * @param prepared The micro-batches ({@linkcode prepareMicroBatches}); not disposed here.
@@ -222,7 +248,8 @@ export async function updatePhase(
 ): Promise<UpdateMetrics> {
   const { config } = policy;
   const vars = [...policy.adapter.variables.values()];
-  // dapo normalises by the active tokens of the whole accumulated batch (TRL num_items_in_batch).
+  // dapo, cispo and vespo normalise by the active tokens of the whole accumulated batch (TRL
+  // num_items_in_batch).
   const numItems = prepared.reduce((n, p) => n + p.batch.numTokens, 0);
   let sum: tf.NamedTensorMap | null = null;
   // Per micro-batch scalars, reduced on the device and read back once at the end of the step.
@@ -233,7 +260,7 @@ export async function updatePhase(
     for (const [m, p] of prepared.entries()) {
       const { loss, grads, metrics } = grpoLossAndGrads(
         () =>
-          completionLogProbs(policy.model, {
+          completionLogProbsAndEntropies(policy.model, {
             inputIds: p.batch.inputIds,
             attentionMask: p.batch.attentionMask,
             completionLength: p.batch.completionLength,
@@ -248,12 +275,11 @@ export async function updatePhase(
           ref_per_token_logps: p.ref,
           advantages: p.advantages,
           completion_mask: p.batch.completionMask,
+          sampling_per_token_logps: p.batch.samplingPerTokenLogps,
         },
         {
-          loss_type: config.grpo.loss_type,
-          epsilon: config.grpo.epsilon,
-          epsilon_high: config.grpo.epsilon_high,
-          kl_coef: config.grpo.kl_coef,
+          // loss_type, epsilon, epsilon_high, kl_coef and TRL 1.13's options (GrpoLossKey).
+          ...config.grpo,
           max_completion_length: config.generation.max_new_tokens,
           num_items_in_batch: Math.max(1, numItems),
           gradient_accumulation_steps: prepared.length,
@@ -295,7 +321,7 @@ export async function updatePhase(
     // Sync point: the step's one read-back.
     const totals = await readScalars(scalars);
     // The loss of TRL's step is the sum over micro-batches (each already divided by their count
-    // for grpo/bnpo/dr_grpo); ratios and KL are averaged.
+    // for grpo/bnpo/dr_grpo); ratios, KL and entropy are averaged.
     const n = prepared.length;
     const out: Record<string, number> = {};
     for (const key of keys) {

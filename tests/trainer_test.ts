@@ -224,31 +224,65 @@ Deno.test("train() resumed after checkpoint-1 still reports the evaluation from 
   await Deno.remove(dir, { recursive: true });
 });
 
-/** TRL `_compute_loss` logs these only for the clipped losses (grpo, bnpo, dr_grpo, dapo, luspo). */
+/** The `sampling/*` metrics of the IS correction (TRL's names). */
+const SAMPLING_METRICS = [
+  "sampling/sampling_logp_difference/mean",
+  "sampling/sampling_logp_difference/max",
+  "sampling/importance_sampling_ratio/min",
+  "sampling/importance_sampling_ratio/mean",
+  "sampling/importance_sampling_ratio/max",
+];
 const CLIP_RATIOS = ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"];
 
 /**
- * The loss types whose metrics are not the clip ratios: the `--set` lines, the metrics a step
- * must log and those it must not.
+ * TRL 1.13's options (issue 14), a group per test: the `--set` lines, the metrics a step must log
+ * and those it must not (TRL `_compute_loss` logs no clip ratio for cispo, sapo and vespo).
  */
 const OPTION_GROUPS: { name: string; set: string[]; logs: string[]; absent: string[] }[] = [
   {
     name: "loss_type cispo",
     set: ["grpo.loss_type=cispo", "grpo.epsilon_high=5"],
-    logs: ["cispo_clip_ratio"],
+    logs: ["cispo_clip_ratio", "entropy"],
     absent: [...CLIP_RATIOS, "vespo/phi_seq_mean"],
   },
   {
     name: "loss_type sapo",
     set: ["grpo.loss_type=sapo"],
-    logs: [],
+    logs: ["entropy"],
     absent: [...CLIP_RATIOS, "cispo_clip_ratio"],
   },
   {
     name: "loss_type vespo",
     set: ["grpo.loss_type=vespo"],
-    logs: ["vespo/phi_seq_mean"],
+    logs: ["vespo/phi_seq_mean", "entropy"],
     absent: [...CLIP_RATIOS, "cispo_clip_ratio"],
+  },
+  {
+    name: "sequence level (luspo), delta and the bias-corrected KL",
+    set: [
+      "grpo.loss_type=luspo",
+      "grpo.importance_sampling_level=sequence",
+      "grpo.delta=1.5",
+      "grpo.use_bias_correction_kl=true",
+    ],
+    logs: [...CLIP_RATIOS, "entropy"],
+    absent: SAMPLING_METRICS,
+  },
+  {
+    name: "top_entropy_quantile and the off-policy mask",
+    set: ["grpo.top_entropy_quantile=0.2", "grpo.off_policy_mask_threshold=0.05"],
+    logs: [...CLIP_RATIOS, "entropy"],
+    absent: SAMPLING_METRICS,
+  },
+  {
+    name: "IS correction against the rollout's own log-probs",
+    set: [
+      "grpo.vllm_importance_sampling_correction=true",
+      "grpo.vllm_importance_sampling_mode=token_truncate",
+      "grpo.vllm_importance_sampling_clip_max=2",
+    ],
+    logs: [...CLIP_RATIOS, "entropy", ...SAMPLING_METRICS],
+    absent: [],
   },
 ];
 
