@@ -76,6 +76,8 @@ const byKernel = new Map<string, Stat>(); // `${phase}\t${kernel}`
 const byShape = new Map<string, Stat>(); // `${phase}\t${kernel}\t${shapes}`
 const io = new Map<string, Stat>(); // `${phase}\t${method}`, flops = bytes
 const phaseWall = new Map<string, number>();
+/** The profiler's own bookkeeping time per top-level phase, taken out of "outside kernels". */
+const bookkeeping = new Map<string, number>();
 let phase = "idle";
 let phaseStart = performance.now();
 let enabled = false;
@@ -151,12 +153,16 @@ function installKernelTimers(backendName: string): number {
         } finally {
           inKernel = outer;
         }
-        const ms = performance.now() - t0;
+        const t1 = performance.now();
+        const ms = t1 - t0;
         const p = currentPhase();
         const flops = isMatMul ? matMulFlops(args.inputs, args.attrs) : 0;
         add(byKernel, `${p}\t${name}`, ms, flops);
         const shapes = Object.values(args.inputs).map(shapeOf).join(" ");
         add(byShape, `${p}\t${name}\t${shapes}`, ms, flops);
+        if (outer === null) {
+          bookkeeping.set(phase, (bookkeeping.get(phase) ?? 0) + performance.now() - t1);
+        }
         return out;
       }) as tf.KernelFunc,
     });
@@ -177,12 +183,16 @@ function installIoCounters(): void {
       if (!enabled || (method === "write" && args[0] == null)) return inner(...args);
       const t0 = performance.now();
       const out = inner(...args);
-      const ms = performance.now() - t0;
+      const t1 = performance.now();
+      const ms = t1 - t0;
       const values = (method === "write" ? args[0] : out) as
         | { byteLength?: number; length?: number }
         | null;
       const bytes = values?.byteLength ?? 4 * (values?.length ?? 0);
       add(io, `${currentPhase()}\t${method}\t${inKernel ?? "(JS, outside kernels)"}`, ms, bytes);
+      if (inKernel === null) {
+        bookkeeping.set(phase, (bookkeeping.get(phase) ?? 0) + performance.now() - t1);
+      }
       return out;
     };
   }
@@ -242,20 +252,28 @@ function report(title: string, topN: number): string {
     const subs = phases.filter((q) => q === p || q.startsWith(`${p}: `));
     const kms = subs.reduce((s, q) => s + kernelMs(q), 0);
     const n = subs.reduce((s, q) => s + kernelCount(q), 0);
+    const own = bookkeeping.get(p) ?? 0;
+    const outside = wall - kms - own;
     rows.push([
       p,
       fmtMs(wall),
       fmtMs(kms),
       n,
-      `${fmtMs(wall - kms)} (${pct(wall - kms, wall)})`,
-      n > 0 ? ((wall - kms) * 1000 / n).toFixed(0) : "-",
+      fmtMs(own),
+      `${fmtMs(outside)} (${pct(outside, wall)})`,
+      n > 0 ? (outside * 1000 / n).toFixed(0) : "-",
     ]);
   }
   out.push(
-    table(
-      ["phase", "wall ms", "in kernels ms", "kernel calls", "outside kernels ms", "µs/call"],
-      rows,
-    ),
+    table([
+      "phase",
+      "wall ms",
+      "in kernels ms",
+      "kernel calls",
+      "profiler's own ms",
+      "outside kernels ms",
+      "µs/call",
+    ], rows),
     "",
   );
   // Kernels overall, with their split over phases.
@@ -362,6 +380,7 @@ function reset(): void {
   byShape.clear();
   io.clear();
   phaseWall.clear();
+  bookkeeping.clear();
 }
 
 // ---------------------------------------------------------------------------------------------
