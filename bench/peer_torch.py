@@ -751,7 +751,7 @@ def bench_demo(bench, want):
         t2 = time.perf_counter()
         tokens = sum(len(c) for c in completions)
         log(
-            "grpo_step run %d: rollout %.3f s, update %.3f s, %d completion tokens (mean length %.1f)%s"
+            "demo run %d: rollout %.3f s, update %.3f s, %d completion tokens (mean length %.1f)%s"
             % (run, t1 - t0, t2 - t1, tokens, tokens / len(completions), " [warm-up]" if run < 0 else "")
         )
         if run >= 0:
