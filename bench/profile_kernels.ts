@@ -423,7 +423,7 @@ async function demo(options: Options, steps: number): Promise<string> {
     });
     const t1 = performance.now();
     setPhase("score+advantages");
-    const scores = scorePhase(group.texts, group.answers, config.reward);
+    const scores = scorePhase(group, config.reward);
     const advantages = await advantagePhase(scores.rewards, config.grpo);
     setPhase("ref (prepare)");
     const prepared: PreparedBatch[] = prepareMicroBatches(ctx, group, advantages);
