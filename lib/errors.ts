@@ -64,8 +64,23 @@ export class BackendError extends Error {
   }
 }
 
+/**
+ * A run directory, checkpoint or record file that cannot be written (a full disk, a read-only
+ * file system). What was complete before the failed write stays complete.
+ */
+export class OutputError extends Error {
+  /** The file or directory that could not be written. */
+  file: string;
+  constructor(message: string, options: { file: string; cause?: unknown }) {
+    super(message, { cause: options.cause });
+    this.name = "OutputError";
+    this.file = options.file;
+  }
+}
+
 /** True for the errors above: a driver prints `error.message` alone and exits 2. */
 export function isUserError(error: unknown): error is Error {
   return error instanceof ConfigError || error instanceof DataError ||
-    error instanceof CheckpointError || error instanceof BackendError;
+    error instanceof CheckpointError || error instanceof BackendError ||
+    error instanceof OutputError;
 }

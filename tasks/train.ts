@@ -21,7 +21,10 @@ async function main(): Promise<void> {
   if (started === null) return;
   const { commandLine, config } = started;
   for (const w of configWarnings(config)) console.error(`warning: ${w}`);
-  const { outputDir, resumeFrom } = await resolveRun(config.training, commandLine.resume);
+  const { outputDir, resumeFrom, warnings } = await resolveRun(config.training, {
+    resume: commandLine.resume,
+  });
+  for (const w of warnings) console.error(`warning: ${w}`);
   const run = await loadContext(config);
   for (const line of describeContext(run)) console.error(line);
   console.error(`output ${outputDir}`);
