@@ -78,9 +78,26 @@ export class OutputError extends Error {
   }
 }
 
+/**
+ * Training stopped after `training.max_nonfinite_steps` steps in a row whose loss or gradients
+ * were not finite (each one's update skipped); `checkpoint` holds the last finite adapter.
+ */
+export class DivergenceError extends Error {
+  /** The step training stopped at. */
+  step: number;
+  /** The checkpoint saved at that step. */
+  checkpoint: string;
+  constructor(message: string, options: { step: number; checkpoint: string }) {
+    super(message);
+    this.name = "DivergenceError";
+    this.step = options.step;
+    this.checkpoint = options.checkpoint;
+  }
+}
+
 /** True for the errors above: a driver prints `error.message` alone and exits 2. */
 export function isUserError(error: unknown): error is Error {
   return error instanceof ConfigError || error instanceof DataError ||
     error instanceof CheckpointError || error instanceof BackendError ||
-    error instanceof OutputError;
+    error instanceof OutputError || error instanceof DivergenceError;
 }

@@ -33,6 +33,11 @@ export interface RunSummary {
   seconds: number;
   /** The run directory, or null for an in-memory run. */
   output_dir: string | null;
+  /**
+   * Set when `train` stopped early on request (a signal): why, at which step, and the
+   * checkpoint that holds it. Such a run writes no summary.json; `--resume latest` continues it.
+   */
+  stopped?: { reason: string; step: number; checkpoint: string };
 }
 
 /** The sink of a run's records; every method resolves once the record is stored. */
