@@ -168,6 +168,27 @@ async function stateOnly(root: string, step: number): Promise<string> {
   return dir;
 }
 
+/** The fixture model with its PEFT adapter, AdamW over it and a temp dir; `dispose()` frees all. */
+async function fixtureRun() {
+  await useTestBackend("cpu");
+  const model = await loadModel(DIR);
+  const adapter = await loadLora(model, `${DIR}/adapter`);
+  const optimizer = new AdamW([...adapter.variables.values()], ADAM);
+  const root = await Deno.makeTempDir();
+  return {
+    model,
+    adapter,
+    optimizer,
+    root,
+    async dispose() {
+      adapter.dispose();
+      optimizer.dispose();
+      model.dispose();
+      await Deno.remove(root, { recursive: true });
+    },
+  };
+}
+
 Deno.test("resolveRun() finds the run directory and the checkpoint --resume names", async () => {
   const root = await Deno.makeTempDir();
   await stateOnly(root, 4);
@@ -241,11 +262,8 @@ Deno.test("resolveRun() refuses a fresh run in a directory holding another, unle
 });
 
 Deno.test("saveCheckpoint() writes a manifest; --resume latest skips a damaged newest checkpoint with a warning", async () => {
-  await useTestBackend("cpu");
-  const model = await loadModel(DIR);
-  const adapter = await loadLora(model, `${DIR}/adapter`);
-  const optimizer = new AdamW([...adapter.variables.values()], ADAM);
-  const root = await Deno.makeTempDir();
+  const run = await fixtureRun();
+  const { adapter, optimizer, root } = run;
   for (const step of [2, 4, 6]) {
     await saveCheckpoint(checkpointDir(root, step), { state: state(step), adapter, optimizer });
     assert.equal(await readCheckpointDamage(checkpointDir(root, step)), null);
@@ -283,17 +301,12 @@ Deno.test("saveCheckpoint() writes a manifest; --resume latest skips a damaged n
     message:
       /every checkpoint in .* is damaged .*checkpoint-2 is damaged \(trainer_state\.json is missing\)/,
   });
-  adapter.dispose();
-  optimizer.dispose();
-  model.dispose();
-  await Deno.remove(root, { recursive: true });
+  await run.dispose();
 });
 
 Deno.test("loadCheckpoint() refuses a checkpoint of another base model, lora_r or data file, with one line", async () => {
-  await useTestBackend("cpu");
-  const model = await loadModel(DIR);
-  const adapter = await loadLora(model, `${DIR}/adapter`);
-  const root = await Deno.makeTempDir();
+  const run = await fixtureRun();
+  const { adapter, root } = run;
   const data = `${root}/train.jsonl`;
   await Deno.writeTextFile(data, '{"question": "1+1", "answer": "2"}\n');
   const identity = (modelDir: string, lora = adapter.options) =>
@@ -343,19 +356,14 @@ Deno.test("loadCheckpoint() refuses a checkpoint of another base model, lora_r o
   await Deno.writeFile(`${copy}/model.safetensors`, weights);
   const changed = await identity(copy);
   assert.notDeepEqual(changed.base_model!.weights, saved.base_model!.weights);
-  adapter.dispose();
-  model.dispose();
-  await Deno.remove(root, { recursive: true });
+  await run.dispose();
 });
 
 Deno.test("saveCheckpoint() on a full disk (injected ENOSPC) leaves the checkpoints before it intact and no leftovers", async () => {
   // An injected failure: Deno.open of the optimizer file throws what a full disk throws. (The
   // train task test fills a real tmpfs where mounts are allowed.)
-  await useTestBackend("cpu");
-  const model = await loadModel(DIR);
-  const adapter = await loadLora(model, `${DIR}/adapter`);
-  const optimizer = new AdamW([...adapter.variables.values()], ADAM);
-  const root = await Deno.makeTempDir();
+  const run = await fixtureRun();
+  const { adapter, optimizer, root } = run;
   await saveCheckpoint(checkpointDir(root, 2), { state: state(2), adapter, optimizer });
   const deno = Deno as unknown as { open: (...args: unknown[]) => unknown };
   const open = deno.open;
@@ -391,8 +399,5 @@ Deno.test("saveCheckpoint() on a full disk (injected ENOSPC) leaves the checkpoi
   for await (const e of Deno.readDir(root)) left.push(e.name);
   assert.deepEqual(left, ["checkpoint-2"]);
   assert.equal(await readCheckpointDamage(checkpointDir(root, 2)), null);
-  adapter.dispose();
-  optimizer.dispose();
-  model.dispose();
-  await Deno.remove(root, { recursive: true });
+  await run.dispose();
 });
