@@ -169,3 +169,55 @@ export async function isFile(path: string): Promise<boolean> {
     throw error;
   }
 }
+
+/**
+ * Whether `error` is an operating-system error of a file operation as Deno throws it: one of
+ * `Deno.errors` (`PermissionDenied`, `NotFound`, ...) or an `Error` with an errno `code`
+ * (`ENOSPC` for a full disk, `EROFS` for a read-only file system).
+ *
+ * @param error What a `Deno` file call threw.
+ * @returns True for such an error.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { isOsError } from "./_fs.ts";
+ * assert.equal(isOsError(Object.assign(new Error("No space left"), { code: "ENOSPC" })), true);
+ * assert.equal(isOsError(new TypeError("a bug")), false);
+ * ```
+ */
+export function isOsError(error: unknown): error is Error {
+  if (!(error instanceof Error)) return false;
+  if (Object.values(Deno.errors).some((kind) => error instanceof kind)) return true;
+  return /^E[A-Z0-9]+$/.test(String((error as { code?: unknown }).code));
+}
+
+/**
+ * An OS error's reason without what Deno appends after `(os error N)` (`: <operation> '<path>'`;
+ * the caller names the file in its own words).
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { osReason } from "./_fs.ts";
+ * const error = new Error("No space left on device (os error 28): write '/run/a.tmp-1'");
+ * assert.equal(osReason(error), "No space left on device (os error 28)");
+ * ```
+ */
+export function osReason(error: Error): string {
+  return error.message.replace(/(\(os error \d+\)):.*$/s, "$1");
+}
+
+/**
+ * The SHA-256 of some bytes, as lowercase hex.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { sha256Hex } from "./_fs.ts";
+ * assert.equal((await sha256Hex(new Uint8Array())).slice(0, 8), "e3b0c442");
+ * ```
+ */
+export async function sha256Hex(bytes: Uint8Array): Promise<string> {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}

@@ -7,14 +7,21 @@
  * model (`model.safetensors`). The randomness of a step is a function of (seed, step), so the
  * state's step and seed are all a resumed run needs to draw what an uninterrupted one draws.
  *
+ * Each checkpoint also carries a `manifest.json` (every file's size and SHA-256), so a torn or
+ * corrupt one is found before it is loaded, and a GRPO checkpoint's state records what it belongs
+ * to ({@linkcode RunIdentity}: base model, LoRA settings, data file), so a resume on something
+ * else is refused.
+ *
  * @module
  */
+import { dirname, resolve } from "node:path";
 import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { COMMAND_LINE, formatConfig } from "./config.ts";
-import { CheckpointError, ConfigError } from "./errors.ts";
+import { CheckpointError, ConfigError, OutputError } from "./errors.ts";
 import type { EvalSummary } from "./evaluate.ts";
-import type { LoraAdapter } from "./lora.ts";
+import type { LoraAdapter, LoraOptions } from "./lora.ts";
+import { isOsError, osReason, sha256Hex } from "./_fs.ts";
 import { saveLora } from "./lora.ts";
 import type { Qwen2Model } from "./model.ts";
 import type { AdamW, AdamWState } from "./optim.ts";
@@ -33,7 +40,44 @@ export const CHECKPOINT_FILES = Object.freeze({
   state: "trainer_state.json",
   /** The effective config. */
   config: "config.yaml",
+  /** Size and SHA-256 of every other file (JSON), written last. */
+  manifest: "manifest.json",
 });
+
+/** `manifest.json`: what each file of a checkpoint holds, to tell a torn or corrupt one. */
+export interface CheckpointManifest {
+  /** File name → its size in bytes and SHA-256 (hex). */
+  files: Record<string, { bytes: number; sha256: string }>;
+}
+
+/**
+ * What a run's checkpoints belong to, recorded in `trainer_state.json` (`identity`) so that a
+ * resume on another base model, LoRA shape or data file is refused instead of training on.
+ * Weight files are identified cheaply (multi-GB files are not read whole): size, and the SHA-256
+ * of their first and last MiB (the safetensors header with every tensor's name, dtype, shape and
+ * offset, and data at both ends).
+ */
+export interface RunIdentity {
+  /** The base model directory; null for a model built in memory. */
+  base_model: {
+    /** Where it was loaded from (informative; a moved model is the same model). */
+    path: string;
+    /** SHA-256 of `config.json`. */
+    config_sha256: string;
+    /** Each `*.safetensors` file (and the shard index) by name. */
+    weights: Record<string, { bytes: number; head_tail_sha256: string }>;
+  } | null;
+  /** The LoRA settings the adapter has. */
+  lora: LoraOptions;
+  /** The training data file (`data.train_file`); null when it is not a file. */
+  data: { train_file: string; bytes: number; sha256: string } | null;
+}
+
+/**
+ * Byte sizes (files) or row counts (memory) of a run's record files when a checkpoint was saved;
+ * a resume truncates the records to them, so each step is logged once.
+ */
+export type RunMark = Record<string, number>;
 
 /** Where a GRPO run is: `trainer_state.json` (TRL's names where TRL has them). */
 export interface TrainerState {
@@ -49,6 +93,12 @@ export interface TrainerState {
   log_history: Record<string, number>[];
   /** The evaluation before training, kept so a resumed run can still report before/after. */
   before?: EvalSummary | null;
+  /** Seconds of training so far, over every segment of a resumed run (summary.json's `seconds`). */
+  seconds?: number;
+  /** What the run trains: a resume with another base model, LoRA shape or data is refused. */
+  identity?: RunIdentity;
+  /** The run's record files at the save ({@linkcode RunMark}). */
+  records?: RunMark;
 }
 
 /** What {@linkcode saveCheckpoint} writes: the state, and whichever of the rest is given. */
@@ -120,12 +170,14 @@ export async function modelTensors(
 
 /**
  * Saves a checkpoint directory: the trained tensors (a PEFT adapter or a whole model), the
- * AdamW moments under torch's names (`exp_avg` / `exp_avg_sq`), `trainer_state.json` and the
- * config. Everything is written to `<dir>.tmp-<uuid>` first and renamed into place, replacing
- * an older `dir`.
+ * AdamW moments under torch's names (`exp_avg` / `exp_avg_sq`), `trainer_state.json`, the
+ * config and `manifest.json`. Everything is written to `<dir>.tmp-<uuid>` first and renamed into
+ * place, replacing an older `dir`; on a failure (a full disk) the temporary directory is removed
+ * and the checkpoints saved before are untouched.
  *
  * @param dir The checkpoint directory, e.g. {@linkcode checkpointDir}`(outputDir, step)`.
  * @param parts What to save.
+ * @throws {OutputError} When a file cannot be written (no space, read-only file system).
  * @example Usage
  * ```ts ignore
  * await saveCheckpoint(checkpointDir(outputDir, 10), { state, adapter, optimizer, config });
@@ -134,37 +186,109 @@ export async function modelTensors(
 export async function saveCheckpoint<S>(dir: string, parts: CheckpointParts<S>): Promise<void> {
   const trained = trainedTensors(parts);
   const tmp = `${dir}.tmp-${crypto.randomUUID()}`;
-  await Deno.mkdir(tmp, { recursive: true });
-  if (parts.adapter) await saveLora(parts.adapter, tmp, { baseModel: parts.baseModel ?? null });
-  if (parts.model) {
-    await saveSafetensors(`${tmp}/${CHECKPOINT_FILES.model}`, await modelTensors(parts.model));
-  }
-  if (parts.optimizer) {
-    const opt = await parts.optimizer.state();
-    const tensors: Record<string, TensorData> = {};
-    for (const [key, v] of trained) {
-      const shape = v.shape;
-      tensors[`${key}.exp_avg`] = { dtype: "F32", shape, data: opt.exp_avg[optimizerName(v)] };
-      tensors[`${key}.exp_avg_sq`] = {
-        dtype: "F32",
-        shape,
-        data: opt.exp_avg_sq[optimizerName(v)],
-      };
+  try {
+    await Deno.mkdir(tmp, { recursive: true });
+    if (parts.adapter) await saveLora(parts.adapter, tmp, { baseModel: parts.baseModel ?? null });
+    if (parts.model) {
+      await saveSafetensors(`${tmp}/${CHECKPOINT_FILES.model}`, await modelTensors(parts.model));
     }
-    await saveSafetensors(`${tmp}/${CHECKPOINT_FILES.optimizer}`, tensors, {
-      format: "pt",
-      step: String(opt.step),
-    });
+    if (parts.optimizer) {
+      const opt = await parts.optimizer.state();
+      const tensors: Record<string, TensorData> = {};
+      for (const [key, v] of trained) {
+        const shape = v.shape;
+        tensors[`${key}.exp_avg`] = { dtype: "F32", shape, data: opt.exp_avg[optimizerName(v)] };
+        tensors[`${key}.exp_avg_sq`] = {
+          dtype: "F32",
+          shape,
+          data: opt.exp_avg_sq[optimizerName(v)],
+        };
+      }
+      await saveSafetensors(`${tmp}/${CHECKPOINT_FILES.optimizer}`, tensors, {
+        format: "pt",
+        step: String(opt.step),
+      });
+    }
+    await Deno.writeTextFile(
+      `${tmp}/${CHECKPOINT_FILES.state}`,
+      JSON.stringify(parts.state, null, 2) + "\n",
+    );
+    if (parts.config) {
+      await Deno.writeTextFile(`${tmp}/${CHECKPOINT_FILES.config}`, formatConfig(parts.config));
+    }
+    await saveManifest(tmp);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.rename(tmp, dir);
+  } catch (error) {
+    // The original error is the one to report; a failed cleanup must not mask it.
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    if (!isOsError(error)) throw error;
+    throw new OutputError(
+      `Cannot save ${dir}: ${osReason(error)}; the checkpoints saved before it are intact`,
+      { file: dir, cause: error },
+    );
+  }
+}
+
+/** Writes `manifest.json` of the checkpoint directory `dir`: every file's size and SHA-256. */
+async function saveManifest(dir: string): Promise<void> {
+  const manifest: CheckpointManifest = { files: {} };
+  const names: string[] = [];
+  for await (const e of Deno.readDir(dir)) if (e.isFile) names.push(e.name);
+  for (const name of names.sort()) {
+    const bytes = await Deno.readFile(`${dir}/${name}`);
+    manifest.files[name] = { bytes: bytes.byteLength, sha256: await sha256Hex(bytes) };
   }
   await Deno.writeTextFile(
-    `${tmp}/${CHECKPOINT_FILES.state}`,
-    JSON.stringify(parts.state, null, 2) + "\n",
+    `${dir}/${CHECKPOINT_FILES.manifest}`,
+    JSON.stringify(manifest, null, 2) + "\n",
   );
-  if (parts.config) {
-    await Deno.writeTextFile(`${tmp}/${CHECKPOINT_FILES.config}`, formatConfig(parts.config));
+}
+
+/**
+ * What is wrong with a checkpoint directory, checked against its `manifest.json`: a missing file,
+ * another size or another SHA-256 (a torn write, a truncated copy, bit rot). A checkpoint without
+ * a manifest (written before manifests existed) is only checked for its `trainer_state.json`.
+ *
+ * @param dir The checkpoint directory.
+ * @returns null when it is whole, else the problem in words (for a warning or an error).
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { readCheckpointDamage } from "./checkpoint.ts";
+ * assert.equal(await readCheckpointDamage("no/such/checkpoint-1"), "trainer_state.json is missing");
+ * ```
+ */
+export async function readCheckpointDamage(dir: string): Promise<string | null> {
+  let manifest: CheckpointManifest;
+  try {
+    manifest = JSON.parse(await Deno.readTextFile(`${dir}/${CHECKPOINT_FILES.manifest}`));
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) {
+      return `${CHECKPOINT_FILES.manifest} cannot be read (${(error as Error).message})`;
+    }
+    try {
+      await Deno.stat(`${dir}/${CHECKPOINT_FILES.state}`);
+      return null;
+    } catch {
+      return `${CHECKPOINT_FILES.state} is missing`;
+    }
   }
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
-  await Deno.rename(tmp, dir);
+  for (const [name, want] of Object.entries(manifest.files ?? {})) {
+    let bytes: Uint8Array;
+    try {
+      bytes = await Deno.readFile(`${dir}/${name}`);
+    } catch {
+      return `${name} is missing`;
+    }
+    if (bytes.byteLength !== want.bytes) {
+      return `${name} has ${bytes.byteLength} bytes, its manifest says ${want.bytes}`;
+    }
+    if (await sha256Hex(bytes) !== want.sha256) {
+      return `${name} does not match the SHA-256 in its manifest`;
+    }
+  }
+  return null;
 }
 
 /** AdamW keys its moments by tf variable name (a second live adapter's is `<key>:<n>`). */
@@ -181,8 +305,11 @@ function optimizerName(t: tf.Tensor): string {
  *
  * @param dir The checkpoint directory.
  * @param into The adapter (GRPO) or the trainable model (SFT) to restore, and the optimizer.
+ * @param options `identity`: what this run trains; a checkpoint whose state records another
+ *   ({@linkcode RunIdentity}) is refused before anything is restored.
  * @returns The saved state, and the moments (for a caller that builds its optimizer later).
- * @throws {CheckpointError} When a file, tensor or moment is missing or has another shape.
+ * @throws {CheckpointError} When a file, tensor or moment is missing or has another shape, or
+ *   the checkpoint belongs to another base model, LoRA shape or data file.
  * @example Usage
  * ```ts ignore
  * const { state } = await loadCheckpoint<TrainerState>(dir, { adapter, optimizer });
@@ -191,6 +318,7 @@ function optimizerName(t: tf.Tensor): string {
 export async function loadCheckpoint<S>(
   dir: string,
   into: { adapter?: LoraAdapter; model?: Qwen2Model; optimizer?: AdamW | null },
+  options: { identity?: RunIdentity | null } = {},
 ): Promise<LoadedCheckpoint<S>> {
   const statePath = `${dir}/${CHECKPOINT_FILES.state}`;
   let state: S;
@@ -204,6 +332,14 @@ export async function loadCheckpoint<S>(
         `${CHECKPOINT_FILES.optimizer} and ${CHECKPOINT_FILES.state}`,
       { file: statePath, cause: error },
     );
+  }
+  const saved = (state as { identity?: RunIdentity } | null)?.identity;
+  const mismatch = saved && options.identity ? identityMismatch(saved, options.identity) : null;
+  if (mismatch) {
+    throw new CheckpointError(`Cannot resume from ${dir}: ${mismatch}`, {
+      file: statePath,
+      key: "identity",
+    });
   }
   const trained = trainedTensors(into);
   if (trained.size > 0) {
@@ -313,51 +449,318 @@ export async function latestCheckpoint(outputDir: string): Promise<string | null
   return steps.length > 0 ? checkpointDir(outputDir, steps[steps.length - 1]) : null;
 }
 
+/** Bytes read from each end of a weight file for its {@linkcode RunIdentity} hash. */
+const HEAD_TAIL_BYTES = 1 << 20;
+
+/** SHA-256 of the first and last `HEAD_TAIL_BYTES` of a file (all of it when smaller). */
+async function readHeadTailSha256(path: string): Promise<{ bytes: number; sha256: string }> {
+  const f = await Deno.open(path, { read: true });
+  try {
+    const size = (await f.stat()).size;
+    const ranges = size <= 2 * HEAD_TAIL_BYTES
+      ? [[0, size]]
+      : [[0, HEAD_TAIL_BYTES], [size - HEAD_TAIL_BYTES, HEAD_TAIL_BYTES]];
+    const buffer = new Uint8Array(ranges.reduce((n, [, length]) => n + length, 0));
+    let at = 0;
+    for (const [start, length] of ranges) {
+      await f.seek(start, Deno.SeekMode.Start);
+      for (let done = 0; done < length;) {
+        const got = await f.read(buffer.subarray(at + done, at + length));
+        if (got === null) {
+          throw new CheckpointError(`Cannot read ${path}: it shrank`, { file: path });
+        }
+        done += got;
+      }
+      at += length;
+    }
+    return { bytes: size, sha256: await sha256Hex(buffer) };
+  } finally {
+    f.close();
+  }
+}
+
+/**
+ * Reads what a run trains ({@linkcode RunIdentity}): the base model's `config.json` and weight
+ * files (sizes and head/tail hashes, cheap for multi-GB files), the LoRA settings and the
+ * training data file (hashed whole).
+ *
+ * @param source `modelDir` (null: a model built in memory), the adapter's `lora` options and
+ *   the `trainFile` (null, or a missing file: no data identity).
+ * @returns The identity, for `trainer_state.json` and {@linkcode loadCheckpoint}.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { readRunIdentity } from "./checkpoint.ts";
+ * const lora = { lora_r: 4, lora_alpha: 8, lora_dropout: 0, target_modules: ["q_proj"] };
+ * const identity = await readRunIdentity({
+ *   modelDir: "tests/fixtures/qwen2-tiny", lora, trainFile: "data/gsm8k/test.jsonl" });
+ * assert.deepEqual(Object.keys(identity.base_model!.weights), ["model.safetensors"]);
+ * ```
+ */
+export async function readRunIdentity(
+  source: { modelDir: string | null; lora: LoraOptions; trainFile: string | null },
+): Promise<RunIdentity> {
+  let base_model: RunIdentity["base_model"] = null;
+  if (source.modelDir !== null) {
+    const dir = source.modelDir;
+    const names: string[] = [];
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isFile && /\.safetensors(\.index\.json)?$/.test(e.name)) names.push(e.name);
+    }
+    const weights: Record<string, { bytes: number; head_tail_sha256: string }> = {};
+    for (const name of names.sort()) {
+      const { bytes, sha256 } = await readHeadTailSha256(`${dir}/${name}`);
+      weights[name] = { bytes, head_tail_sha256: sha256 };
+    }
+    base_model = {
+      path: dir,
+      config_sha256: await sha256Hex(await Deno.readFile(`${dir}/config.json`)),
+      weights,
+    };
+  }
+  let data: RunIdentity["data"] = null;
+  if (source.trainFile !== null) {
+    try {
+      const bytes = await Deno.readFile(source.trainFile);
+      data = {
+        train_file: source.trainFile,
+        bytes: bytes.byteLength,
+        sha256: await sha256Hex(bytes),
+      };
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+  }
+  const { lora_r, lora_alpha, lora_dropout, target_modules } = source.lora;
+  return { base_model, lora: { lora_r, lora_alpha, lora_dropout, target_modules }, data };
+}
+
+/**
+ * Why a checkpoint of `saved` cannot be resumed by a run of `current`, or null when it can.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { identityMismatch } from "./checkpoint.ts";
+ * const lora = { lora_r: 4, lora_alpha: 8, lora_dropout: 0, target_modules: ["q_proj"] };
+ * const run = { base_model: null, lora, data: null };
+ * assert.equal(identityMismatch(run, run), null);
+ * assert.match(identityMismatch(run, { ...run, lora: { ...lora, lora_r: 16 } })!, /lora_r 4/);
+ * ```
+ */
+export function identityMismatch(saved: RunIdentity, current: RunIdentity): string | null {
+  const a = saved.base_model;
+  const b = current.base_model;
+  if (a && b) {
+    const names = [...new Set([...Object.keys(a.weights), ...Object.keys(b.weights)])].sort();
+    const differs = a.config_sha256 !== b.config_sha256
+      ? "config.json"
+      : names.find((n) => JSON.stringify(a.weights[n]) !== JSON.stringify(b.weights[n]));
+    if (differs) {
+      return `it was trained on another base model (${a.path}; this run loads ${b.path}, whose ` +
+        `${differs} differs). Resume with the model it was trained on, or start a new run`;
+    }
+  }
+  for (const key of ["lora_r", "lora_alpha", "target_modules", "lora_dropout"] as const) {
+    const [was, is] = [JSON.stringify(saved.lora[key]), JSON.stringify(current.lora[key])];
+    if (was !== is) {
+      return `it was trained with ${key} ${was}, this run has ${key} ${is}. Set lora.${key}: ` +
+        `${was} to resume it, or start a new run`;
+    }
+  }
+  if (saved.data && current.data && saved.data.sha256 !== current.data.sha256) {
+    return `it was trained on ${saved.data.train_file} (${saved.data.bytes} bytes), this run ` +
+      `reads ${current.data.train_file} (${current.data.bytes} bytes) with other contents. ` +
+      `Resume with the same data.train_file, or start a new run`;
+  }
+  return null;
+}
+
+/**
+ * What is at a run's output directory: nothing, a file, or a directory and its entries.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { readOutputDir } from "./checkpoint.ts";
+ * assert.deepEqual(await readOutputDir("no/such/run"), { kind: "missing", entries: [] });
+ * assert.equal((await readOutputDir("deno.json")).kind, "file");
+ * ```
+ */
+export async function readOutputDir(
+  dir: string,
+): Promise<{ kind: "missing" | "file" | "directory"; entries: string[] }> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(dir);
+  } catch (error) {
+    // A file on the way (`a.txt/run`): missing here; writeProbe names the file.
+    if (error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotADirectory) {
+      return { kind: "missing", entries: [] };
+    }
+    throw error;
+  }
+  if (!info.isDirectory) return { kind: "file", entries: [] };
+  const entries: string[] = [];
+  for await (const e of Deno.readDir(dir)) entries.push(e.name);
+  return { kind: "directory", entries: entries.sort(naturalOrder) };
+}
+
+/** `checkpoint-2` before `checkpoint-10`. */
+function naturalOrder(a: string, b: string): number {
+  return a.localeCompare(b, "en", { numeric: true });
+}
+
+/**
+ * Checks that a run can write into `dir` (or, when it does not exist yet, create it) by creating
+ * and removing a probe file there, so a read-only or full output directory fails before a model
+ * loads.
+ *
+ * @throws {OutputError} When it cannot, with the system's reason.
+ * @example Usage
+ * ```ts
+ * import { writeProbe } from "./checkpoint.ts";
+ * await writeProbe(await Deno.makeTempDir());
+ * ```
+ */
+export async function writeProbe(dir: string): Promise<void> {
+  // The nearest existing directory is where the first mkdir or write will happen.
+  let at = dir;
+  while (true) {
+    try {
+      if (!(await Deno.stat(at)).isDirectory) {
+        throw new OutputError(`Cannot write to ${dir}: ${at} is a file, not a directory`, {
+          file: at,
+        });
+      }
+      break;
+    } catch (error) {
+      const missing = error instanceof Deno.errors.NotFound ||
+        error instanceof Deno.errors.NotADirectory;
+      if (!missing || dirname(at) === at) throw error;
+      at = dirname(at);
+    }
+  }
+  try {
+    const probe = await Deno.makeTempFile({ dir: at, prefix: ".write-probe-" });
+    await Deno.remove(probe);
+  } catch (error) {
+    if (!isOsError(error)) throw error;
+    throw new OutputError(
+      `Cannot write to ${dir}: ${osReason(error)}; choose another --output_dir`,
+      { file: dir, cause: error },
+    );
+  }
+}
+
+/** What {@linkcode resolveRun} decided. */
+export interface ResolvedRun {
+  /** The run directory. */
+  outputDir: string;
+  /** The checkpoint to resume from, or null for a fresh run. */
+  resumeFrom: string | null;
+  /** Things to tell the user, e.g. a damaged newest checkpoint that `latest` skipped. */
+  warnings: string[];
+}
+
 /**
  * Where a training run writes and what it resumes from: `training.output_dir` (default
- * `results/rl_grpo_<timestamp>`), and for `--resume latest` the newest checkpoint there, for
- * `--resume DIR` that directory (whose parent is the output directory unless one is set).
+ * `results/rl_grpo_<timestamp>`), and for `--resume latest` the newest whole checkpoint there
+ * (a torn or corrupt newer one is skipped with a warning), for `--resume DIR` that directory
+ * (whose parent is the output directory unless one is set). A fresh run needs an empty or new
+ * output directory, unless `overwrite` (the run then clears it); every case checks that the
+ * directory can be written.
  *
  * @param training `output_dir` of the `training` config section.
- * @param resume The `--resume` flag: a checkpoint directory, `latest`, or null.
- * @returns The output directory and the checkpoint to resume from (null: a fresh run).
- * @throws {ConfigError} For `--resume latest` without an output directory or checkpoint.
+ * @param options `resume`: the `--resume` flag (a checkpoint directory, `latest`, or null);
+ *   `overwrite`: the `--overwrite` flag.
+ * @returns The output directory, the checkpoint to resume from and warnings.
+ * @throws {ConfigError} For an output directory that is a file or holds another run, or
+ *   `--resume latest` without an output directory or a whole checkpoint.
+ * @throws {CheckpointError} For `--resume DIR` naming a damaged checkpoint.
+ * @throws {OutputError} When the output directory cannot be written.
  * @example Usage
  * ```ts
  * import assert from "node:assert/strict";
  * import { resolveRun } from "./checkpoint.ts";
- * assert.deepEqual(await resolveRun({ output_dir: null }, "results/run/checkpoint-4/"), {
- *   outputDir: "results/run",
- *   resumeFrom: "results/run/checkpoint-4",
+ * const dir = await Deno.makeTempDir();
+ * assert.deepEqual(await resolveRun({ output_dir: `${dir}/run` }, {}), {
+ *   outputDir: `${dir}/run`,
+ *   resumeFrom: null,
+ *   warnings: [],
  * });
  * ```
  */
 export async function resolveRun(
   training: Pick<Config["training"], "output_dir">,
-  resume: string | null | undefined,
-): Promise<{ outputDir: string; resumeFrom: string | null }> {
+  options: { resume?: string | null; overwrite?: boolean },
+): Promise<ResolvedRun> {
   const stamp = new Date().toISOString().replace(/[-:]/g, "").replace("T", "_").slice(0, 15);
-  const outputDir = training.output_dir ?? `results/rl_grpo_${stamp}`;
-  if (resume === "latest") {
-    if (training.output_dir === null) {
-      throw new ConfigError(
-        `Cannot parse ${COMMAND_LINE}: --resume latest needs --output_dir (the run to continue)`,
-        { file: COMMAND_LINE, key: "resume" },
-      );
-    }
-    const resumeFrom = await latestCheckpoint(outputDir);
-    if (!resumeFrom) {
-      throw new ConfigError(
-        `Cannot resume: no checkpoint-*/ directory in ${outputDir}`,
-        { file: COMMAND_LINE, key: "resume" },
-      );
-    }
-    return { outputDir, resumeFrom };
+  const { resume, overwrite = false } = options;
+  const flagError = (message: string, key: string) =>
+    new ConfigError(`Cannot parse ${COMMAND_LINE}: ${message}`, { file: COMMAND_LINE, key });
+  if (resume && overwrite) {
+    throw flagError(
+      "--overwrite replaces a run, --resume continues it: give one of them",
+      "resume",
+    );
   }
-  if (!resume) return { outputDir, resumeFrom: null };
-  const resumeFrom = resume.replace(/\/$/, "");
-  return {
-    outputDir: training.output_dir ?? resumeFrom.replace(/\/[^/]*$/, ""),
-    resumeFrom,
-  };
+  const warnings: string[] = [];
+  const named = resume && resume !== "latest" ? resume.replace(/\/+$/, "") : null;
+  const outputDir = training.output_dir ??
+    (named !== null ? dirname(named) : `results/rl_grpo_${stamp}`);
+  if ((await readOutputDir(outputDir)).kind === "file") {
+    throw flagError(`--output_dir ${outputDir} is a file, not a directory`, "output_dir");
+  }
+  await writeProbe(outputDir);
+  let resumeFrom: string | null = named;
+  if (named !== null) {
+    const damage = await readCheckpointDamage(named);
+    if (damage !== null) {
+      throw new CheckpointError(`Cannot resume from ${named}: ${damage}`, { file: named });
+    }
+  } else if (resume === "latest") {
+    if (training.output_dir === null) {
+      throw flagError("--resume latest needs --output_dir (the run to continue)", "resume");
+    }
+    const steps = await readCheckpointSteps(outputDir);
+    if (steps.length === 0) {
+      const started = (await readOutputDir(outputDir)).entries.length > 0;
+      throw new ConfigError(
+        `Cannot resume: no checkpoint-*/ directory in ${outputDir}` +
+          (started
+            ? " (it stopped before its first checkpoint; start it again with --overwrite)"
+            : ""),
+        { file: COMMAND_LINE, key: "resume" },
+      );
+    }
+    for (const step of steps.toReversed()) {
+      const dir = checkpointDir(outputDir, step);
+      const damage = await readCheckpointDamage(dir);
+      if (damage === null) {
+        resumeFrom = dir;
+        break;
+      }
+      warnings.push(`${dir} is damaged (${damage}); skipping it`);
+    }
+    if (resumeFrom === null) {
+      throw new ConfigError(
+        `Cannot resume: every checkpoint in ${outputDir} is damaged (${warnings.join("; ")})`,
+        { file: COMMAND_LINE, key: "resume" },
+      );
+    }
+  }
+  const found = await readOutputDir(outputDir);
+  // A checkpoint of this run continues it; one from elsewhere starts a new run here.
+  const continues = resumeFrom !== null && resolve(dirname(resumeFrom)) === resolve(outputDir);
+  if (!continues && !overwrite && found.entries.length > 0) {
+    const shown = found.entries.slice(0, 4).join(", ") +
+      (found.entries.length > 4 ? `, ... (${found.entries.length} entries)` : "");
+    throw new ConfigError(
+      `Cannot start a run in ${outputDir}: it already holds ${shown}. Continue that run with ` +
+        `--resume latest, replace it with --overwrite, or choose a new --output_dir`,
+      { file: COMMAND_LINE, key: "output_dir" },
+    );
+  }
+  return { outputDir, resumeFrom, warnings };
 }

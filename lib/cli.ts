@@ -162,7 +162,12 @@ export function parseCommandLine(args: string[], options: CommandLineOptions = {
   let values: Record<string, FlagValue>;
   try {
     values = {
-      ...parseArgs({ args, options: parseOptions, strict: true, allowPositionals: false }).values,
+      ...parseArgs({
+        args: joinNegativeValues(args, flags),
+        options: parseOptions,
+        strict: true,
+        allowPositionals: false,
+      }).values,
     } as Record<string, FlagValue>;
   } catch (error) {
     throw commandLineError(error as Error & { code?: string }, Object.keys(flags));
@@ -274,6 +279,27 @@ function allFlags(extra: Readonly<Record<string, FlagSpec>> = {}): Record<string
   return { ...COMMON_FLAGS, ...extra };
 }
 
+/**
+ * `--max_samples -3` as `--max_samples=-3`: parseArgs takes a value that starts with a dash for
+ * a flag and refuses it as ambiguous, so a negative number would get a different message than
+ * the same value after `=` (which the schema then rejects, or accepts, by its own rule).
+ */
+function joinNegativeValues(args: string[], flags: Record<string, FlagSpec>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const name = /^--([^=]+)$/.exec(args[i])?.[1];
+    const next = args[i + 1];
+    if (
+      name !== undefined && flags[name]?.type === "string" && next !== undefined &&
+      /^-(\d|\.\d)/.test(next)
+    ) {
+      out.push(`${args[i]}=${next}`);
+      i++;
+    } else out.push(args[i]);
+  }
+  return out;
+}
+
 /** A `parseArgs` error as a ConfigError on `<command line>`, with a did-you-mean for flags. */
 function commandLineError(error: Error & { code?: string }, names: string[]): ConfigError {
   let message = error.message;
@@ -287,7 +313,8 @@ function commandLineError(error: Error & { code?: string }, names: string[]): Co
     message =
       `unexpected argument ${argument}: every value follows a flag, e.g. --config ${argument}`;
   } else if (error.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
-    message = error.message.replace(/^Option /, "flag ");
+    // One line: parseArgs explains an ambiguous value (`--output_dir --resume`) over three.
+    message = error.message.replace(/^Option /, "flag ").replaceAll("\n", " ");
   }
   return new ConfigError(`Cannot parse ${COMMAND_LINE}: ${message}`, {
     file: COMMAND_LINE,

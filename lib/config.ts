@@ -315,6 +315,11 @@ const trainingSection = z.object({
     .describe(
       "Keep only the newest this many checkpoints (HF `save_total_limit`); null keeps all.",
     ),
+  max_nonfinite_steps: z.number({ error: "expected an integer >= 1" }).int().min(1).default(3)
+    .describe(
+      "A step whose loss or gradients are not finite skips its update; after this many in a " +
+        "row the run saves a checkpoint and stops (lower learning_rate or kl_coef).",
+    ),
 }).strict();
 
 const dataSection = z.object({

@@ -38,6 +38,8 @@ export interface LoadedContext extends TrainerContext {
   data: { train: Example[]; eval: Example[] };
   /** Bad training rows dropped under `data.on_bad_row: skip`. */
   skipped: number;
+  /** What loading changed in the config, as lines to print (e.g. the adapter's r adopted). */
+  notes: string[];
   /** Frees the adapter, the optimizer's moments and the model. */
   dispose(): void;
 }
@@ -46,7 +48,10 @@ export interface LoadedContext extends TrainerContext {
  * Loads what a run needs from its config: sets up `runtime.backend` (sized by the model's
  * weights, so `auto` sends models too big for the wasm heap to cpu + BLAS), then the model,
  * tokenizer, LoRA adapter (`model.adapter_path`, else fresh with `training.seed`), AdamW and the
- * data.
+ * data. An adapter from `model.adapter_path` keeps its own `r`, `lora_alpha`, `lora_dropout` and
+ * `target_modules`: the returned config's `lora` section is set to them (so the run's
+ * `config.yaml` and checkpoints say what was trained), with a line in `notes` when they differ
+ * from the config's.
  *
  * @param config The resolved config.
  * @returns The context. The caller disposes it.
@@ -59,8 +64,8 @@ export interface LoadedContext extends TrainerContext {
  * ```
  */
 export async function loadContext(config: Config): Promise<LoadedContext> {
-  const modelBytes = weightBytes(await loadModelConfig(config.model.path));
-  const backend = await setupBackend(config.runtime, { weightBytes: modelBytes });
+  const modelConfig = await loadModelConfig(config.model.path);
+  const backend = await setupBackend(config.runtime, { weightBytes: weightBytes(modelConfig) });
   if (config.training.fp16 || config.training.bf16) {
     const which = config.training.fp16 ? "fp16" : "bf16";
     throw new BackendError(
@@ -81,11 +86,25 @@ export async function loadContext(config: Config): Promise<LoadedContext> {
       on_bad_row: data.on_bad_row,
     })).examples
     : [];
+  // The tokenizer first: it is checked against config.json before gigabytes of weights load.
+  const tokenizer = await loadTokenizer(config.model.path, { vocabSize: modelConfig.vocab_size });
   const model = await loadModel(config.model.path);
-  const tokenizer = await loadTokenizer(config.model.path);
   const adapter = config.model.adapter_path
     ? await loadLora(model, config.model.adapter_path)
     : createLora(model, config.lora, { seed: config.training.seed });
+  const notes: string[] = [];
+  const adopted = { ...config.lora, ...adapter.options };
+  if (JSON.stringify(adopted) !== JSON.stringify(config.lora)) {
+    const differs = (Object.keys(adapter.options) as (keyof typeof adapter.options)[])
+      .filter((key) => JSON.stringify(adapter.options[key]) !== JSON.stringify(config.lora[key]));
+    const show = (lora: typeof adopted) =>
+      differs.map((key) => `${key} ${JSON.stringify(lora[key])}`).join(", ");
+    notes.push(
+      `model.adapter_path ${config.model.adapter_path} has ${show(adopted)}: the run uses them ` +
+        `(the config said ${show(config.lora)}; config.yaml records the adapter's)`,
+    );
+    config = { ...config, lora: adopted };
+  }
   const optimizer = new AdamW([...adapter.variables.values()], config.training);
   return {
     config,
@@ -96,6 +115,7 @@ export async function loadContext(config: Config): Promise<LoadedContext> {
     optimizer,
     data: { train: trainSet.examples, eval: evalSet },
     skipped: trainSet.skipped,
+    notes,
     dispose() {
       adapter.dispose();
       optimizer.dispose();
@@ -138,13 +158,16 @@ export function configWarnings(config: Config): string[] {
  * ```
  */
 export function describeContext(
-  run: Pick<LoadedContext, "config" | "backend" | "model" | "adapter" | "data" | "skipped">,
+  run:
+    & Pick<LoadedContext, "config" | "backend" | "model" | "adapter" | "data" | "skipped">
+    & Partial<Pick<LoadedContext, "notes">>,
 ): string[] {
   const counts = parameterCounts(run.model, run.adapter);
   const { config } = run;
   return [
     describeBackend(run.backend),
     ...run.backend.notes.map((note) => `  ${note}`),
+    ...(run.notes ?? []),
     trainableParametersLine(counts.trainable, counts.all),
     ...(run.skipped > 0 ? [`skipped ${run.skipped} bad rows of ${config.data.train_file}`] : []),
     `${run.data.train.length} training problems in ${config.data.train_file}, ` +

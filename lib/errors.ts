@@ -64,8 +64,40 @@ export class BackendError extends Error {
   }
 }
 
+/**
+ * A run directory, checkpoint or record file that cannot be written (a full disk, a read-only
+ * file system). What was complete before the failed write stays complete.
+ */
+export class OutputError extends Error {
+  /** The file or directory that could not be written. */
+  file: string;
+  constructor(message: string, options: { file: string; cause?: unknown }) {
+    super(message, { cause: options.cause });
+    this.name = "OutputError";
+    this.file = options.file;
+  }
+}
+
+/**
+ * Training stopped after `training.max_nonfinite_steps` steps in a row whose loss or gradients
+ * were not finite (each one's update skipped); `checkpoint` holds the last finite adapter.
+ */
+export class DivergenceError extends Error {
+  /** The step training stopped at. */
+  step: number;
+  /** The checkpoint saved at that step. */
+  checkpoint: string;
+  constructor(message: string, options: { step: number; checkpoint: string }) {
+    super(message);
+    this.name = "DivergenceError";
+    this.step = options.step;
+    this.checkpoint = options.checkpoint;
+  }
+}
+
 /** True for the errors above: a driver prints `error.message` alone and exits 2. */
 export function isUserError(error: unknown): error is Error {
   return error instanceof ConfigError || error instanceof DataError ||
-    error instanceof CheckpointError || error instanceof BackendError;
+    error instanceof CheckpointError || error instanceof BackendError ||
+    error instanceof OutputError || error instanceof DivergenceError;
 }

@@ -315,8 +315,17 @@ export async function saveLora(
 }
 
 /**
- * Loads a PEFT LoRA adapter directory onto `model` (its tensors become variables).
+ * Loads a PEFT LoRA adapter directory onto `model` (its tensors become variables). What PEFT
+ * would read differently from us is refused, not ignored: DoRA, rsLoRA, `fan_in_fan_out`,
+ * per-module `alpha_pattern` / `rank_pattern`, a missing `r` or `lora_alpha` (the scaling
+ * `lora_alpha / r` would be NaN), and tensors of modules that `target_modules` does not list
+ * (they would be dropped silently).
  *
+ * @param model The base model.
+ * @param dir The adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
+ * @returns The adapter. The caller disposes it.
+ * @throws {CheckpointError} A missing file, a setting above, or a tensor missing or of another
+ *   shape; the message names the file and key.
  * @example Usage
  * ```ts ignore
  * const lora = await loadLora(model, "tests/fixtures/qwen2-tiny/adapter");
@@ -329,33 +338,65 @@ export async function loadLora(model: Qwen2Model, dir: string): Promise<LoraAdap
     notFound: "file not found. An adapter directory holds adapter_config.json and " +
       "adapter_model.safetensors (PEFT format)",
   }) as Record<string, unknown>;
-  if (raw.peft_type !== "LORA") {
-    throw new CheckpointError(`Cannot load ${configPath}: peft_type: expected "LORA"`, {
-      file: configPath,
-      key: "peft_type",
-    });
-  }
+  const refuse = (key: string, problem: string) =>
+    new CheckpointError(`Cannot load ${configPath}: ${key}: ${problem}`, { file: configPath, key });
+  if (raw.peft_type !== "LORA") throw refuse("peft_type", `expected "LORA"`);
   for (const key of ["use_dora", "use_rslora", "fan_in_fan_out"]) {
-    if (raw[key] === true) {
-      throw new CheckpointError(`Cannot load ${configPath}: ${key}: true is not supported`, {
-        file: configPath,
+    if (raw[key] === true) throw refuse(key, "true is not supported");
+  }
+  for (const key of ["alpha_pattern", "rank_pattern"]) {
+    const pattern = raw[key];
+    if (pattern != null && (typeof pattern !== "object" || Object.keys(pattern).length > 0)) {
+      throw refuse(
         key,
-      });
+        `per-module ranks and alphas are not supported, got ${JSON.stringify(pattern)} ` +
+          `(every module must use r and lora_alpha)`,
+      );
     }
+  }
+  if (!Number.isInteger(raw.r) || (raw.r as number) < 1) {
+    throw refuse("r", `expected a positive integer, got ${JSON.stringify(raw.r)}`);
+  }
+  if (typeof raw.lora_alpha !== "number" || !Number.isFinite(raw.lora_alpha)) {
+    throw refuse(
+      "lora_alpha",
+      `expected a number (the scaling is lora_alpha / r), got ${JSON.stringify(raw.lora_alpha)}`,
+    );
   }
   const targets = Array.isArray(raw.target_modules)
     ? raw.target_modules as string[]
     : String(raw.target_modules).split(",");
   const options: LoraOptions = {
-    lora_r: Number(raw.r),
-    lora_alpha: Number(raw.lora_alpha),
+    lora_r: raw.r as number,
+    lora_alpha: raw.lora_alpha,
     lora_dropout: Number(raw.lora_dropout ?? 0),
     target_modules: targets,
   };
-  checkOptions(options);
-  const modules = targetModuleNames(model, targets);
+  let modules: string[];
+  try {
+    checkOptions(options);
+    modules = targetModuleNames(model, targets);
+  } catch (error) {
+    throw new CheckpointError(`Cannot load ${configPath}: ${(error as Error).message}`, {
+      file: configPath,
+      cause: error,
+    });
+  }
   const weightsPath = `${dir}/adapter_model.safetensors`;
   const file = await loadSafetensors(weightsPath);
+  const unlisted = [...file.tensors.keys()].filter((key) =>
+    !modules.some((m) => key === peftKey(m, "A") || key === peftKey(m, "B"))
+  );
+  if (unlisted.length > 0) {
+    // e.g. base_model.model.model.layers.0.mlp.gate_proj.lora_A.weight → gate_proj
+    const names = [...new Set(unlisted.map((key) => key.split(".").at(-3)))];
+    throw new CheckpointError(
+      `Cannot load ${weightsPath}: it holds ${unlisted.length} tensors of modules that ` +
+        `${configPath}'s target_modules [${targets.join(", ")}] does not list: ` +
+        `${names.join(", ")} (e.g. ${unlisted[0]}); add them to target_modules or remove them`,
+      { file: weightsPath, key: unlisted[0] },
+    );
+  }
   const variables = new Map<string, tf.Variable>();
   try {
     for (const m of modules) {

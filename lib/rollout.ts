@@ -100,7 +100,10 @@ export function sampleTokens(
       tf.sum(tf.cast(tf.greater(kept, 0), "int32"), 1),
       tf.scalar(1, "int32"),
     );
-    pick = tf.minimum(pick, lastKept);
+    // NOTE: non-finite logits (a diverged policy) make every probability NaN: nothing counts as
+    // kept and lastKept is -1. Index 0 then stays in range, and its log-prob reads back as NaN,
+    // which the update phase sees as a non-finite loss and skips.
+    pick = tf.maximum(tf.minimum(pick, lastKept), tf.scalar(0, "int32"));
     const flat = tf.add(tf.mul(tf.range(0, B, 1, "int32"), tf.scalar(k, "int32")), pick);
     // log p(pick) in the nucleus: log_softmax over the top k, minus the log of the kept mass.
     const logps = tf.sub(

@@ -10,8 +10,10 @@
  */
 import type { Config } from "./config.ts";
 import { formatConfig } from "./config.ts";
-import type { CheckpointParts } from "./checkpoint.ts";
+import type { CheckpointParts, RunMark } from "./checkpoint.ts";
 import { checkpointDir, readCheckpointSteps, saveCheckpoint } from "./checkpoint.ts";
+import { OutputError } from "./errors.ts";
+import { isOsError, osReason } from "./_fs.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
 import type { Scores } from "./reward.ts";
 import type { CompletionRecord } from "./report.ts";
@@ -27,9 +29,15 @@ export interface RunSummary {
   /** KL to the reference at the last step. */
   kl: number;
   steps: number;
+  /** Seconds of training, over every segment of a resumed run. */
   seconds: number;
   /** The run directory, or null for an in-memory run. */
   output_dir: string | null;
+  /**
+   * Set when `train` stopped early on request (a signal): why, at which step, and the
+   * checkpoint that holds it. Such a run writes no summary.json; `--resume latest` continues it.
+   */
+  stopped?: { reason: string; step: number; checkpoint: string };
 }
 
 /** The sink of a run's records; every method resolves once the record is stored. */
@@ -57,9 +65,28 @@ export interface RunWriter {
     parts: CheckpointParts<S>,
     options: { save_total_limit: number | null },
   ): Promise<string>;
-  /** Removes the log files above (not the checkpoints), for a fresh run in a used directory. */
+  /**
+   * Removes everything a run writes (the files above, `checkpoint-*` directories and leftovers of
+   * interrupted writes), for a fresh run in a used directory (`--overwrite`).
+   */
   clear(): Promise<void>;
+  /** The record files as they are now, kept in a checkpoint so a resume can rewind to it. */
+  mark(): Promise<RunMark>;
+  /**
+   * Before a run's first step: removes what an interrupted write left (`*.tmp-*`), and on a
+   * resume (`to` given) every record after the checkpoint's step: record files truncated to
+   * its mark (or, for a checkpoint without one, JSONL rows after `to.step` dropped), later
+   * checkpoints, and the final evaluation and summary of a finished run. Each step is then
+   * recorded once.
+   */
+  rewind(to: { step: number; mark: RunMark | null } | null): Promise<void>;
 }
+
+/** What an interrupted atomic write leaves: `checkpoint-8.tmp-<uuid>`, `x.safetensors.tmp-<hex>`. */
+const LEFTOVER = /\.tmp-[0-9a-f-]+$/;
+
+/** The record files a checkpoint's mark covers (appended to step by step). */
+const MARKED = ["metrics", "log", "completions"] as const;
 
 /** The log files of a run directory. */
 export const RUN_LOG_FILES = Object.freeze({
@@ -90,20 +117,85 @@ export const RUN_LOG_FILES = Object.freeze({
  */
 export function fileRunWriter(dir: string): RunWriter {
   let made = false;
+  /** Runs a file operation; an OS failure (full disk, read-only) becomes one OutputError. */
+  async function guarded<T>(path: string, what: () => Promise<T>): Promise<T> {
+    try {
+      return await what();
+    } catch (error) {
+      if (!isOsError(error)) throw error;
+      throw new OutputError(`Cannot write ${path}: ${osReason(error)}`, {
+        file: path,
+        cause: error,
+      });
+    }
+  }
+  async function ensureDir(): Promise<void> {
+    if (!made) await guarded(dir, () => Deno.mkdir(dir, { recursive: true }));
+    made = true;
+  }
   async function append(file: string, lines: string[]): Promise<void> {
     if (lines.length === 0) return;
-    if (!made) await Deno.mkdir(dir, { recursive: true });
-    made = true;
+    await ensureDir();
     // One write per call (a step's completions at once, not one per completion).
-    await Deno.writeTextFile(`${dir}/${file}`, lines.join("\n") + "\n", {
-      append: true,
-      create: true,
+    await guarded(
+      `${dir}/${file}`,
+      () =>
+        Deno.writeTextFile(`${dir}/${file}`, lines.join("\n") + "\n", {
+          append: true,
+          create: true,
+        }),
+    );
+  }
+  /** Atomic: a kill mid-write leaves the old file (and a leftover that the next run removes). */
+  async function replace(file: string, text: string): Promise<void> {
+    await ensureDir();
+    const tmp = `${dir}/${file}.tmp-${crypto.randomUUID()}`;
+    await guarded(`${dir}/${file}`, async () => {
+      await Deno.writeTextFile(tmp, text);
+      await Deno.rename(tmp, `${dir}/${file}`);
     });
   }
-  async function replace(file: string, text: string): Promise<void> {
-    if (!made) await Deno.mkdir(dir, { recursive: true });
-    made = true;
-    await Deno.writeTextFile(`${dir}/${file}`, text);
+  async function remove(path: string): Promise<void> {
+    await guarded(path, () =>
+      Deno.remove(path, { recursive: true }).catch((error) => {
+        if (!(error instanceof Deno.errors.NotFound)) throw error;
+      }));
+  }
+  async function entries(): Promise<string[]> {
+    const names: string[] = [];
+    try {
+      for await (const e of Deno.readDir(dir)) names.push(e.name);
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+    }
+    return names;
+  }
+  async function size(file: string): Promise<number> {
+    try {
+      return (await Deno.stat(`${dir}/${file}`)).size;
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return 0;
+      throw error;
+    }
+  }
+  /** Keeps the JSONL rows whose `step` is at most `step`. */
+  async function keepRowsUpTo(file: string, step: number): Promise<void> {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(`${dir}/${file}`);
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return;
+      throw error;
+    }
+    const rows = text.split("\n").filter((line) => {
+      if (line.trim() === "") return false;
+      try {
+        return JSON.parse(line).step <= step;
+      } catch {
+        return false; // a line torn by a kill
+      }
+    });
+    await replace(file, rows.map((r) => r + "\n").join(""));
   }
   return {
     dir,
@@ -117,16 +209,41 @@ export function fileRunWriter(dir: string): RunWriter {
     summary: (summary) => replace(RUN_LOG_FILES.summary, JSON.stringify(summary, null, 2) + "\n"),
     async checkpoint(step, parts, options) {
       const path = checkpointDir(dir, step);
+      await ensureDir();
       await saveCheckpoint(path, parts);
-      await pruneCheckpoints(dir, options.save_total_limit);
+      await guarded(dir, () => pruneCheckpoints(dir, options.save_total_limit));
       return path;
     },
     async clear() {
-      for (const file of Object.values(RUN_LOG_FILES)) {
-        await Deno.remove(`${dir}/${file}`).catch((error) => {
-          if (!(error instanceof Deno.errors.NotFound)) throw error;
-        });
+      for (const file of Object.values(RUN_LOG_FILES)) await remove(`${dir}/${file}`);
+      for (const name of await entries()) {
+        if (/^checkpoint-\d+$/.test(name) || LEFTOVER.test(name)) await remove(`${dir}/${name}`);
       }
+    },
+    async mark() {
+      const mark: RunMark = {};
+      for (const key of MARKED) mark[RUN_LOG_FILES[key]] = await size(RUN_LOG_FILES[key]);
+      return mark;
+    },
+    async rewind(to) {
+      for (const name of await entries()) {
+        if (LEFTOVER.test(name)) await remove(`${dir}/${name}`);
+      }
+      if (to === null) return;
+      for (const key of MARKED) {
+        const file = RUN_LOG_FILES[key];
+        const at = to.mark?.[file];
+        if (at !== undefined) {
+          if (await size(file) > at) {
+            await guarded(`${dir}/${file}`, () => Deno.truncate(`${dir}/${file}`, at));
+          }
+        } else if (key !== "log") await keepRowsUpTo(file, to.step);
+      }
+      for (const step of await readCheckpointSteps(dir)) {
+        if (step > to.step) await remove(checkpointDir(dir, step));
+      }
+      await remove(`${dir}/${RUN_LOG_FILES.evalResults}`);
+      await remove(`${dir}/${RUN_LOG_FILES.summary}`);
     },
   };
 }
@@ -221,6 +338,28 @@ export function memoryRunWriter(): RunWriter & { records: RunRecords } {
     },
     clear() {
       Object.assign(records, memoryRunWriter().records);
+      return stored;
+    },
+    mark() {
+      return Promise.resolve({
+        [RUN_LOG_FILES.metrics]: records.metrics.length,
+        [RUN_LOG_FILES.log]: records.log.length,
+        [RUN_LOG_FILES.completions]: records.completions.length,
+      });
+    },
+    rewind(to) {
+      if (to === null) return stored;
+      const keep = <T extends { step?: number }>(rows: T[], file: string): T[] => {
+        const at = to.mark?.[file];
+        return at !== undefined ? rows.slice(0, at) : rows.filter((r) => (r.step ?? 0) <= to.step);
+      };
+      records.metrics = keep(records.metrics, RUN_LOG_FILES.metrics);
+      records.completions = keep(records.completions, RUN_LOG_FILES.completions);
+      const logAt = to.mark?.[RUN_LOG_FILES.log];
+      if (logAt !== undefined) records.log = records.log.slice(0, logAt);
+      records.checkpoints = records.checkpoints.filter((c) => c.step <= to.step);
+      records.evalResults = [];
+      records.summary = null;
       return stored;
     },
   };

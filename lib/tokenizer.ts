@@ -98,8 +98,11 @@ export const QWEN_MATH_SYSTEM_PROMPT =
  * `generation_config.json` (EOS/pad ids) and `chat_template.jinja` (optional).
  *
  * @param dir The checkpoint or tokenizer directory.
+ * @param options `vocabSize`: the rows of the model's embedding (`config.json` `vocab_size`); a
+ *   tokenizer with larger ids is refused here rather than failing later in a gather.
  * @returns The tokenizer.
- * @throws {CheckpointError} A required file is missing or a file is not valid JSON.
+ * @throws {CheckpointError} A required file is missing, a file is not valid JSON, or the
+ *   tokenizer's ids do not fit `options.vocabSize`.
  * @example Usage
  * ```ts
  * import assert from "node:assert/strict";
@@ -108,7 +111,10 @@ export const QWEN_MATH_SYSTEM_PROMPT =
  * assert.deepEqual(tokenizer.encode("Hello world"), [9707, 1879]);
  * ```
  */
-export async function loadTokenizer(dir: string): Promise<Tokenizer> {
+export async function loadTokenizer(
+  dir: string,
+  options: { vocabSize?: number } = {},
+): Promise<Tokenizer> {
   const missing: string[] = [];
   for (const name of REQUIRED_TOKENIZER_FILES) {
     if (!(await isFile(`${dir}/${name}`))) missing.push(name);
@@ -126,10 +132,21 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
     ? await readJsonObject(`${dir}/generation_config.json`)
     : null;
   const chatTemplate = await readTextIfExists(`${dir}/chat_template.jinja`);
-  return createTokenizer(
+  const tokenizer = createTokenizer(
     { tokenizerJson, tokenizerConfigJson, generationConfigJson, chatTemplate },
     { source: dir },
   );
+  // A model's embedding may have more rows than the tokenizer has ids (Qwen2.5: 151936 vs
+  // 151665), never fewer: an id past the last row has no embedding.
+  if (options.vocabSize !== undefined && tokenizer.vocabSize > options.vocabSize) {
+    throw new CheckpointError(
+      `Cannot load ${dir}/tokenizer.json: its ids go up to ${tokenizer.vocabSize - 1} ` +
+        `(${tokenizer.vocabSize} tokens) but the model's embedding has ${options.vocabSize} rows ` +
+        `(config.json vocab_size); the tokenizer belongs to another model`,
+      { file: `${dir}/tokenizer.json` },
+    );
+  }
+  return tokenizer;
 }
 
 /**

@@ -9,11 +9,13 @@
  *
  * @module
  */
+import { dirname, resolve } from "node:path";
 import type { TrainerState } from "./checkpoint.ts";
-import { loadCheckpoint } from "./checkpoint.ts";
+import { checkpointDir, loadCheckpoint, readRunIdentity } from "./checkpoint.ts";
 import type { TrainerContext } from "./context.ts";
 import type { Example } from "./data.ts";
 import { deriveSeed, promptsForStep, promptsPerStep, totalSteps } from "./data.ts";
+import { DivergenceError } from "./errors.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
 import { evalOptions, evaluate, formatEval } from "./evaluate.ts";
 import { advantagePhase, groupStats } from "./grpo.ts";
@@ -118,12 +120,51 @@ export interface TrainCallbacks {
   metrics?: (record: StepMetrics) => void;
 }
 
+/** Thrown inside a phase's progress callback to abandon it when a stop was requested. */
+class StopRequested extends Error {}
+
+/** What {@linkcode unlessStopped} gives for abandoned work. */
+const STOPPED = Symbol("stopped");
+
+/** `work`'s result, or {@linkcode STOPPED} when a stop request abandoned it. */
+async function unlessStopped<T>(work: Promise<T>): Promise<T | typeof STOPPED> {
+  try {
+    return await work;
+  } catch (error) {
+    if (error instanceof StopRequested) return STOPPED;
+    throw error;
+  }
+}
+
+/**
+ * Why an update was skipped (its loss or gradients not finite), or null when it was applied;
+ * `metrics` are a step's, averaged over its `num_iterations` updates.
+ */
+function skipReason(metrics: StepMetrics): string | null {
+  if (!(metrics.update_skipped > 0)) return null;
+  const { loss, grad_norm: norm, kl } = metrics;
+  if (!Number.isFinite(loss) || !Number.isFinite(norm)) {
+    return `loss ${loss}, grad_norm ${norm}: not finite`;
+  }
+  return `grad_norm ${norm} while kl is ${kl.toPrecision(3)}: the forward pass overflowed float32`;
+}
+
 /**
  * The whole run behind `deno task train`: evaluate → (rollout → score → update) × steps →
  * evaluate, with logs, metrics, checkpoints and resume. Every record goes to `writer` (default:
  * {@linkcode fileRunWriter} into `outputDir`): `training.log`, `metrics.jsonl`,
  * `completions.jsonl`, `checkpoint-<step>/`, `eval_results.jsonl`, `summary.json`,
  * `config.yaml`.
+ *
+ * Where the run writes is the caller's choice (`resolveRun` checks a directory and picks the
+ * checkpoint): `overwrite` clears the writer first; `resumeFrom` restores a checkpoint, refused
+ * when it belongs to another base model, LoRA shape or data file, and rewinds the records to it.
+ *
+ * Stops early in two ways. When `signal` aborts, the step in progress finishes (or, while its
+ * rollout runs, is abandoned: nothing has changed yet), a checkpoint is saved and the returned
+ * summary has `stopped` (no summary.json is written). When `training.max_nonfinite_steps` steps
+ * in a row skipped their update (loss or gradients not finite), a checkpoint is saved and a
+ * {@linkcode DivergenceError} is thrown.
  *
  * @example Usage
  * ```ts ignore
@@ -139,6 +180,10 @@ export async function train(
     outputDir?: string;
     writer?: RunWriter;
     resumeFrom?: string | null;
+    /** Clear what the writer holds before the first step (`--overwrite`). */
+    overwrite?: boolean;
+    /** Abort it to stop at the next safe point with a checkpoint (SIGINT, SIGTERM). */
+    signal?: AbortSignal;
     callbacks?: TrainCallbacks;
   },
 ): Promise<RunSummary> {
@@ -148,6 +193,7 @@ export async function train(
     throw new TypeError("train() needs an outputDir or a writer");
   }
   const writer = options.writer ?? fileRunWriter(options.outputDir!);
+  const signal = options.signal;
   const log = async (line: string) => {
     cb.log?.(line);
     await writer.log(line);
@@ -156,14 +202,28 @@ export async function train(
     cb.metrics?.(record);
     await writer.metrics(record);
   };
+  // Work that changes nothing until it ends (a step's sampling, the evaluations before and after
+  // training) is abandoned when a stop is requested: its progress callback throws.
+  // NOTE: only phases before a step's first optimizer step may be abandoned; the checkpoint of a
+  // stop is the state after the last whole step.
+  const abandonable = (phase: string) => {
+    if (signal?.aborted && (phase === "rollout" || phase === "eval")) throw new StopRequested();
+  };
   const runEval = (step: number): Promise<{ summary: EvalSummary; results: ProblemResult[] }> =>
     evaluate(ctx.model, ctx.tokenizer, data.eval, {
       ...evalOptions(config),
       adapter: ctx.adapter,
-      onProgress: (done, total) =>
-        cb.progress?.({ phase: "eval", step, totalSteps: 0, done, total }),
+      onProgress: (done, total) => {
+        // An evaluation during training is finished: its record belongs to the step.
+        if (step === 0 || step === steps) abandonable("eval");
+        cb.progress?.({ phase: "eval", step, totalSteps: 0, done, total });
+      },
     });
-  await writer.config(config);
+  const identity = await readRunIdentity({
+    modelDir: ctx.model.dir,
+    lora: ctx.adapter.options,
+    trainFile: config.data.train_file,
+  });
   const steps = totalSteps(data.train.length, config);
   let state: TrainerState = {
     global_step: 0,
@@ -173,36 +233,104 @@ export async function train(
     log_history: [],
     before: null,
   };
+  if (options.overwrite) await writer.clear();
   if (options.resumeFrom) {
     const into = { adapter: ctx.adapter, optimizer: ctx.optimizer };
-    state = (await loadCheckpoint<TrainerState>(options.resumeFrom, into)).state;
+    state = (await loadCheckpoint<TrainerState>(options.resumeFrom, into, { identity })).state;
+    // A checkpoint of this run: the records after it are dropped. One from another directory
+    // starts this run from it.
+    const ours = writer.dir === null ||
+      resolve(dirname(options.resumeFrom)) === resolve(writer.dir);
+    await writer.rewind(ours ? { step: state.global_step, mark: state.records ?? null } : null);
+  } else await writer.rewind(null);
+  await writer.config(config);
+  if (options.resumeFrom) {
     await log(`resumed from ${options.resumeFrom} at step ${state.global_step}`);
   }
-  const t0 = performance.now();
+  // Seconds count every segment of a resumed run.
+  const t0 = performance.now() - (state.seconds ?? 0) * 1000;
+  let savedStep = options.resumeFrom ? state.global_step : -1;
+  const save = async (step: number): Promise<string> => {
+    state.seconds = (performance.now() - t0) / 1000;
+    state.identity = identity;
+    state.records = await writer.mark();
+    const saved = await writer.checkpoint(step, {
+      state,
+      adapter: ctx.adapter,
+      baseModel: ctx.model.dir,
+      optimizer: ctx.optimizer,
+      config,
+    }, config.training);
+    savedStep = step;
+    await log(`saved ${saved}`);
+    return saved;
+  };
+  /** The checkpoint of `step`, saved now unless it already was. */
+  const savedAt = async (step: number): Promise<string> =>
+    savedStep !== step
+      ? await save(step)
+      : writer.dir
+      ? checkpointDir(writer.dir, step)
+      : `checkpoint-${step}`;
+  const stop = async (): Promise<RunSummary> => {
+    const step = state.global_step;
+    const reason = String(signal?.reason ?? "stop requested");
+    const checkpoint = await savedAt(step);
+    await log(`stopped at step ${step} (${reason})`);
+    return {
+      before: state.before ?? null,
+      after: null,
+      kl: lastKl,
+      steps,
+      seconds: (performance.now() - t0) / 1000,
+      output_dir: writer.dir,
+      stopped: { reason, step, checkpoint },
+    };
+  };
   const evalEnabled = data.eval.length > 0;
+  let lastKl = 0;
   if (evalEnabled && state.global_step === 0) {
-    state.before = (await runEval(0)).summary;
+    const before = await unlessStopped(runEval(0));
+    if (before === STOPPED) return await stop();
+    state.before = before.summary;
     await logMetrics(evalRecord(0, state.before));
     await log(`eval before training: ${formatEval(state.before)}`);
   }
   let window: StepMetrics[] = [];
-  let lastKl = 0;
+  let skipped: number[] = []; // the steps in a row that skipped their update
+  let lastUpdated = state.global_step;
   for (let step = state.global_step; step < steps; step++) {
+    if (signal?.aborted) return await stop();
     const batch = promptsForStep(data.train, step, {
       perStep: promptsPerStep(config),
       seed: config.training.seed,
       shuffle: config.data.shuffle,
     });
-    const { metrics, group, scores } = await trainStep(ctx, batch.examples, {
+    const out = await unlessStopped(trainStep(ctx, batch.examples, {
       step,
       totalSteps: steps,
-      onPhase: (phase, done, total) =>
-        cb.progress?.({ phase, step, totalSteps: steps, done, total }),
-    });
+      onPhase: (phase, done, total) => {
+        abandonable(phase);
+        cb.progress?.({ phase, step, totalSteps: steps, done, total });
+      },
+    }));
+    if (out === STOPPED) return await stop();
+    const { metrics, group, scores } = out;
     window.push(metrics);
     lastKl = metrics.kl;
     state.global_step = step + 1;
     state.epoch = batch.epoch;
+    const why = skipReason(metrics);
+    if (why === null) {
+      skipped = [];
+      lastUpdated = step + 1;
+    } else {
+      skipped.push(step + 1);
+      await log(
+        `step ${step + 1}: update skipped (${why}); ${skipped.length} in a row of ` +
+          `training.max_nonfinite_steps ${config.training.max_nonfinite_steps}`,
+      );
+    }
     cb.progress?.({
       phase: "step",
       step: step + 1,
@@ -227,20 +355,23 @@ export async function train(
       await logMetrics(evalRecord(step + 1, s));
       await log(`eval at step ${step + 1}: ${formatEval(s)}`);
     }
-    if ((step + 1) % config.training.save_steps === 0 || isLast) {
-      const saved = await writer.checkpoint(step + 1, {
-        state,
-        adapter: ctx.adapter,
-        baseModel: ctx.model.dir,
-        optimizer: ctx.optimizer,
-        config,
-      }, config.training);
-      await log(`saved ${saved}`);
+    if ((step + 1) % config.training.save_steps === 0 || isLast) await save(step + 1);
+    if (skipped.length >= config.training.max_nonfinite_steps) {
+      const checkpoint = await savedAt(step + 1);
+      throw new DivergenceError(
+        `training diverged: steps ${skipped[0]} to ${step + 1} in a row skipped their update (` +
+          `${why}); training.max_nonfinite_steps is ${config.training.max_nonfinite_steps}. ` +
+          `${checkpoint} holds the adapter as last updated (step ${lastUpdated}). Lower ` +
+          `training.learning_rate (now ${config.training.learning_rate}) or grpo.kl_coef (now ` +
+          `${config.grpo.kl_coef}) and start again`,
+        { step: step + 1, checkpoint },
+      );
     }
   }
   let after: EvalSummary | null = null;
   if (evalEnabled) {
-    const res = await runEval(steps);
+    const res = await unlessStopped(runEval(steps));
+    if (res === STOPPED) return await stop();
     after = res.summary;
     await logMetrics(evalRecord(steps, after));
     await log(`eval after training: ${formatEval(after)}`);

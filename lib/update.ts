@@ -103,6 +103,11 @@ export type UpdateMetrics = {
   /** Global gradient norm before clipping. */
   grad_norm: number;
   learning_rate: number;
+  /**
+   * 1 when the optimizer step was skipped because the loss or gradients were not finite (or
+   * vanished to exactly 0 while the KL term was not: float32 overflow in the forward pass).
+   */
+  update_skipped: number;
   [metric: string]: number;
 };
 
@@ -230,7 +235,8 @@ function reduceOnDevice(values: tf.Scalar[], how: ReturnType<typeof reduction>):
  * accumulation), clipped by global norm, and applied by AdamW. The policy forward also gives
  * each token's entropy (TRL computes it in every `_compute_loss`): the `entropy` metric, and
  * what `top_entropy_quantile` masks by. LoRA dropout draws its masks from
- * `deriveSeed(dropoutSeed, micro-batch index)`.
+ * `deriveSeed(dropoutSeed, micro-batch index)`. A step whose loss or gradients are not finite is
+ * not applied (`update_skipped: 1`; the adapter and AdamW state stay as they were).
  *
  * @param policy Model, LoRA adapter, optimizer and config slices.
  * @param prepared The micro-batches ({@linkcode prepareMicroBatches}); not disposed here.
@@ -297,9 +303,7 @@ export async function updatePhase(
       ? clipGradNorm(sum!, config.training.max_grad_norm)
       : { grads: sum!, norm: globalGradNorm(sum!) };
     if (clipped !== sum) tf.dispose(Object.values(sum!));
-    sum = null;
-    policy.optimizer.step(clipped, options.learningRate);
-    tf.dispose(Object.values(clipped));
+    sum = clipped; // freed in finally
 
     // The metrics this configuration has, in GRPO_METRIC_NAMES order (TRL logs KL only with a
     // reference; we log 0 without one, as before).
@@ -318,7 +322,8 @@ export async function updatePhase(
       });
       scalars[key] = reduceOnDevice(values, reduction(key));
     }
-    // Sync point: the step's one read-back.
+    // Sync point: the step's one read-back, before the optimizer step, so that a step whose
+    // numbers are not finite can skip it.
     const totals = await readScalars(scalars);
     // The loss of TRL's step is the sum over micro-batches (each already divided by their count
     // for grpo/bnpo/dr_grpo); ratios, KL and entropy are averaged.
@@ -328,14 +333,24 @@ export async function updatePhase(
       out[GRPO_METRIC_NAMES[key]] = reduction(key) === "mean" ? totals[key] / n : totals[key];
     }
     const { kl, policy_loss, ...rest } = out;
+    const klPenalty = config.grpo.kl_coef * kl;
+    // Non-finite logits or gradients (NaN, Inf) would write NaN into the adapter and the AdamW
+    // moments for good: skip the update (DeepSpeed's fp16 overflow skip). So do exactly zero
+    // gradients while the KL term is not zero: float32 overflowed inside the forward pass
+    // (RMSNorm's mean of squares became Inf and its output 0), and AdamW's momentum would keep
+    // pushing the adapter further out.
+    const skip = !Number.isFinite(totals.loss) || !Number.isFinite(totals.gradNorm) ||
+      (totals.gradNorm === 0 && klPenalty > 0);
+    if (!skip) policy.optimizer.step(clipped, options.learningRate);
     return {
       loss: totals.loss,
       policy_loss,
       kl,
-      kl_penalty: config.grpo.kl_coef * kl,
+      kl_penalty: klPenalty,
       ...rest,
       grad_norm: totals.gradNorm,
       learning_rate: options.learningRate,
+      update_skipped: skip ? 1 : 0,
     };
   } finally {
     if (sum !== null) tf.dispose(Object.values(sum));

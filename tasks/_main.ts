@@ -36,7 +36,7 @@ export async function runTask(main: () => Promise<void>): Promise<void> {
     // node:util parseArgs (tasks with their own flags): an unknown flag or a missing value.
     const code = (error as { code?: unknown }).code;
     if (typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_")) {
-      console.error(`error: ${(error as Error).message}; see --help`);
+      console.error(`error: ${(error as Error).message.replaceAll("\n", " ")}; see --help`);
       Deno.exit(2);
     }
     if (!isUserError(error)) throw error;

@@ -114,7 +114,7 @@ async function main(): Promise<void> {
   });
   if (skipped > 0) console.error(`note: skipped ${skipped} bad rows of ${dataFile}`);
   const model = await loadModel(config.model.path);
-  const tokenizer = await loadTokenizer(config.model.path);
+  const tokenizer = await loadTokenizer(config.model.path, { vocabSize: model.config.vocab_size });
   const adapter = config.model.adapter_path === null
     ? null
     : await loadLora(model, config.model.adapter_path);

@@ -1,12 +1,16 @@
 /**
  * Try a model from the terminal: one prompt in, one completion out.
  *
- *   deno task generate --model_path DIR [--adapter DIR] --prompt TEXT [--max_new_tokens N]
- *                      [--greedy] [--temperature T --top_p P --seed S] [--chat] [--json]
+ *   deno task generate --model_path DIR [--adapter DIR] (--prompt TEXT | --question TEXT)
+ *                      [--max_new_tokens N] [--greedy] [--temperature T --top_p P --seed S]
+ *                      [--chat] [--json]
  *
- * The prompt is formatted "plain" (`Question: ...\nAnswer:`) unless `--chat` (the tokenizer's
- * chat template with the config's system prompt). The backend line goes to stderr, the completion
- * to stdout; `--json` prints `{prompt_ids, completion_ids, text, finish_reason}` only.
+ * `--prompt` is the raw prompt, tokenized as it is (special tokens such as `<|endoftext|>`
+ * included), as HF `generate`, llama.cpp `-p` and vLLM completions take it. `--question` formats
+ * a question as training does (`generation.prompt_format`: `Question: ...\nAnswer:` or the chat
+ * template). `--chat` puts either text into the tokenizer's chat template with the config's system
+ * prompt. The backend line goes to stderr, the completion to stdout; `--json` prints
+ * `{prompt_ids, completion_ids, text, finish_reason}` only.
  *
  * @module
  */
@@ -24,7 +28,16 @@ import { fileExists, runTask, startTask } from "./_main.ts";
 const DEFAULT_CONFIG = "configs/demo.yaml";
 
 const FLAGS: Record<string, FlagSpec> = {
-  prompt: { type: "string", valueName: "text", description: "The question to answer (required)" },
+  prompt: {
+    type: "string",
+    valueName: "text",
+    description: "The raw prompt, tokenized as it is (or give --question)",
+  },
+  question: {
+    type: "string",
+    valueName: "text",
+    description: "A question, formatted as in training (generation.prompt_format)",
+  },
   adapter: {
     type: "string",
     valueName: "dir",
@@ -51,7 +64,10 @@ const FLAGS: Record<string, FlagSpec> = {
     configKey: "generation.top_p",
   },
   seed: { type: "string", valueName: "n", description: "Sampling seed (default: training.seed)" },
-  chat: { type: "boolean", description: "Use the chat template and the config's system prompt" },
+  chat: {
+    type: "boolean",
+    description: "Put the prompt or question in the chat template with the config's system prompt",
+  },
   json: {
     type: "boolean",
     description: "Print {prompt_ids, completion_ids, text, finish_reason} as JSON only",
@@ -74,18 +90,22 @@ async function main(): Promise<void> {
   const defaultConfigPath = await fileExists(DEFAULT_CONFIG) ? DEFAULT_CONFIG : null;
   const started = await startTask(Deno.args, {
     command: "deno task generate",
-    summary: "Generates one completion for --prompt and prints it.",
+    summary: "Generates one completion for --prompt (raw) or --question (formatted) and prints it.",
     defaultConfigPath,
     extra: FLAGS,
   });
   if (started === null) return;
   const { commandLine, config } = started;
   const { values } = commandLine;
-  if (typeof values.prompt !== "string") {
-    throw new ConfigError(`Cannot parse ${COMMAND_LINE}: --prompt is required; see --help`, {
-      file: COMMAND_LINE,
-      key: "prompt",
-    });
+  const given = ["prompt", "question"].filter((name) => typeof values[name] === "string");
+  if (given.length !== 1) {
+    throw new ConfigError(
+      `Cannot parse ${COMMAND_LINE}: give --prompt TEXT (the raw prompt) or --question TEXT ` +
+        `(formatted as in training), ${
+          given.length === 0 ? "not neither" : "not both"
+        }; see --help`,
+      { file: COMMAND_LINE, key: "prompt" },
+    );
   }
   const seed = intFlag(values.seed, "seed", config.training.seed);
 
@@ -96,15 +116,16 @@ async function main(): Promise<void> {
   for (const note of backend.notes) console.error(`note: ${note}`);
 
   const model = await loadModel(config.model.path);
-  const tokenizer = await loadTokenizer(config.model.path);
+  const tokenizer = await loadTokenizer(config.model.path, { vocabSize: model.config.vocab_size });
   const adapter = config.model.adapter_path === null
     ? null
     : await loadLora(model, config.model.adapter_path);
-  const format = values.chat === true ? "chat" : "plain";
-  const promptText = formatPrompt(tokenizer, values.prompt, {
-    prompt_format: format,
-    system_prompt: config.generation.system_prompt,
-  });
+  const text = (values.prompt ?? values.question) as string;
+  const promptText = values.chat === true
+    ? formatPrompt(tokenizer, text, { ...config.generation, prompt_format: "chat" })
+    : values.question !== undefined
+    ? formatPrompt(tokenizer, text, config.generation)
+    : text;
   const out = await rollout(model, [tokenizer.encode(promptText)], {
     tokenizer,
     adapter,

@@ -112,6 +112,30 @@ export const OPENBLAS_LIBRARY: Requirement = {
   }),
 };
 
+/**
+ * `unshare -rm` can mount a tmpfs: a private mount namespace (util-linux's unshare, and user
+ * namespaces or root), where a test sizes a file system to fill it or mounts one read-only.
+ */
+export const MOUNT_NAMESPACE: Requirement = {
+  what: "a mount namespace (unshare -rm mount -t tmpfs failed)",
+  install: "apt-get install util-linux, and allow user namespaces " +
+    "(sysctl kernel.unprivileged_userns_clone=1) or run as root",
+  present: once(async () => {
+    if (await which("unshare") === null) return false;
+    const dir = await Deno.makeTempDir({ prefix: "mount_probe_" });
+    try {
+      const { code } = await new Deno.Command("unshare", {
+        args: ["-rm", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir],
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      return code === 0;
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }),
+};
+
 /** A `Deno.test(name, fn)` that first checks its requirements. */
 export type TestNeeding = (name: string, fn: () => void | Promise<void>) => Promise<void>;
 
@@ -153,4 +177,5 @@ export const test = {
   jupyter: testNeeding(JUPYTER_KERNEL),
   webgpu: testNeeding(WEBGPU_ADAPTER),
   openblas: testNeeding(OPENBLAS_LIBRARY),
+  mount: testNeeding(MOUNT_NAMESPACE),
 };

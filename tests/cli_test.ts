@@ -103,6 +103,34 @@ Deno.test("resolveConfig() names the flag of a bad value", async () => {
   });
 });
 
+Deno.test("parseCommandLine() reads --max_samples -3 as --max_samples=-3: one error line for both", async () => {
+  const messages: string[] = [];
+  for (const args of [["--max_samples", "-3"], ["--max_samples=-3"]]) {
+    const commandLine = parseCommandLine(args);
+    assert.equal(commandLine.values.max_samples, "-3");
+    const error = await resolveConfig(commandLine, { defaultConfigPath: null }).catch((e) => e);
+    assert.ok(error instanceof ConfigError);
+    messages.push(error.message);
+  }
+  assert.equal(messages[0], messages[1]);
+  assert.equal(
+    messages[0],
+    "Cannot load <command line> --max_samples -3: data.max_samples: expected an integer >= 1 " +
+      "or null, got -3",
+  );
+  // A flag-like value is still ambiguous, now on one line.
+  const error = (() => {
+    try {
+      parseCommandLine(["--output_dir", "--resume", "latest"]);
+    } catch (e) {
+      return e as Error;
+    }
+  })();
+  assert.ok(error instanceof ConfigError);
+  assert.doesNotMatch(error.message, /\n/);
+  assert.match(error.message, /--output_dir.*ambiguous/);
+});
+
 Deno.test("parseCommandLine() routes an extra flag with a configKey into the config", async () => {
   const commandLine = parseCommandLine(["--eval_file", "data/math500/test.jsonl", "--greedy"], {
     extra: EXTRA,

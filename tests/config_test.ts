@@ -128,6 +128,7 @@ Deno.test("defaultConfig() matches the defaults in CONTRACTS.md", () => {
       output_dir: null,
       save_steps: 500,
       save_total_limit: null,
+      max_nonfinite_steps: 3,
     },
     data: {
       train_file: "data/demo/train.json",

@@ -1,7 +1,7 @@
 /** loadContext(): one call loads what a run needs, as `deno task train` and the notebooks use it. */
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
-import { loadConfig } from "../lib/config.ts";
+import { formatConfig, loadConfig } from "../lib/config.ts";
 import { configWarnings, describeContext, loadContext } from "../lib/context.ts";
 import { BackendError } from "../lib/errors.ts";
 
@@ -45,4 +45,25 @@ Deno.test("configWarnings() warns when a missing box beats a wrong answer", asyn
   assert.deepEqual(configWarnings(config), []);
   config.reward.reward_no_answer = -0.5;
   assert.match(configWarnings(config)[0], /reward_no_answer \(-0\.5\) > reward\.reward_wrong/);
+});
+
+Deno.test("loadContext() adopts model.adapter_path's r and lora_alpha into the run's config, with a note", async () => {
+  const config = await loadConfig("configs/rl_grpo_config_test.yaml", {
+    set: [
+      "model.adapter_path=tests/fixtures/qwen2-tiny/adapter",
+      "lora.lora_r=16",
+      "lora.lora_alpha=32",
+    ],
+  });
+  const run = await loadContext(config);
+  assert.equal(run.adapter.options.lora_r, 4);
+  assert.deepEqual(run.config.lora, { ...config.lora, lora_r: 4, lora_alpha: 8 });
+  assert.match(formatConfig(run.config), /^ {2}lora_r: 4$/m);
+  assert.deepEqual(run.notes, [
+    "model.adapter_path tests/fixtures/qwen2-tiny/adapter has lora_r 4, lora_alpha 8: the run " +
+    "uses them (the config said lora_r 16, lora_alpha 32; config.yaml records the adapter's)",
+  ]);
+  assert.ok(describeContext(run).includes(run.notes[0]));
+  assert.equal(config.lora.lora_r, 16, "the caller's config is not changed");
+  run.dispose();
 });

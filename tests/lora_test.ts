@@ -213,3 +213,68 @@ Deno.test("completionLogProbs() draws LoRA dropout from dropoutSeed alone; the a
   adapter.dispose();
   model.dispose();
 });
+
+/** The fixture adapter copied to a temp dir, its adapter_config.json changed by `patch`. */
+async function patchedAdapter(patch: (config: Record<string, unknown>) => void): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "lora_test_" });
+  await Deno.copyFile(
+    `${DIR}/adapter/adapter_model.safetensors`,
+    `${dir}/adapter_model.safetensors`,
+  );
+  const config = JSON.parse(await Deno.readTextFile(`${DIR}/adapter/adapter_config.json`));
+  patch(config);
+  await Deno.writeTextFile(`${dir}/adapter_config.json`, JSON.stringify(config));
+  return dir;
+}
+
+Deno.test("loadLora() refuses what PEFT would read differently: fewer target_modules than tensors, no lora_alpha, patterns, no r", async () => {
+  await useTestBackend("cpu");
+  const model = await loadModel(DIR);
+  const before = tf.memory().numTensors;
+  const cases: [string, (c: Record<string, unknown>) => void, RegExp][] = [
+    [
+      "target_modules lists 2 of the 4 modules the file holds",
+      (c) => c.target_modules = ["q_proj", "k_proj"],
+      /adapter_model\.safetensors: it holds 8 tensors of modules that .*target_modules \[q_proj, k_proj\] does not list: o_proj, v_proj \(e\.g\. base_model\.model\.model\.layers\.0\.self_attn\.(v|o)_proj\.lora_A\.weight\)/,
+    ],
+    [
+      "no lora_alpha",
+      (c) => delete c.lora_alpha,
+      /adapter_config\.json: lora_alpha: expected a number \(the scaling is lora_alpha \/ r\), got undefined/,
+    ],
+    [
+      "an alpha_pattern",
+      (c) => c.alpha_pattern = { "model.layers.0.self_attn.q_proj": 16 },
+      /alpha_pattern: per-module ranks and alphas are not supported/,
+    ],
+    [
+      "a rank_pattern",
+      (c) => c.rank_pattern = { q_proj: 8 },
+      /rank_pattern: per-module ranks and alphas are not supported/,
+    ],
+    [
+      "no r",
+      (c) => delete c.r,
+      /adapter_config\.json: r: expected a positive integer, got undefined/,
+    ],
+    [
+      "an unknown target module",
+      (c) => c.target_modules = ["qkv_proj"],
+      /adapter_config\.json: Unknown LoRA target module "qkv_proj"/,
+    ],
+  ];
+  for (const [what, patch, message] of cases) {
+    const dir = await patchedAdapter(patch);
+    await assert.rejects(loadLora(model, dir), { name: "CheckpointError", message }, what);
+    await Deno.remove(dir, { recursive: true });
+  }
+  // Empty patterns (what PEFT writes) load.
+  const dir = await patchedAdapter((c) => {
+    c.alpha_pattern = {};
+    c.rank_pattern = {};
+  });
+  (await loadLora(model, dir)).dispose();
+  await Deno.remove(dir, { recursive: true });
+  assert.equal(tf.memory().numTensors, before, "leaked tensors");
+  model.dispose();
+});

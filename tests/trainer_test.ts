@@ -13,6 +13,8 @@ import type { Example } from "../lib/data.ts";
 import { AdamW } from "../lib/optim.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import { train, trainStep } from "../lib/trainer.ts";
+import { DivergenceError } from "../lib/errors.ts";
+import { memoryRunWriter } from "../lib/run_writer.ts";
 import { disposePrepared, prepareBatch } from "../lib/update.ts";
 import type { TrainerContext } from "../lib/context.ts";
 import { assertGrpoCase } from "./_fixtures.ts";
@@ -223,6 +225,137 @@ Deno.test("train() resumed after checkpoint-1 still reports the evaluation from 
   assert.equal(resumed.after?.n, 2);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("train() stops when its signal aborts: mid-rollout or between steps, with a checkpoint that resumes exactly", async () => {
+  await useTestBackend("wasm+blas");
+  const root = await Deno.makeTempDir();
+  const settings = [
+    "training.max_steps=5",
+    "training.save_steps=10",
+    "logging.log_completions=true",
+  ];
+  const run = async (
+    outputDir: string,
+    options: { resumeFrom?: string; abortAt?: { step: number; phase: string } } = {},
+  ) => {
+    const ctx = await context(await testConfig(outputDir, settings));
+    const controller = new AbortController();
+    const before = tf.memory().numTensors;
+    const summary = await train(ctx, { train: EXAMPLES, eval: EXAMPLES.slice(0, 2) }, {
+      outputDir,
+      resumeFrom: options.resumeFrom,
+      signal: controller.signal,
+      callbacks: {
+        progress: ({ phase, step }) => {
+          const at = options.abortAt;
+          if (at && phase === at.phase && step === at.step) controller.abort("SIGINT");
+        },
+      },
+    });
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    disposeContext(ctx);
+    return summary;
+  };
+  const full = await run(`${root}/full`);
+  assert.equal(full.stopped, undefined);
+  const cut = `${root}/cut`;
+  // Aborted while step 3's completions are sampled (0-based step 2): abandoned, nothing changed.
+  const first = await run(cut, { abortAt: { step: 2, phase: "rollout" } });
+  assert.deepEqual(first.stopped, { reason: "SIGINT", step: 2, checkpoint: `${cut}/checkpoint-2` });
+  await assert.rejects(() => Deno.stat(`${cut}/summary.json`), Deno.errors.NotFound);
+  assert.deepEqual((await readMetrics(cut)).map((m) => m.step), [0, 1, 2]);
+  // Aborted after step 4's update ("step" progress comes once it is done): step 4 finishes.
+  const second = await run(cut, {
+    resumeFrom: `${cut}/checkpoint-2`,
+    abortAt: { step: 4, phase: "step" },
+  });
+  assert.deepEqual(second.stopped?.step, 4);
+  const last = await run(cut, { resumeFrom: `${cut}/checkpoint-4` });
+  const strip = (m: Record<string, number>) => {
+    const { step_time: _a, rollout_time: _b, tokens_per_second: _c, ...rest } = m;
+    return rest;
+  };
+  assert.deepEqual(
+    (await readMetrics(cut)).map(strip),
+    (await readMetrics(`${root}/full`)).map(strip),
+  );
+  assert.deepEqual(
+    await Deno.readTextFile(`${cut}/completions.jsonl`),
+    await Deno.readTextFile(`${root}/full/completions.jsonl`),
+  );
+  assert.deepEqual(
+    await Deno.readFile(`${cut}/checkpoint-5/adapter_model.safetensors`),
+    await Deno.readFile(`${root}/full/checkpoint-5/adapter_model.safetensors`),
+  );
+  assert.deepEqual({ ...last, seconds: 0, output_dir: "" }, {
+    ...full,
+    seconds: 0,
+    output_dir: "",
+  });
+  // summary.json's time counts the segments before the last one.
+  const state4 = JSON.parse(await Deno.readTextFile(`${cut}/checkpoint-4/trainer_state.json`));
+  assert.ok(last.seconds > state4.seconds, `${last.seconds} <= ${state4.seconds}`);
+  await Deno.remove(root, { recursive: true });
+});
+
+for (
+  const [lr, why] of [["1e30", /loss NaN, grad_norm NaN: not finite/], [
+    "1e6",
+    /grad_norm 0 while kl is .*: the forward pass overflowed float32/,
+  ]] as const
+) {
+  Deno.test(`train() with learning_rate ${lr} skips non-finite updates and stops after max_nonfinite_steps with a checkpoint`, async () => {
+    await useTestBackend("wasm+blas");
+    const ctx = await context(
+      await testConfig("/tmp/unused", [`training.learning_rate=${lr}`, "training.max_steps=8"]),
+    );
+    const writer = memoryRunWriter();
+    const adapterAfter: Float32Array[][] = [];
+    const before = tf.memory().numTensors;
+    await assert.rejects(
+      () =>
+        train(ctx, { train: EXAMPLES, eval: [] }, {
+          writer,
+          callbacks: {
+            metrics: async () => {
+              adapterAfter.push(
+                await Promise.all([...ctx.adapter.variables.values()].map(async (v) =>
+                  (await v.data()) as Float32Array
+                )),
+              );
+            },
+          },
+        }),
+      (error: unknown) => {
+        assert.ok(error instanceof DivergenceError, String(error));
+        assert.match(
+          error.message,
+          new RegExp(
+            `^training diverged: steps 2 to 4 in a row skipped their update \\(${why.source}\\); ` +
+              "training\\.max_nonfinite_steps is 3\\. checkpoint-4 .*holds the adapter as last " +
+              "updated \\(step 1\\)\\. Lower training\\.learning_rate \\(now .*\\) or " +
+              "grpo\\.kl_coef \\(now 0\\.05\\) and start again$",
+          ),
+        );
+        assert.equal(error.step, 4);
+        return true;
+      },
+    );
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    const { records } = writer;
+    assert.deepEqual(records.metrics.map((m) => m.update_skipped), [0, 1, 1, 1]);
+    assert.deepEqual(records.checkpoints.map((c) => c.step), [2, 4]);
+    // Skipped updates leave the adapter (and AdamW) as they were: every value finite.
+    for (const step of [1, 2, 3]) assert.deepEqual(adapterAfter[step], adapterAfter[0]);
+    assert.ok(adapterAfter[3].every((a) => a.every(Number.isFinite)));
+    assert.equal(
+      records.log.filter((l) => /^step \d: update skipped/.test(l)).length,
+      3,
+      records.log.join("\n"),
+    );
+    disposeContext(ctx);
+  });
+}
 
 /** The `sampling/*` metrics of the IS correction (TRL's names). */
 const SAMPLING_METRICS = [

@@ -112,11 +112,13 @@ Deno.test("the phases run on plain records: generate → score → advantages �
     "entropy",
     "grad_norm",
     "learning_rate",
+    "update_skipped",
   ];
   assert.deepEqual(Object.keys(metrics), names);
   for (const name of names) assert.ok(Number.isFinite(metrics[name]), `${name} ${metrics[name]}`);
   assert.ok(metrics.grad_norm > 0);
   assert.equal(metrics.learning_rate, 1e-2);
+  assert.equal(metrics.update_skipped, 0);
   const after = await lastB.data();
   assert.ok(after.some((x, i) => x !== start[i]), "lora_B did not change");
   assert.equal(tf.memory().numTensors, before, "leaked tensors");
