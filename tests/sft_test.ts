@@ -245,17 +245,23 @@ for (const dir of ["data/demo/sft-model", "data/demo/sft-stage1"]) {
   });
 }
 
-Deno.test("runSft() interrupted after a checkpoint and resumed ends with the same weights and metrics", async () => {
-  await useBackend("wasm+blas");
+/** The demo tokenizer, a TINY model config for it and the first `n` demo training rows. */
+async function tinySftRun(n: number) {
   const tokenizer = createTokenizer(sftTokenizerFiles());
   const config = demoModelConfig(tokenizer.vocabSize, {
     eos: tokenizer.eosTokenIds[0],
     pad: tokenizer.padTokenId,
   }, TINY);
   const rows = sftRows(
-    (await loadDataset("data/demo/train.json", { max_samples: 6 })).examples,
+    (await loadDataset("data/demo/train.json", { max_samples: n })).examples,
     "",
   );
+  return { tokenizer, config, rows };
+}
+
+Deno.test("runSft() interrupted after a checkpoint and resumed ends with the same weights and metrics", async () => {
+  await useBackend("wasm+blas");
+  const { tokenizer, config, rows } = await tinySftRun(6);
   const settings = {
     steps: 4,
     stage2_steps: 2,
@@ -316,15 +322,7 @@ Deno.test("runSft() interrupted after a checkpoint and resumed ends with the sam
 
 Deno.test("runSft() with stage2_steps 0 ends after stage 1 and hands its model to onStage1Done", async () => {
   await useBackend("wasm+blas");
-  const tokenizer = createTokenizer(sftTokenizerFiles());
-  const config = demoModelConfig(tokenizer.vocabSize, {
-    eos: tokenizer.eosTokenIds[0],
-    pad: tokenizer.padTokenId,
-  }, TINY);
-  const rows = sftRows(
-    (await loadDataset("data/demo/train.json", { max_samples: 4 })).examples,
-    "",
-  );
+  const { tokenizer, config, rows } = await tinySftRun(4);
   const settings = {
     steps: 2,
     stage2_steps: 0,
