@@ -281,6 +281,20 @@ Deno.test("configs/rl_grpo_config_test.yaml loads as a small run and sets every 
   }
 });
 
+Deno.test("configs/demo_reasoning.yaml loads, sets every key and starts from the stage-1 model", async () => {
+  const path = "configs/demo_reasoning.yaml";
+  const config = await loadConfig(path);
+  assert.equal(config.model.path, "data/demo/sft-stage1");
+  assert.equal(config.grpo.filter_groups, true);
+  assert.equal(config.eval.num_samples, 8);
+  // pass@8 at the temperature the start was measured at (configs/demo.yaml's generation one).
+  assert.equal(
+    config.eval.temperature,
+    (await loadConfig("configs/demo.yaml")).generation.temperature,
+  );
+  assertWritesEveryKey(path, await Deno.readTextFile(path));
+});
+
 function assertWritesEveryKey(path: string, text: string): void {
   const root = parseYamlTree(text, path);
   const written = new Set(
