@@ -113,6 +113,19 @@ const grpoSection = z.object({
       "Leave completions that hit max_new_tokens without EOS out of the loss " +
         "(TRL `mask_truncated_completions`, DAPO).",
     ),
+  filter_groups: z.boolean({ error: "expected true or false" }).default(false)
+    .describe(
+      "Dynamic sampling (DAPO arXiv:2503.14476 §3.2; verl `algorithm.filter_groups.enable`): " +
+        "drop groups whose rewards are all equal (they carry no signal) and generate more " +
+        "batches of data.gen_batch_size prompts until the step's prompts are filled, at most " +
+        "max_num_gen_batches batches.",
+    ),
+  max_num_gen_batches: z.number({ error: "expected an integer >= 0" }).int().min(0).default(10)
+    .describe(
+      "With filter_groups: most generation batches per step (verl " +
+        "`algorithm.filter_groups.max_num_gen_batches`); 0 = no limit. At the limit the batch " +
+        "is filled with the zero-std groups drawn last (verl raises an error instead).",
+    ),
   importance_sampling_level: z.enum(["token", "sequence"], {
     error: "expected token or sequence",
   }).default("token")
@@ -340,6 +353,22 @@ const dataSection = z.object({
     ),
   shuffle: z.boolean({ error: "expected true or false" }).default(true)
     .describe("Walk the prompts in a seeded shuffle (training.seed), reshuffled each epoch."),
+  gen_batch_size: z.number({ error: "expected an integer >= 1 or null" }).int().min(1)
+    .nullable().default(null)
+    .describe(
+      "Prompts per generation batch with grpo.filter_groups (verl `data.gen_batch_size`); " +
+        "null = the step's prompts; more over-samples.",
+    ),
+  skip_easy_prob: z.number({ error: "expected a number in [0, 1)" }).min(0).lt(1).default(0)
+    .describe(
+      "Difficulty-aware order: skip a prompt whose last group was all correct with this " +
+        "probability when the order reaches it (after GRESO); 0 = off.",
+    ),
+  skip_hard_prob: z.number({ error: "expected a number in [0, 1)" }).min(0).lt(1).default(0)
+    .describe(
+      "Difficulty-aware order: skip a prompt whose last group had no correct completion with " +
+        "this probability; 0 = off.",
+    ),
   on_bad_row: z.enum(["error", "skip"], { error: "expected error or skip" }).default("error")
     .describe(
       "What a malformed row does: error stops with its file:line; skip counts and drops it.",
@@ -363,6 +392,17 @@ const evalSection = z.object({
     .describe(
       "Most tokens per eval completion; null uses generation.max_new_tokens. A flat " +
         "max_new_tokens goes to generation, not here.",
+    ),
+  num_samples: z.number({ error: "expected an integer >= 1" }).int().min(1).default(1)
+    .describe(
+      "Samples per problem (verl `val_kwargs.n`): 1 = greedy only; k > 1 adds eval/pass@k, " +
+        "eval/maj@k, eval/pass@1.",
+    ),
+  temperature: z.number({ error: "expected a number > 0 or null" }).gt(0).nullable()
+    .default(null)
+    .describe(
+      "Temperature of the k samples (verl `val_kwargs.temperature`); null = " +
+        "generation.temperature. Flat temperature: generation.",
     ),
 }).strict();
 
@@ -488,6 +528,14 @@ export const ConfigSchema = z.object({
         `(${grpo.num_return_sequences})`,
     });
   }
+  if (config.data.gen_batch_size !== null && !grpo.filter_groups) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["data", "gen_batch_size"],
+      message: "expected null unless grpo.filter_groups is true (without it each step " +
+        "generates exactly its own prompts)",
+    });
+  }
   if (evaluation.eval_steps > 0 && evaluation.eval_file === null) {
     ctx.addIssue({
       code: "custom",
@@ -574,12 +622,13 @@ export type ConfigSection = keyof Config;
 
 /**
  * Where a flat key that exists in several sections goes. The seed guide lists `max_new_tokens`
- * under "# Generation", so a flat `max_new_tokens` is `generation.max_new_tokens`; write
- * `eval: { max_new_tokens: N }` for the other one. A name shared by two sections that is not
+ * and `temperature` under "# Generation", so a flat `max_new_tokens` is
+ * `generation.max_new_tokens`; write `eval: { max_new_tokens: N }` for the other one. A name shared by two sections that is not
  * listed here is an error when written flat.
  */
 export const FLAT_KEY_PRECEDENCE: Readonly<Record<string, ConfigSection>> = Object.freeze({
   max_new_tokens: "generation",
+  temperature: "generation",
 });
 
 /**

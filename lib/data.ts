@@ -550,8 +550,140 @@ export function totalSteps(
 }
 
 /**
- * The prompts of optimizer step `step` (0-based): epochs walk a seeded shuffle of the data
- * (reshuffled each epoch), wrapping at the end, so any step can be recomputed on resume.
+ * Where the trainer is in its prompt order; saved in `trainer_state.json` so that a resumed run
+ * draws what an uninterrupted one draws, however many prompts each step took.
+ */
+export interface PromptOrderState {
+  /** Prompts taken from the order so far, skipped ones included. */
+  position: number;
+  /**
+   * With a difficulty-aware order: the prompts whose last group was all correct (`easy`) or had
+   * no correct completion (`hard`), by {@linkcode Example.id}; others are absent.
+   */
+  outcomes: Record<string, "easy" | "hard">;
+}
+
+/** How {@linkcode nextPrompts} walks the data. */
+export interface PromptOrderOptions {
+  /** Prompts per draw; each epoch is topped up from its own start to a multiple of it. */
+  batchSize: number;
+  /** The base seed (`training.seed`). */
+  seed: number;
+  /** Walk a seeded shuffle, reshuffled each epoch (`data.shuffle`). */
+  shuffle: boolean;
+  /** Probability of skipping an `easy` prompt when the order reaches it (`data.skip_easy_prob`). */
+  skipEasy?: number;
+  /** Probability of skipping a `hard` prompt when the order reaches it (`data.skip_hard_prob`). */
+  skipHard?: number;
+}
+
+/**
+ * The next `batchSize` prompts of the training order from `state.position`. The order walks
+ * epochs of a seeded shuffle (reshuffled each epoch), each topped up from its own start to a
+ * multiple of `batchSize`, so a run that draws one batch per step sees what
+ * {@linkcode promptsForStep} gives. With `skipEasy` / `skipHard`, a prompt whose last group was
+ * all correct / all wrong is passed over with that probability (a seeded draw per position),
+ * in the spirit of GRESO's pre-rollout skipping of prompts whose recent groups had zero reward
+ * variance (arXiv:2506.02177 §4; differs: fixed probabilities, the last group only). Pure: the
+ * returned state is new; `outcomes` is shared, not copied.
+ *
+ * @param examples The training prompts.
+ * @param state Where the order is.
+ * @param options Batch size, seed, shuffle and skip probabilities (each < 1).
+ * @returns The prompts, the state after them, how many prompts were skipped, and the epoch
+ *   reached (completed epochs as a fraction).
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { nextPrompts } from "./data.ts";
+ * const rows = ["a", "b", "c"].map((q) => ({ id: q, question: q, answer: "1", source: q }));
+ * const options = { batchSize: 2, seed: 0, shuffle: false, skipEasy: 0.99 };
+ * const first = nextPrompts(rows, { position: 0, outcomes: { b: "easy" } }, options);
+ * assert.deepEqual(first.examples.map((e) => e.id), ["a", "c"]); // "b" was very likely skipped
+ * assert.equal(first.state.position, 3);
+ * ```
+ */
+export function nextPrompts(
+  examples: readonly Example[],
+  state: PromptOrderState,
+  options: PromptOrderOptions,
+): { examples: Example[]; state: PromptOrderState; skipped: number; epoch: number } {
+  const { batchSize: per, seed } = options;
+  if (!Number.isInteger(per) || per < 1) {
+    throw new RangeError(`Expected batchSize to be an integer >= 1 but found ${per}`);
+  }
+  if (examples.length === 0) throw new RangeError("Cannot draw prompts from an empty dataset");
+  const skip = { easy: options.skipEasy ?? 0, hard: options.skipHard ?? 0 };
+  for (const [kind, p] of Object.entries(skip)) {
+    if (!(p >= 0 && p < 1)) {
+      throw new RangeError(`Expected the ${kind} skip probability in [0, 1) but found ${p}`);
+    }
+  }
+  const n = examples.length;
+  const epochLength = Math.ceil(n / per) * per;
+  let epoch = -1;
+  let order: readonly Example[] = examples;
+  let position = state.position;
+  let skipped = 0;
+  const out: Example[] = [];
+  while (out.length < per) {
+    const e = Math.floor(position / epochLength);
+    if (e !== epoch) {
+      epoch = e;
+      order = options.shuffle ? shuffle(examples, deriveSeed(seed, e)) : examples;
+    }
+    const example = order[(position % epochLength) % n];
+    const outcome = state.outcomes[example.id];
+    // One uniform per position (not a stream), so any position can be recomputed on resume.
+    const u = outcome === undefined ? 1 : deriveSeed(seed, 5, position) / 4294967296;
+    position++;
+    if (u < (outcome === undefined ? 0 : skip[outcome])) skipped++;
+    else out.push(example);
+  }
+  return {
+    examples: out,
+    state: { position, outcomes: state.outcomes },
+    skipped,
+    // As steps / steps per epoch, so that one batch per step gives promptsForStep's epoch exactly.
+    epoch: position / per / (epochLength / per),
+  };
+}
+
+/**
+ * Records each drawn prompt's outcome for the difficulty-aware order: `easy` when all of its
+ * group was correct, `hard` when none was, else forgotten. Pure: returns a new state.
+ *
+ * @param state The order state.
+ * @param groups Each drawn prompt's id with its correct and total completions.
+ * @returns The state with the new outcomes.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { recordOutcomes } from "./data.ts";
+ * const state = recordOutcomes({ position: 4, outcomes: { a: "hard" } }, [
+ *   { id: "a", correct: 1, total: 4 },
+ *   { id: "b", correct: 4, total: 4 },
+ * ]);
+ * assert.deepEqual(state.outcomes, { b: "easy" });
+ * ```
+ */
+export function recordOutcomes(
+  state: PromptOrderState,
+  groups: readonly { id: string; correct: number; total: number }[],
+): PromptOrderState {
+  const outcomes = { ...state.outcomes };
+  for (const g of groups) {
+    if (g.correct === g.total) outcomes[g.id] = "easy";
+    else if (g.correct === 0) outcomes[g.id] = "hard";
+    else delete outcomes[g.id];
+  }
+  return { position: state.position, outcomes };
+}
+
+/**
+ * The prompts of optimizer step `step` (0-based) when every step draws one batch: epochs walk
+ * a seeded shuffle of the data (reshuffled each epoch), wrapping at the end, so any step can be
+ * recomputed on resume. {@linkcode nextPrompts} from position `step × perStep`.
  *
  * @example Usage
  * ```ts
@@ -567,13 +699,10 @@ export function promptsForStep(
   step: number,
   options: { perStep: number; seed: number; shuffle: boolean },
 ): { examples: Example[]; epoch: number } {
-  const per = options.perStep;
-  const stepsPerEpoch = Math.ceil(examples.length / per);
-  const epoch = Math.floor(step / stepsPerEpoch);
-  const order = options.shuffle ? shuffle(examples, deriveSeed(options.seed, epoch)) : examples;
-  const start = (step % stepsPerEpoch) * per;
-  const out = order.slice(start, start + per);
-  // The last batch of an epoch is topped up from the start so every step has `per` prompts.
-  for (let i = 0; out.length < per; i++) out.push(order[i % order.length]);
-  return { examples: out, epoch: (step + 1) / stepsPerEpoch };
+  const drawn = nextPrompts(examples, { position: step * options.perStep, outcomes: {} }, {
+    batchSize: options.perStep,
+    seed: options.seed,
+    shuffle: options.shuffle,
+  });
+  return { examples: drawn.examples, epoch: drawn.epoch };
 }

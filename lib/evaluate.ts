@@ -43,6 +43,8 @@ export interface EvalSummary {
   /** With k > 1 samples. */
   pass_at_k?: number;
   maj_at_k?: number;
+  /** With k > 1 samples: the mean share of correct samples (unbiased pass@1). */
+  pass_at_1?: number;
   k: number;
 }
 
@@ -81,12 +83,15 @@ export interface EvalOptions {
 export function evalOptions(config: {
   generation: EvalOptions["generation"];
   reward: EvalOptions["reward"];
-  eval: Pick<Config["eval"], "max_new_tokens" | "eval_batch_size">;
+  eval: Pick<Config["eval"], "max_new_tokens" | "eval_batch_size"> & {
+    temperature?: Config["eval"]["temperature"];
+  };
 }): EvalOptions {
   return {
     generation: {
       ...config.generation,
       max_new_tokens: config.eval.max_new_tokens ?? config.generation.max_new_tokens,
+      temperature: config.eval.temperature ?? config.generation.temperature,
     },
     reward: config.reward,
     batchSize: config.eval.eval_batch_size,
@@ -107,10 +112,13 @@ export function evalOptions(config: {
  */
 export function formatEval(s: EvalSummary): string {
   const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+  const sampled = s.pass_at_k === undefined || s.maj_at_k === undefined
+    ? ""
+    : ` | pass@${s.k} ${pct(s.pass_at_k)} | maj@${s.k} ${pct(s.maj_at_k)}`;
   return `accuracy ${pct(s.accuracy)} | no answer ${pct(s.no_answer_rate)} | ` +
     `accuracy among boxed ${pct(s.accuracy_boxed)} | mean reward ${
       s.mean_reward.toFixed(3)
-    } | n ${s.n}`;
+    }${sampled} | n ${s.n}`;
 }
 
 /**
@@ -234,6 +242,54 @@ export function summarize(results: ProblemResult[], k = 1, meanLength = 0): Eval
   if (k > 1) {
     summary.pass_at_k = results.reduce((s, r) => s + passAtK(k, r.num_correct ?? 0, k), 0) / n;
     summary.maj_at_k = results.filter((r) => r.majority_correct).length / n;
+    summary.pass_at_1 = results.reduce((s, r) => s + (r.num_correct ?? 0) / k, 0) / n;
   }
   return summary;
+}
+
+/**
+ * Greedy evaluation, and with `samples: k > 1` a second, sampled pass over the same problems:
+ * the summary is the greedy one (accuracy, no-answer rate, accuracy among boxed answers) plus
+ * the sampled pass@k, maj@k and pass@1; each result is the greedy one with the sampled
+ * `num_correct` and `majority_correct`. What training logs as `eval/*`, so the curves show the
+ * greedy answer next to what the policy could sample.
+ *
+ * @param model The model.
+ * @param tokenizer Its tokenizer.
+ * @param examples The problems.
+ * @param options As {@linkcode evaluate}; `samples` k and the sampling `seed`; `onProgress`
+ *   counts both passes (total 2n with k > 1).
+ * @returns Per-problem results and the summary.
+ * @example Usage
+ * ```ts ignore
+ * const { summary } = await evaluateGreedyAndSampled(model, tokenizer, examples, {
+ *   ...evalOptions(config), samples: 8, seed: 42 });
+ * console.log(summary.accuracy, summary.pass_at_k, summary.maj_at_k);
+ * ```
+ */
+export async function evaluateGreedyAndSampled(
+  model: Qwen2Model,
+  tokenizer: Tokenizer,
+  examples: Example[],
+  options: EvalOptions,
+): Promise<{ results: ProblemResult[]; summary: EvalSummary }> {
+  const k = options.samples ?? 1;
+  const n = examples.length;
+  const greedy = await evaluate(model, tokenizer, examples, {
+    ...options,
+    samples: 1,
+    onProgress: (done) => options.onProgress?.(done, k > 1 ? 2 * n : n),
+  });
+  if (k === 1) return greedy;
+  const sampled = await evaluate(model, tokenizer, examples, {
+    ...options,
+    onProgress: (done) => options.onProgress?.(n + done, 2 * n),
+  });
+  const results = greedy.results.map((r, i) => ({
+    ...r,
+    num_correct: sampled.results[i].num_correct,
+    majority_correct: sampled.results[i].majority_correct,
+  }));
+  const { pass_at_k, maj_at_k, pass_at_1 } = sampled.summary;
+  return { results, summary: { ...greedy.summary, k, pass_at_k, maj_at_k, pass_at_1 } };
 }

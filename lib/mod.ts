@@ -2,7 +2,8 @@
  * grpo-deno: GRPO + LoRA fine-tuning of Qwen2 math models on TensorFlow.js.
  *
  * The public API, one module per phase: config, data and context (load), model, LoRA and
- * tokenizer, rollout (generate), reward (score), grpo (advantages, loss), update and optim
+ * tokenizer, rollout (generate), reward (score), dynamic_sampling (generate and score until
+ * the groups have signal), grpo (advantages, loss), update and optim
  * (update), trainer (the loop), run_writer and checkpoint (outputs), evaluate, plot and report.
  * Notebooks import this file; tasks import the modules they use.
  *
@@ -23,6 +24,7 @@ export * from "./lora.ts";
 export * from "./tokenizer.ts";
 export * from "./rollout.ts";
 export * from "./reward.ts";
+export * from "./dynamic_sampling.ts";
 export * from "./grpo.ts";
 export * from "./optim.ts";
 export * from "./update.ts";

@@ -513,6 +513,82 @@ export function trainingCurves(
   return compose(parts, title, options.columns ?? 2);
 }
 
+/**
+ * The evaluation curves of a run: greedy accuracy, accuracy among boxed answers and, when the
+ * run sampled k completions per problem (`eval.num_samples`), pass@k, maj@k and pass@1, one
+ * line each over the eval steps, labelled at their last point. Shows whether the greedy answer
+ * catches up with what the policy could sample.
+ *
+ * @param rows Parsed metrics.jsonl lines (the `eval/*` ones are used).
+ * @param options Optional `title`.
+ * @returns One line per series that has a finite value.
+ * @throws {RangeError} When no row has an `eval/*` series.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { evalCurves } from "./plot.ts";
+ * const chart = evalCurves([
+ *   { step: 0, "eval/accuracy": 0.2, "eval/pass@8": 0.4 },
+ *   { step: 50, "eval/accuracy": 0.3, "eval/pass@8": 0.5 },
+ * ]);
+ * assert.match(chart.svg, /pass@8/);
+ * ```
+ */
+export function evalCurves(rows: readonly MetricsRow[], options: { title?: string } = {}): Chart {
+  const keys = new Set(rows.flatMap((r) => Object.keys(r)));
+  const k = [...keys].map((key) => key.match(/^eval\/pass@(\d+)$/)?.[1])
+    .find((x) => x !== undefined && x !== "1");
+  const series: [string, string][] = [
+    ["eval/accuracy", "greedy"],
+    ["eval/accuracy_boxed", "greedy, among boxed"],
+    ...(k === undefined ? [] : [
+      [`eval/pass@${k}`, `pass@${k}`],
+      [`eval/maj@${k}`, `maj@${k}`],
+      ["eval/pass@1", "pass@1 (sampled)"],
+    ] as [string, string][]),
+  ];
+  const points = series.flatMap(([key, name]) =>
+    rows.filter((r) => isFiniteNumber(r.step) && isFiniteNumber(r[key]))
+      .map((r) => ({ step: r.step, value: r[key] as number, series: name }))
+  );
+  if (points.length === 0) {
+    throw new RangeError(`Cannot plot evaluation curves: no eval/* values in ${rows.length} rows`);
+  }
+  const names = series.map(([, name]) => name).filter((n) => points.some((p) => p.series === n));
+  const top = Math.max(...points.map((p) => p.value));
+  const last = names.map((n) => points.filter((p) => p.series === n).at(-1)!);
+  const part = render({
+    width: 640,
+    height: 320,
+    marginLeft: 56,
+    marginRight: 150,
+    marginTop: 24,
+    x: { label: "step" },
+    y: {
+      label: "held-out",
+      grid: true,
+      tickFormat: ".0%",
+      labelAnchor: "top",
+      domain: [0, Math.min(1, Math.ceil(top * 10 + 0.5) / 10)], // from 0: gains at true scale
+    },
+    color: { domain: names, scheme: "tableau10" },
+    marks: [
+      Plot.line(points, { x: "step", y: "value", stroke: "series", strokeWidth: 1.5 }),
+      Plot.dot(points, { x: "step", y: "value", fill: "series", r: 2.5 }),
+      Plot.text(last, {
+        x: "step",
+        y: "value",
+        text: (d: { series: string; value: number }) =>
+          `${d.series} ${(100 * d.value).toFixed(1)}%`,
+        fill: "series",
+        textAnchor: "start",
+        dx: 6,
+      }),
+    ],
+  });
+  return compose([part], options.title ?? "Held-out evaluation: greedy vs sampled");
+}
+
 // ---------------------------------------------------------------------------------------------
 // before / after
 
@@ -522,7 +598,12 @@ export function trainingCurves(
  */
 export type EvalScores =
   & Pick<EvalSummary, "accuracy" | "no_answer_rate" | "n">
-  & Partial<Pick<EvalSummary, "mean_reward">>;
+  & Partial<
+    Pick<
+      EvalSummary,
+      "mean_reward" | "accuracy_boxed" | "pass_at_k" | "maj_at_k" | "pass_at_1" | "k"
+    >
+  >;
 
 /**
  * Bars comparing accuracy and no-answer rate before and after training, labelled with values.

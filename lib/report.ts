@@ -18,6 +18,7 @@ import { readTextIfExists } from "./_fs.ts";
 import {
   beforeAfterChart,
   type Chart,
+  evalCurves,
   type EvalScores,
   type MetricsRow,
   trainingCurves,
@@ -248,6 +249,10 @@ const EXTRA_CURVE_METRICS = [
   "clip_ratio/region_mean",
   "completions/clipped_ratio",
   "tokens_per_second",
+  "entropy",
+  "num_gen_batches",
+  "dynamic_sampling/groups_dropped",
+  "prompt_order/skipped",
 ];
 
 function figure(chart: Chart): string {
@@ -257,10 +262,26 @@ function figure(chart: Chart): string {
 
 function evalSection(summary: RunSummaryFile): string {
   const { before, after } = summary;
+  const k = after?.k ?? before?.k ?? 1;
+  const sampled = [before, after].some((s) => typeof s?.pass_at_k === "number");
   const rows: [string, keyof EvalScores, "percent" | "number" | "int"][] = [
     ["accuracy", "accuracy", "percent"],
     ["no-answer rate", "no_answer_rate", "percent"],
+    ...([before, after].some((s) => typeof s?.accuracy_boxed === "number")
+      ? [["accuracy among boxed answers", "accuracy_boxed", "percent"]] as [
+        string,
+        keyof EvalScores,
+        "percent",
+      ][]
+      : []),
     ["mean reward", "mean_reward", "number"],
+    ...(sampled
+      ? [
+        [`pass@${k}`, "pass_at_k", "percent"],
+        [`maj@${k}`, "maj_at_k", "percent"],
+        [`pass@1 (${k} samples)`, "pass_at_1", "percent"],
+      ] as [string, keyof EvalScores, "percent"][]
+      : []),
     ["examples (n)", "n", "int"],
   ];
   const parts: string[] = [];
@@ -398,6 +419,9 @@ export function buildReport(
       curves.push(figure(trainingCurves(metrics)));
     } catch (error) {
       curves.push(note(`No training curves: ${(error as Error).message}.`));
+    }
+    if (metrics.some((r) => typeof r["eval/accuracy"] === "number")) {
+      curves.push(figure(evalCurves(metrics)));
     }
     const extra = EXTRA_CURVE_METRICS.filter((m) =>
       metrics.some((r) => typeof r[m] === "number" && Number.isFinite(r[m]))

@@ -403,6 +403,11 @@ export function evalRecord(step: number, s: EvalSummary): StepMetrics {
     "eval/mean_reward": s.mean_reward,
     "eval/accuracy_boxed": s.accuracy_boxed,
     "eval/n": s.n,
+    ...(s.pass_at_k === undefined ? {} : {
+      [`eval/pass@${s.k}`]: s.pass_at_k,
+      [`eval/maj@${s.k}`]: s.maj_at_k ?? NaN,
+      "eval/pass@1": s.pass_at_1 ?? NaN,
+    }),
   };
 }
 

@@ -608,13 +608,17 @@ export interface SftRunOptions {
  * problems with a seeded share of boxes removed (constant schedule), each stage with fresh AdamW
  * moments and followed by an evaluation. After stage 1 a checkpoint without moments marks the
  * stage done, and `stage1.safetensors` keeps its weights apart, so stage 2 can be redone.
+ * With `stage2_steps` 0 there is no stage 2 (and no second evaluation).
  *
  * @param policy The trainable model ({@linkcode trainableModel}), its variables and tokenizer.
  * @param data Stage-1 rows ({@linkcode sftRows}) and held-out problems.
  * @param options The settings; the writer (checkpoints, metrics); the checkpoint to resume from
  *   (its weights already restored into the model); `evaluate` after each stage (default
- *   {@linkcode evaluateSft}); `onStage` / `onStep` to show progress.
- * @returns The final state (with stage 1's evaluation) and stage 2's evaluation.
+ *   {@linkcode evaluateSft}); `onStage1Done` with the state once stage 1 is evaluated (the model
+ *   then holds stage 1's weights; called before stage 1's end checkpoint, so a run that stops
+ *   in between calls it again on resume); `onStage` / `onStep` to show progress.
+ * @returns The final state (with stage 1's evaluation) and stage 2's evaluation (null without
+ *   stage 2).
  * @example Usage
  * ```ts ignore
  * const { state, stage2Eval } = await runSft({ model, variables, tokenizer }, { rows, test },
@@ -628,6 +632,7 @@ export async function runSft(
     writer: RunWriter;
     resumed: Pick<LoadedCheckpoint<SftState>, "state" | "moments"> | null;
     evaluate?: (stage: 1 | 2) => Promise<SftEvalSummary>;
+    onStage1Done?: (state: SftState) => Promise<void>;
     onStage?: (stage: 1 | 2, from: number, steps: number) => void;
     onStep?: (info: SftStepInfo) => void;
   },
@@ -652,6 +657,7 @@ export async function runSft(
   let stage2Eval: SftEvalSummary | null = null;
   for (const s of stages) {
     if (s.stage < state.stage) continue;
+    if (s.stage === 2 && s.steps === 0) break;
     const examples = s.rows.map((r) => buildSftExample(tokenizer, r));
     const optimizer = new AdamW(policy.variables, {
       adam_beta1: 0.9,
@@ -687,6 +693,7 @@ export async function runSft(
     if (s.stage === 2) stage2Eval = summary;
     else {
       state = { ...state, stage: 2, step: 0, stage1Eval: summary };
+      await o.onStage1Done?.(state);
       await o.writer.checkpoint(o.steps, { state, model }, { save_total_limit: 1 });
       if (o.writer.dir !== null) {
         await saveSafetensors(`${o.writer.dir}/stage1.safetensors`, await modelTensors(model));
@@ -733,6 +740,49 @@ export async function evaluateSft(
   });
   const noBox = results.filter((r) => !r.completion.includes("\\boxed{")).length / results.length;
   return { summary: { ...summary, no_box_rate: noBox }, results };
+}
+
+/**
+ * The `sft_summary.json` of a model the demo SFT wrote: which stage's weights it holds (2 when
+ * stage 2 ran and was evaluated, else 1), each stage's evaluation (null for a stage that did
+ * not run) and steps, and how it was built.
+ *
+ * @param state The run state when the model was written.
+ * @param options Stage 2's evaluation (null: these are stage 1's weights), the run's settings
+ *   and its command-line arguments.
+ * @returns The JSON object.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { sftSummary } from "./sft.ts";
+ * const state = { stage: 2 as const, step: 0, tokens: 10, trainSeconds: 2, stage1Eval: null };
+ * const settings = { steps: 5, stage2_steps: 3, batch_size: 2, seed: 1 };
+ * const summary = sftSummary(state, { stage2Eval: null, settings, args: {} });
+ * assert.deepEqual([summary.stage, summary.stage2, summary.steps], [1, null, { stage1: 5, stage2: 0 }]);
+ * ```
+ */
+export function sftSummary(
+  state: SftState,
+  options: {
+    stage2Eval: SftEvalSummary | null;
+    settings: Pick<SftRunOptions, "steps" | "stage2_steps" | "batch_size" | "seed">;
+    args: Record<string, unknown>;
+  },
+): Record<string, unknown> {
+  const { stage2Eval, settings } = options;
+  const stage = stage2Eval === null ? 1 : 2;
+  return {
+    stage,
+    stage1: state.stage1Eval,
+    stage2: stage2Eval,
+    steps: { stage1: settings.steps, stage2: stage === 2 ? settings.stage2_steps : 0 },
+    batch_size: settings.batch_size,
+    seed: settings.seed,
+    train_tokens: state.tokens,
+    train_seconds: Math.round(state.trainSeconds),
+    tokens_per_second: Math.round(state.tokens / Math.max(1e-9, state.trainSeconds)),
+    args: options.args,
+  };
 }
 
 /**

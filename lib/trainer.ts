@@ -14,16 +14,17 @@ import type { TrainerState } from "./checkpoint.ts";
 import { checkpointDir, loadCheckpoint, readRunIdentity } from "./checkpoint.ts";
 import type { TrainerContext } from "./context.ts";
 import type { Example } from "./data.ts";
-import { deriveSeed, promptsForStep, promptsPerStep, totalSteps } from "./data.ts";
+import type { PromptOrderState } from "./data.ts";
+import { deriveSeed, nextPrompts, promptsPerStep, recordOutcomes, totalSteps } from "./data.ts";
 import { DivergenceError } from "./errors.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
-import { evalOptions, evaluate, formatEval } from "./evaluate.ts";
+import { evalOptions, evaluateGreedyAndSampled, formatEval } from "./evaluate.ts";
+import type { SampledGroups } from "./dynamic_sampling.ts";
+import { dynamicSamplingPhase } from "./dynamic_sampling.ts";
 import { advantagePhase, groupStats } from "./grpo.ts";
 import { learningRateAt } from "./optim.ts";
 import type { Scores } from "./reward.ts";
-import { scorePhase } from "./reward.ts";
 import type { GroupRollout } from "./rollout.ts";
-import { generatePhase } from "./rollout.ts";
 import type { RunSummary, RunWriter, StepMetrics } from "./run_writer.ts";
 import {
   averageRecords,
@@ -36,8 +37,10 @@ import type { UpdateMetrics } from "./update.ts";
 import { disposePrepared, prepareMicroBatches, updatePhase } from "./update.ts";
 
 /**
- * One GRPO step: rollout → score → advantages → update (`num_iterations` updates on the same
- * completions). Returns the step's metrics with TRL's names and the seed's.
+ * One GRPO step: rollout → score (with `grpo.filter_groups`, more generation batches from
+ * `nextPrompts` until the step's prompts have groups with signal) → advantages → update
+ * (`num_iterations` updates on the same completions). Returns the step's metrics with TRL's
+ * names and the seed's, and every drawn prompt's outcome (for the difficulty-aware order).
  *
  * @example Usage
  * ```ts ignore
@@ -50,20 +53,26 @@ export async function trainStep(
   options: {
     step: number;
     totalSteps?: number;
+    /** The next generation batch of prompts, for dynamic sampling. */
+    nextPrompts?: () => Example[];
     onPhase?: (phase: string, done: number, total: number) => void;
   },
-): Promise<{ metrics: StepMetrics; group: GroupRollout; scores: Scores }> {
+): Promise<
+  { metrics: StepMetrics; group: GroupRollout; scores: Scores; outcomes: SampledGroups["outcomes"] }
+> {
   const { config } = ctx;
   const seed = config.training.seed;
   const t0 = performance.now();
   // One generation batch for the whole step (TRL's generation_batch_size), so every group is
   // scored and normalised together; the update then walks it in micro-batches of completions.
-  const group = await generatePhase(ctx, examples, {
+  const sampled = await dynamicSamplingPhase(ctx, examples, {
     seed: deriveSeed(seed, options.step, 1),
+    perStep: promptsPerStep(config),
+    next: options.nextPrompts,
     onToken: (d, t) => options.onPhase?.("rollout", d, t),
   });
+  const { group, scores } = sampled;
   const tGen = performance.now();
-  const scores = scorePhase(group, config.reward);
   const advantages = await advantagePhase(scores.rewards, config.grpo);
   const prepared = prepareMicroBatches(ctx, group, advantages);
   const updates: UpdateMetrics[] = [];
@@ -98,15 +107,30 @@ export async function trainStep(
       ) => [`rewards/${fn}/mean`, v.reduce((a, b) => a + b, 0) / rows]),
     ),
     ...averageRecords(updates),
+    ...(config.grpo.filter_groups
+      ? {
+        num_gen_batches: sampled.numGenBatches,
+        "dynamic_sampling/prompts_drawn": sampled.promptsDrawn,
+        "dynamic_sampling/groups_dropped": sampled.groupsDropped,
+        "dynamic_sampling/groups_filled": sampled.groupsFilled,
+      }
+      : {}),
     "completions/mean_length": tokens / rows,
     "completions/max_length": Math.max(...lengths),
     "completions/clipped_ratio": share(group.finishReasons.filter((f) => f === "length").length),
-    tokens_per_second: tokens / ((tGen - t0) / 1000),
+    tokens_per_second: sampled.tokensGenerated / ((tGen - t0) / 1000),
     rollout_time: (tGen - t0) / 1000,
     step_time: (performance.now() - t0) / 1000,
   };
-  return { metrics, group, scores };
+  return { metrics, group, scores, outcomes: sampled.outcomes };
 }
+
+/**
+ * `trainer_state.json` of a GRPO run: {@linkcode TrainerState} and where the prompt order is,
+ * since with dynamic sampling or the difficulty-aware order a step may take any number of
+ * prompts. A checkpoint without `prompt_order` drew one batch per step.
+ */
+type GrpoTrainerState = TrainerState & { prompt_order?: PromptOrderState };
 
 /** Callbacks through which {@linkcode train} reports as it goes; the task prints, a notebook plots. */
 export interface TrainCallbacks {
@@ -210,8 +234,12 @@ export async function train(
     if (signal?.aborted && (phase === "rollout" || phase === "eval")) throw new StopRequested();
   };
   const runEval = (step: number): Promise<{ summary: EvalSummary; results: ProblemResult[] }> =>
-    evaluate(ctx.model, ctx.tokenizer, data.eval, {
+    evaluateGreedyAndSampled(ctx.model, ctx.tokenizer, data.eval, {
       ...evalOptions(config),
+      samples: config.eval.num_samples,
+      // The same seed at every evaluation (and `deno task eval --samples k`'s), so the curves
+      // compare policies on the same random numbers.
+      seed: config.training.seed,
       adapter: ctx.adapter,
       onProgress: (done, total) => {
         // An evaluation during training is finished: its record belongs to the step.
@@ -225,7 +253,7 @@ export async function train(
     trainFile: config.data.train_file,
   });
   const steps = totalSteps(data.train.length, config);
-  let state: TrainerState = {
+  let state: GrpoTrainerState = {
     global_step: 0,
     epoch: 0,
     max_steps: steps,
@@ -236,7 +264,7 @@ export async function train(
   if (options.overwrite) await writer.clear();
   if (options.resumeFrom) {
     const into = { adapter: ctx.adapter, optimizer: ctx.optimizer };
-    state = (await loadCheckpoint<TrainerState>(options.resumeFrom, into, { identity })).state;
+    state = (await loadCheckpoint<GrpoTrainerState>(options.resumeFrom, into, { identity })).state;
     // A checkpoint of this run: the records after it are dropped. One from another directory
     // starts this run from it.
     const ours = writer.dir === null ||
@@ -299,27 +327,51 @@ export async function train(
   let window: StepMetrics[] = [];
   let skipped: number[] = []; // the steps in a row that skipped their update
   let lastUpdated = state.global_step;
-  for (let step = state.global_step; step < steps; step++) {
-    if (signal?.aborted) return await stop();
-    const batch = promptsForStep(data.train, step, {
-      perStep: promptsPerStep(config),
+  const genBatch = config.data.gen_batch_size ?? promptsPerStep(config);
+  const { skip_easy_prob: skipEasy, skip_hard_prob: skipHard } = config.data;
+  const difficultyOrder = skipEasy > 0 || skipHard > 0;
+  let order = state.prompt_order ?? { position: state.global_step * genBatch, outcomes: {} };
+  let epoch = state.epoch;
+  let promptsSkipped = 0;
+  const draw = (): Example[] => {
+    const next = nextPrompts(data.train, order, {
+      batchSize: genBatch,
       seed: config.training.seed,
       shuffle: config.data.shuffle,
+      skipEasy,
+      skipHard,
     });
-    const out = await unlessStopped(trainStep(ctx, batch.examples, {
+    order = next.state;
+    epoch = next.epoch;
+    promptsSkipped += next.skipped;
+    return next.examples;
+  };
+  for (let step = state.global_step; step < steps; step++) {
+    if (signal?.aborted) return await stop();
+    promptsSkipped = 0;
+    const out = await unlessStopped(trainStep(ctx, draw(), {
       step,
       totalSteps: steps,
+      nextPrompts: draw,
       onPhase: (phase, done, total) => {
         abandonable(phase);
         cb.progress?.({ phase, step, totalSteps: steps, done, total });
       },
     }));
     if (out === STOPPED) return await stop();
-    const { metrics, group, scores } = out;
+    const { metrics, group, scores, outcomes } = out;
+    if (difficultyOrder) {
+      order = recordOutcomes(order, outcomes);
+      const known = Object.values(order.outcomes);
+      metrics["prompt_order/skipped"] = promptsSkipped;
+      metrics["prompt_order/easy"] = known.filter((o) => o === "easy").length;
+      metrics["prompt_order/hard"] = known.filter((o) => o === "hard").length;
+    }
     window.push(metrics);
     lastKl = metrics.kl;
     state.global_step = step + 1;
-    state.epoch = batch.epoch;
+    state.epoch = epoch;
+    state.prompt_order = order;
     const why = skipReason(metrics);
     if (why === null) {
       skipped = [];

@@ -5,7 +5,8 @@
  *                  [--batch_size B] [--max_new_tokens N] [--output_dir DIR] [--config FILE]
  *
  * Greedy accuracy, no-answer rate, mean reward and accuracy among boxed answers; with `--samples
- * k` (k > 1, sampled at the config's temperature/top_p) pass@k and maj@k. Writes one line per
+ * k` (k > 1) also a sampled pass (the config's eval.temperature or generation.temperature, and
+ * top_p) with pass@k, maj@k and pass@1, as training logs them with eval.num_samples. Writes one line per
  * problem to `<output_dir>/eval_results.jsonl` and the summary to `<output_dir>/eval_summary.json`
  * (default output_dir: `results/eval_<timestamp>`). Prompt format and generation settings come
  * from the config (`configs/demo.yaml` when it exists, else the schema defaults).
@@ -17,7 +18,7 @@ import type { FlagSpec } from "../lib/cli.ts";
 import { COMMAND_LINE } from "../lib/config.ts";
 import { loadDataset } from "../lib/data.ts";
 import { ConfigError } from "../lib/errors.ts";
-import { evalOptions, evaluate } from "../lib/evaluate.ts";
+import { evalOptions, evaluateGreedyAndSampled } from "../lib/evaluate.ts";
 import { loadLora } from "../lib/lora.ts";
 import { loadModel, loadModelConfig } from "../lib/model_loader.ts";
 import { weightBytes } from "../lib/qwen2_config.ts";
@@ -122,11 +123,11 @@ async function main(): Promise<void> {
   const started = performance.now();
   const bar = new ProgressBar({
     label: "eval",
-    total: examples.length,
+    total: samples > 1 ? 2 * examples.length : examples.length, // greedy, then sampled
     writer: Deno.stderr,
     unit: "problems",
   });
-  const { results, summary } = await evaluate(model, tokenizer, examples, {
+  const { results, summary } = await evaluateGreedyAndSampled(model, tokenizer, examples, {
     ...options,
     samples,
     seed: config.training.seed,
@@ -156,7 +157,7 @@ async function main(): Promise<void> {
 
   const mode = samples === 1
     ? "greedy"
-    : `${samples} samples, temperature ${generation.temperature}`;
+    : `greedy and ${samples} samples, temperature ${generation.temperature}`;
   const rows: [string, string][] = [
     ["problems", String(summary.n)],
     ["accuracy", summary.accuracy.toFixed(4)],
@@ -167,6 +168,7 @@ async function main(): Promise<void> {
   ];
   if (summary.pass_at_k !== undefined) rows.push([`pass@${samples}`, summary.pass_at_k.toFixed(4)]);
   if (summary.maj_at_k !== undefined) rows.push([`maj@${samples}`, summary.maj_at_k.toFixed(4)]);
+  if (summary.pass_at_1 !== undefined) rows.push(["pass@1", summary.pass_at_1.toFixed(4)]);
   console.log(`eval ${config.model.path} on ${dataFile} (${mode}, ${seconds.toFixed(1)} s)`);
   for (const [name, value] of rows) console.log(`  ${name.padEnd(16)}${value.padStart(10)}`);
   console.log(`wrote ${resultsPath} and ${summaryPath}`);

@@ -1,10 +1,13 @@
 /**
- * `deno task sft [--out data/demo/sft-model] [--steps N] [--stage2_steps M] [--resume]`
+ * `deno task sft [--out data/demo/sft-model] [--stage1_out data/demo/sft-stage1] [--steps N]
+ * [--stage2_steps M] [--resume]`
  *
- * Builds the demo's "SFT checkpoint" from scratch, reproducibly (seeded), in two stages:
- * 1. SFT of a fresh ~563k-parameter Qwen2 on data/demo/train.json (completion-only loss).
+ * Builds the demo's "SFT checkpoints" from scratch, reproducibly (seeded), in two stages:
+ * 1. SFT of a fresh ~563k-parameter Qwen2 on data/demo/train.json (completion-only loss). The
+ *    clean stage-1 model (it always boxes) is written to `--stage1_out`.
  * 2. A short "format defect" stage on the same problems with `\boxed{}` removed from about half
  *    of the solutions, so the shipped model often answers without a box (GRPO then fixes it).
+ *    `--stage2_steps 0` skips it: `--out` then gets the stage-1 model too.
  * After each stage it evaluates greedy accuracy and the no-box rate on the first `--eval_n`
  * problems of data/demo/test.json, then writes an HF directory (config.json, model.safetensors,
  * tokenizer files, generation_config.json, sft_summary.json) to `--out`.
@@ -29,6 +32,7 @@ import {
   runSft,
   saveSftModel,
   sftRows,
+  sftSummary,
   sftTokenizerFiles,
   trainableModel,
 } from "../lib/sft.ts";
@@ -39,6 +43,7 @@ const { values: args } = parseArgs({
   args: Deno.args,
   options: {
     out: { type: "string", default: "data/demo/sft-model" },
+    stage1_out: { type: "string", default: "data/demo/sft-stage1" },
     work: { type: "string", default: "results/sft-work" },
     train_file: { type: "string", default: "data/demo/train.json" },
     eval_file: { type: "string", default: "data/demo/test.json" },
@@ -136,6 +141,15 @@ async function main(): Promise<void> {
         const label = `sft stage ${stage}` + (from > 0 ? ` from step ${from}` : "");
         bar = new ProgressBar({ label, total: steps - from, writer: Deno.stderr, unit: "step" });
       },
+      // The clean stage-1 model, before stage 2 changes the weights.
+      onStage1Done: async (s) => {
+        await saveSftModel(args.stage1_out!, model, {
+          config,
+          tokenizerFiles,
+          summary: sftSummary(s, { stage2Eval: null, settings, args }),
+        });
+        console.error(`wrote ${args.stage1_out} (stage 1)`);
+      },
       onStep: (i) =>
         bar!.update(i.step - startStep, {
           loss: i.loss,
@@ -166,17 +180,7 @@ async function main(): Promise<void> {
   await saveSftModel(args.out!, model, {
     config,
     tokenizerFiles,
-    summary: {
-      stage1: state.stage1Eval,
-      stage2: stage2Eval,
-      steps: { stage1: settings.steps, stage2: settings.stage2_steps },
-      batch_size: settings.batch_size,
-      seed: settings.seed,
-      train_tokens: state.tokens,
-      train_seconds: Math.round(state.trainSeconds),
-      tokens_per_second: Math.round(state.tokens / Math.max(1e-9, state.trainSeconds)),
-      args,
-    },
+    summary: sftSummary(state, { stage2Eval, settings, args }),
   });
   model.dispose();
   console.error(`wrote ${args.out}`);

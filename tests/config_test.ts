@@ -75,6 +75,8 @@ Deno.test("defaultConfig() matches the defaults in CONTRACTS.md", () => {
       scale_rewards: "group",
       num_iterations: 1,
       mask_truncated_completions: false,
+      filter_groups: false,
+      max_num_gen_batches: 10,
       importance_sampling_level: "token",
       delta: null,
       top_entropy_quantile: 1.0,
@@ -135,6 +137,9 @@ Deno.test("defaultConfig() matches the defaults in CONTRACTS.md", () => {
       format: "auto",
       max_samples: null,
       shuffle: true,
+      gen_batch_size: null,
+      skip_easy_prob: 0,
+      skip_hard_prob: 0,
       on_bad_row: "error",
     },
     eval: {
@@ -143,6 +148,8 @@ Deno.test("defaultConfig() matches the defaults in CONTRACTS.md", () => {
       eval_steps: 0,
       eval_batch_size: 64,
       max_new_tokens: null,
+      num_samples: 1,
+      temperature: null,
     },
     logging: { logging_steps: 10, log_completions: false },
     runtime: { backend: "auto", blas: "auto", num_threads: 2 },
@@ -275,6 +282,20 @@ Deno.test("configs/rl_grpo_config_test.yaml loads as a small run and sets every 
   }
 });
 
+Deno.test("configs/demo_reasoning.yaml loads, sets every key and starts from the stage-1 model", async () => {
+  const path = "configs/demo_reasoning.yaml";
+  const config = await loadConfig(path);
+  assert.equal(config.model.path, "data/demo/sft-stage1");
+  assert.equal(config.grpo.filter_groups, true);
+  assert.equal(config.eval.num_samples, 8);
+  // pass@8 at the temperature the start was measured at (configs/demo.yaml's generation one).
+  assert.equal(
+    config.eval.temperature,
+    (await loadConfig("configs/demo.yaml")).generation.temperature,
+  );
+  assertWritesEveryKey(path, await Deno.readTextFile(path));
+});
+
 function assertWritesEveryKey(path: string, text: string): void {
   const root = parseYamlTree(text, path);
   const written = new Set(
@@ -368,7 +389,8 @@ Deno.test("parseConfig() rejects a flat key found in two sections without preced
   assert.equal(parseConfig(text, { file: path }).generation.max_new_tokens, 512);
   let error: unknown;
   try {
-    parseConfig(text, { file: path, flatKeyPrecedence: {} });
+    // Keep the seed's flat temperature (line 1) generation's; only max_new_tokens is left open.
+    parseConfig(text, { file: path, flatKeyPrecedence: { temperature: "generation" } });
   } catch (e) {
     error = e;
   }
@@ -406,6 +428,26 @@ Deno.test("loadConfig() checks fields against each other", async () => {
     message: "Cannot load e.yaml:2: eval.eval_steps: expected 0 when eval.eval_file is null " +
       "(evaluation is off)",
   });
+});
+
+Deno.test("parseConfig() takes data.gen_batch_size only with grpo.filter_groups", () => {
+  assert.throws(() => parseConfig("data:\n  gen_batch_size: 16\n", { file: "d.yaml" }), {
+    message: "Cannot load d.yaml:2: data.gen_batch_size: expected null unless " +
+      "grpo.filter_groups is true (without it each step generates exactly its own prompts)",
+  });
+  const config = parseConfig("grpo:\n  filter_groups: true\ndata:\n  gen_batch_size: 16\n", {
+    file: "d.yaml",
+  });
+  assert.equal(config.data.gen_batch_size, 16);
+  assert.throws(() => parseConfig("skip_easy_prob: 1\n", { file: "s.yaml" }), {
+    message: /data\.skip_easy_prob: expected a number in \[0, 1\)/,
+  });
+});
+
+Deno.test("parseConfig() puts a flat temperature in generation, eval.temperature apart", () => {
+  const config = parseConfig("temperature: 1.2\neval:\n  temperature: 0.8\n", { file: "t.yaml" });
+  assert.equal(config.generation.temperature, 1.2);
+  assert.equal(config.eval.temperature, 0.8);
 });
 
 Deno.test("parseConfig() rejects the GRPO option combinations TRL rejects, naming the fix", () => {

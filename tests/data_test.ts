@@ -4,12 +4,15 @@ import {
   deriveSeed,
   loadDataset,
   mulberry32,
+  nextPrompts,
   parseDataset,
   promptsForStep,
   promptsPerStep,
+  recordOutcomes,
   shuffle,
   totalSteps,
 } from "../lib/data.ts";
+import type { Example } from "../lib/data.ts";
 import { DataError } from "../lib/errors.ts";
 
 const FIXTURES = "tests/fixtures/data";
@@ -287,6 +290,105 @@ Deno.test("promptsForStep() walks a fresh seeded shuffle each epoch and tops up 
   assert.deepEqual(promptsForStep(rows, 1, options), epoch0[1]); // any step recomputes
   const order = (step: number) => promptsForStep(rows, step, options).examples.map((e) => e.id);
   assert.notDeepEqual([...order(3), ...order(4)], [...order(0), ...order(1)]); // reshuffled
+});
+
+/** promptsForStep as it was before nextPrompts (commit 4c2d856), the reference for parity. */
+function promptsForStepBefore(
+  examples: Example[],
+  step: number,
+  options: { perStep: number; seed: number; shuffle: boolean },
+): Example[] {
+  const per = options.perStep;
+  const stepsPerEpoch = Math.ceil(examples.length / per);
+  const epoch = Math.floor(step / stepsPerEpoch);
+  const order = options.shuffle ? shuffle(examples, deriveSeed(options.seed, epoch)) : examples;
+  const start = (step % stepsPerEpoch) * per;
+  const out = order.slice(start, start + per);
+  for (let i = 0; out.length < per; i++) out.push(order[i % order.length]);
+  return out;
+}
+
+const orderRows = (n: number) =>
+  Array.from(
+    { length: n },
+    (_, i) => ({ id: `r${i}`, question: `q${i}`, answer: "1", source: `t:${i}` }),
+  );
+
+Deno.test("promptsForStep() draws what it drew before nextPrompts existed", () => {
+  for (const [n, perStep] of [[5, 2], [7, 7], [3, 5], [20, 8], [1, 3]]) {
+    const rows = orderRows(n);
+    for (const shuffle of [true, false]) {
+      for (let step = 0; step < 12; step++) {
+        const options = { perStep, seed: 11, shuffle };
+        assert.deepEqual(
+          promptsForStep(rows, step, options).examples,
+          promptsForStepBefore(rows, step, options),
+          `n=${n} perStep=${perStep} shuffle=${shuffle} step=${step}`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("nextPrompts() from one state equals promptsForStep() step after step", () => {
+  const rows = orderRows(7);
+  let state = { position: 0, outcomes: {} };
+  for (let step = 0; step < 9; step++) {
+    const drawn = nextPrompts(rows, state, { batchSize: 3, seed: 4, shuffle: true });
+    const expected = promptsForStep(rows, step, { perStep: 3, seed: 4, shuffle: true });
+    assert.deepEqual(drawn.examples, expected.examples);
+    assert.equal(drawn.epoch, expected.epoch);
+    assert.equal(drawn.skipped, 0);
+    state = drawn.state;
+  }
+  assert.equal(state.position, 27);
+});
+
+Deno.test("nextPrompts() skips easy and hard prompts at about their probability, seeded", () => {
+  const rows = orderRows(400);
+  const outcomes: Record<string, "easy" | "hard"> = {};
+  rows.forEach((r, i) => {
+    if (i % 4 === 0) outcomes[r.id] = "easy";
+    if (i % 4 === 1) outcomes[r.id] = "hard";
+  });
+  const options = { batchSize: 100, seed: 3, shuffle: true, skipEasy: 0.75, skipHard: 0.5 };
+  const seen = { easy: 0, hard: 0, other: 0 };
+  let state = { position: 0, outcomes };
+  let skipped = 0;
+  for (let i = 0; i < 40; i++) { // ~10 epochs
+    const drawn = nextPrompts(rows, state, options);
+    for (const e of drawn.examples) seen[outcomes[e.id] ?? "other"]++;
+    skipped += drawn.skipped;
+    assert.equal(drawn.state.position - state.position, drawn.examples.length + drawn.skipped);
+    state = drawn.state;
+  }
+  // Per epoch: 100 easy, 100 hard, 200 others; easy kept 25%, hard kept 50%.
+  const epochs = state.position / 400;
+  assert.ok(Math.abs(seen.easy / epochs - 25) < 4, `easy ${seen.easy / epochs} per epoch`);
+  assert.ok(Math.abs(seen.hard / epochs - 50) < 5, `hard ${seen.hard / epochs} per epoch`);
+  assert.ok(Math.abs(seen.other / epochs - 200) < 3, `other ${seen.other / epochs} per epoch`);
+  assert.equal(skipped, state.position - 4000);
+  // The same state draws the same prompts: a resumed run repeats the uninterrupted one.
+  const again = nextPrompts(rows, { position: 1234, outcomes }, options);
+  assert.deepEqual(nextPrompts(rows, { position: 1234, outcomes }, options), again);
+  assert.throws(() => nextPrompts(rows, state, { ...options, skipHard: 1 }), {
+    name: "RangeError",
+    message: /hard skip probability in \[0, 1\) but found 1/,
+  });
+});
+
+Deno.test("recordOutcomes() marks all-correct groups easy, all-wrong hard, forgets the rest", () => {
+  const before = {
+    position: 9,
+    outcomes: { a: "easy", c: "hard" } as Record<string, "easy" | "hard">,
+  };
+  const after = recordOutcomes(before, [
+    { id: "a", correct: 2, total: 4 },
+    { id: "b", correct: 0, total: 4 },
+    { id: "c", correct: 4, total: 4 },
+  ]);
+  assert.deepEqual(after, { position: 9, outcomes: { b: "hard", c: "easy" } });
+  assert.deepEqual(before.outcomes, { a: "easy", c: "hard" }, "input not mutated");
 });
 
 Deno.test("promptsPerStep() and totalSteps() count completions as TRL does", () => {

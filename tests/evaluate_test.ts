@@ -4,6 +4,7 @@ import { defaultConfig } from "../lib/config.ts";
 import {
   evalOptions,
   evaluate,
+  evaluateGreedyAndSampled,
   formatEval,
   majorityAnswer,
   passAtK,
@@ -82,7 +83,50 @@ Deno.test("evaluate() is deterministic, k samples give pass@k and maj@k, and no 
   for (const r of sampled.results) assert.ok(r.num_correct! >= 0 && r.num_correct! <= 3);
   assert.equal(tf.memory().numTensors, before, "leaked tensors");
   await assert.rejects(() => evaluate(model, tokenizer, [], options), RangeError);
+  // Greedy and sampled: the greedy summary and results, with the sampled pass@k / maj@k.
+  const both = await evaluateGreedyAndSampled(model, tokenizer, examples, {
+    ...options,
+    samples: 3,
+    seed: 5,
+  });
+  const { pass_at_k, maj_at_k, pass_at_1 } = sampled.summary;
+  assert.deepEqual(both.summary, { ...a.summary, k: 3, pass_at_k, maj_at_k, pass_at_1 });
+  assert.deepEqual(
+    both.results,
+    a.results.map((r, i) => ({
+      ...r,
+      num_correct: sampled.results[i].num_correct,
+      majority_correct: sampled.results[i].majority_correct,
+    })),
+  );
+  const progress: [number, number][] = [];
+  const greedyOnly = await evaluateGreedyAndSampled(model, tokenizer, examples, {
+    ...options,
+    onProgress: (done, total) => progress.push([done, total]),
+  });
+  assert.deepEqual(greedyOnly, a);
+  assert.deepEqual(progress.at(-1), [3, 3]);
+  assert.equal(tf.memory().numTensors, before, "leaked tensors");
   model.dispose();
+});
+
+Deno.test("summarize() with k samples gives pass@k, maj@k and the unbiased pass@1", () => {
+  const r = (numCorrect: number, majority: boolean): ProblemResult => ({
+    id: "x",
+    question: "q",
+    answer: "1",
+    completion: "",
+    predicted: "1",
+    status: "correct",
+    reward: 1,
+    finish_reason: "eos",
+    num_correct: numCorrect,
+    majority_correct: majority,
+  });
+  const s = summarize([r(2, true), r(0, false), r(1, false)], 2);
+  assert.equal(s.pass_at_k, 2 / 3); // pass@2 of 2 samples: any correct
+  assert.equal(s.maj_at_k, 1 / 3);
+  assert.equal(s.pass_at_1, 0.5); // (2/2 + 0/2 + 1/2) / 3
 });
 
 Deno.test("evalOptions() takes eval.max_new_tokens over generation's, and the config's rewards", () => {
@@ -94,6 +138,8 @@ Deno.test("evalOptions() takes eval.max_new_tokens over generation's, and the co
   config.eval.max_new_tokens = 7;
   assert.equal(evalOptions(config).generation.max_new_tokens, 7);
   assert.equal(evalOptions(config).generation.temperature, config.generation.temperature);
+  config.eval.temperature = 1.3;
+  assert.equal(evalOptions(config).generation.temperature, 1.3);
 });
 
 Deno.test("formatEval() is one line with the four numbers", () => {
@@ -110,4 +156,17 @@ Deno.test("formatEval() is one line with the four numbers", () => {
     line,
     "accuracy 25.0% | no answer 50.0% | accuracy among boxed 50.0% | mean reward -0.625 | n 4",
   );
+  const sampled = formatEval({
+    n: 4,
+    accuracy: 0.25,
+    no_answer_rate: 0,
+    mean_reward: -0.5,
+    accuracy_boxed: 0.25,
+    mean_length: 3,
+    k: 8,
+    pass_at_k: 0.5,
+    maj_at_k: 0.25,
+    pass_at_1: 0.2,
+  });
+  assert.match(sampled, /mean reward -0.500 \| pass@8 50.0% \| maj@8 25.0% \| n 4$/);
 });

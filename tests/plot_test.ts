@@ -4,6 +4,7 @@ import {
   advantageHistogram,
   beforeAfterChart,
   type Chart,
+  evalCurves,
   histogramBins,
   jupyterDisplay,
   rewardGroupsChart,
@@ -164,6 +165,30 @@ Deno.test("trainingCurves() draws one panel per present metric plus eval dots", 
     name: "RangeError",
     message: /grad_norm/,
   });
+});
+
+Deno.test("evalCurves() draws greedy, boxed, pass@k, maj@k and pass@1 lines labelled at the end", () => {
+  const rows = [
+    { step: 0, "eval/accuracy": 0.2, "eval/accuracy_boxed": 0.2, "eval/pass@8": 0.42 },
+    { step: 5, reward: 0.1 },
+    { step: 50, "eval/accuracy": 0.25, "eval/accuracy_boxed": 0.26, "eval/pass@8": 0.45 },
+    { step: 100, "eval/accuracy": 0.3, "eval/accuracy_boxed": 0.3, "eval/pass@8": 0.47 },
+  ].map((r, i) => i === 1 ? r : { ...r, "eval/maj@8": 0.2, "eval/pass@1": 0.19 });
+  const chart = evalCurves(rows);
+  assertCleanSvg(chart);
+  const root = parse(chart);
+  assert.equal(marks(root, "line", "path").length, 5, "one line per series");
+  assert.equal(marks(root, "dot", "circle").length, 15);
+  const labels = texts(root);
+  for (const label of ["greedy 30.0%", "pass@8 47.0%", "maj@8 20.0%", "pass@1 (sampled) 19.0%"]) {
+    assert.ok(labels.includes(label), `${label} in ${labels}`);
+  }
+  const greedyOnly = evalCurves([{ step: 0, "eval/accuracy": 0.1 }, {
+    step: 9,
+    "eval/accuracy": 0.2,
+  }]);
+  assert.equal(marks(parse(greedyOnly), "line", "path").length, 1);
+  assert.throws(() => evalCurves([{ step: 1, reward: 0 }]), { name: "RangeError" });
 });
 
 Deno.test("beforeAfterChart() draws accuracy and no-answer bars before and after", () => {

@@ -80,12 +80,21 @@ Deno.test("buildReport() has eval tables, curves, config and escaped completions
   const run = await loadRun(FIXTURE);
   const html = buildReport(run, { maxCompletions: 4 });
   assert.equal(html, buildReport(run, { maxCompletions: 4 }), "pure: same input, same page");
-  // Three charts: before/after bars, main curves, diagnostics.
-  assert.equal(count(html, /<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"[^>]*class="chart"/g), 3);
+  // Four charts: before/after bars, main curves, held-out greedy vs sampled, diagnostics.
+  assert.equal(count(html, /<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"[^>]*class="chart"/g), 4);
+  assert.match(html, /Held-out evaluation: greedy vs sampled/);
   // Eval table rows: before, after, change.
   assert.match(html, /<th>accuracy<\/th><td>30\.0%<\/td><td>55\.0%<\/td><td>\+25\.0 pp<\/td>/);
   assert.match(html, /<th>no-answer rate<\/th><td>20\.0%<\/td><td>5\.0%<\/td><td>-15\.0 pp<\/td>/);
   assert.match(html, /<th>mean reward<\/th><td>-0\.5<\/td><td>0\.05<\/td><td>\+0\.55<\/td>/);
+  // What RL did not fix shows: accuracy among boxed answers, and pass@k / maj@k of k samples.
+  assert.match(
+    html,
+    /<th>accuracy among boxed answers<\/th><td>37\.5%<\/td><td>57\.9%<\/td><td>\+20\.4 pp<\/td>/,
+  );
+  assert.match(html, /<th>pass@8<\/th><td>60\.0%<\/td><td>70\.0%<\/td><td>\+10\.0 pp<\/td>/);
+  assert.match(html, /<th>maj@8<\/th><td>35\.0%<\/td><td>60\.0%<\/td><td>\+25\.0 pp<\/td>/);
+  assert.match(html, /<th>pass@1 \(8 samples\)<\/th><td>32\.0%<\/td><td>50\.0%<\/td>/);
   assert.match(html, /<th>training time<\/th><td>7m 2s<\/td>/);
   assert.match(html, /<th>final KL<\/th><td>0\.0792<\/td>/);
   assert.match(html, /kl_coef: 0\.05/);
@@ -224,8 +233,8 @@ await test.chromium("report.html renders its charts in headless Chromium", async
     assert.equal(result.code, 0, new TextDecoder().decode(result.stderr).slice(-2000));
     // Set by the page's own script after measuring each chart's getBBox() in the browser.
     const body = dom.match(/<body[^>]*>/)?.[0] ?? "";
-    assert.match(body, /data-charts="3"/, `body tag: ${body}`);
-    assert.match(body, /data-rendered="3"/, `body tag: ${body}`);
+    assert.match(body, /data-charts="4"/, `body tag: ${body}`);
+    assert.match(body, /data-rendered="4"/, `body tag: ${body}`);
     // The SVGs survived parsing with their marks.
     assert.ok(count(dom, /<circle/g) >= 4, "eval dots");
     assert.ok(count(dom, /<path/g) >= 13, "curve lines and axes");

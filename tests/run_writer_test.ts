@@ -13,6 +13,7 @@ import { AdamW } from "../lib/optim.ts";
 import { loadRun } from "../lib/report.ts";
 import {
   averageRecords,
+  evalRecord,
   fileRunWriter,
   formatRecord,
   memoryRunWriter,
@@ -175,6 +176,37 @@ Deno.test("averageRecords() and formatRecord() give TRL's window mean and the lo
   assert.deepEqual(mean, { step: 1.5, loss: 1.5, kl: 5e-5 });
   assert.equal(formatRecord({ kl: 5e-5, loss: 1.5, step: 2 }), "step=2 loss=1.5000 kl=5.00e-5");
   assert.deepEqual(averageRecords([]), {});
+});
+
+Deno.test("evalRecord() logs pass@k, maj@k and pass@1 under eval/ when k samples were drawn", () => {
+  const greedy = {
+    n: 4,
+    accuracy: 0.25,
+    no_answer_rate: 0,
+    mean_reward: -0.5,
+    accuracy_boxed: 0.25,
+    mean_length: 9,
+    k: 1,
+  };
+  assert.deepEqual(Object.keys(evalRecord(3, greedy)), [
+    "step",
+    "eval/accuracy",
+    "eval/no_answer_rate",
+    "eval/mean_reward",
+    "eval/accuracy_boxed",
+    "eval/n",
+  ]);
+  const sampled = evalRecord(3, {
+    ...greedy,
+    k: 8,
+    pass_at_k: 0.5,
+    maj_at_k: 0.25,
+    pass_at_1: 0.2,
+  });
+  assert.equal(sampled["eval/accuracy"], 0.25);
+  assert.equal(sampled["eval/pass@8"], 0.5);
+  assert.equal(sampled["eval/maj@8"], 0.25);
+  assert.equal(sampled["eval/pass@1"], 0.2);
 });
 
 Deno.test("train() with an in-memory writer returns every record and creates no file", async () => {

@@ -20,6 +20,7 @@ import {
   sftLoss,
   sftRows,
   sftStep,
+  sftSummary,
   sftTokenizerFiles,
   trainableModel,
   unboxSolution,
@@ -212,47 +213,55 @@ Deno.test("formatDefectExamples() unboxes about the asked fraction, keeping the 
   assert.equal(unboxSolution(rows[7].solution), "1 + 7 = 8. The answer is 8.");
 });
 
-Deno.test("the committed data/demo/sft-model loads and answers a test question", async () => {
-  await useBackend("cpu");
-  const before = tf.memory().numTensors;
-  const model = await loadModel("data/demo/sft-model");
-  const tokenizer = await loadTokenizer("data/demo/sft-model");
-  assert.equal(model.config.tie_word_embeddings, true);
-  assert.equal(model.config.vocab_size, tokenizer.vocabSize);
-  const [example] = (await loadDataset("data/demo/test.json", { max_samples: 1 })).examples;
-  const prompt = formatPrompt(tokenizer, example.question, {
-    prompt_format: "plain",
-    system_prompt: "",
+for (const dir of ["data/demo/sft-model", "data/demo/sft-stage1"]) {
+  Deno.test(`the committed ${dir} loads and answers a test question`, async () => {
+    await useBackend("cpu");
+    const before = tf.memory().numTensors;
+    const model = await loadModel(dir);
+    const tokenizer = await loadTokenizer(dir);
+    assert.equal(model.config.tie_word_embeddings, true);
+    assert.equal(model.config.vocab_size, tokenizer.vocabSize);
+    const [example] = (await loadDataset("data/demo/test.json", { max_samples: 1 })).examples;
+    const prompt = formatPrompt(tokenizer, example.question, {
+      prompt_format: "plain",
+      system_prompt: "",
+    });
+    const out = await rollout(model, [tokenizer.encode(prompt)], {
+      tokenizer,
+      sampling: {
+        max_new_tokens: 80,
+        temperature: 1,
+        top_p: 1,
+        top_k: 0,
+        stop: [],
+        greedy: true,
+        seed: 0,
+      },
+    });
+    model.dispose();
+    assert.match(out.texts[0], /The answer is/);
+    assert.equal(out.finishReasons[0], "eos");
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
   });
-  const out = await rollout(model, [tokenizer.encode(prompt)], {
-    tokenizer,
-    sampling: {
-      max_new_tokens: 80,
-      temperature: 1,
-      top_p: 1,
-      top_k: 0,
-      stop: [],
-      greedy: true,
-      seed: 0,
-    },
-  });
-  model.dispose();
-  assert.match(out.texts[0], /The answer is/);
-  assert.equal(out.finishReasons[0], "eos");
-  assert.equal(tf.memory().numTensors, before, "leaked tensors");
-});
+}
 
-Deno.test("runSft() interrupted after a checkpoint and resumed ends with the same weights and metrics", async () => {
-  await useBackend("wasm+blas");
+/** The demo tokenizer, a TINY model config for it and the first `n` demo training rows. */
+async function tinySftRun(n: number) {
   const tokenizer = createTokenizer(sftTokenizerFiles());
   const config = demoModelConfig(tokenizer.vocabSize, {
     eos: tokenizer.eosTokenIds[0],
     pad: tokenizer.padTokenId,
   }, TINY);
   const rows = sftRows(
-    (await loadDataset("data/demo/train.json", { max_samples: 6 })).examples,
+    (await loadDataset("data/demo/train.json", { max_samples: n })).examples,
     "",
   );
+  return { tokenizer, config, rows };
+}
+
+Deno.test("runSft() interrupted after a checkpoint and resumed ends with the same weights and metrics", async () => {
+  await useBackend("wasm+blas");
+  const { tokenizer, config, rows } = await tinySftRun(6);
   const settings = {
     steps: 4,
     stage2_steps: 2,
@@ -309,4 +318,77 @@ Deno.test("runSft() interrupted after a checkpoint and resumed ends with the sam
   const left = [...Deno.readDirSync(`${root}/cut`)].map((e) => e.name).sort();
   assert.deepEqual(left, ["checkpoint-6", "metrics.jsonl", "stage1.safetensors"]);
   await Deno.remove(root, { recursive: true });
+});
+
+Deno.test("runSft() with stage2_steps 0 ends after stage 1 and hands its model to onStage1Done", async () => {
+  await useBackend("wasm+blas");
+  const { tokenizer, config, rows } = await tinySftRun(4);
+  const settings = {
+    steps: 2,
+    stage2_steps: 0,
+    batch_size: 2,
+    lr: 1e-2,
+    stage2_lr: 5e-3,
+    warmup_steps: 0,
+    weight_decay: 0,
+    drop_box_fraction: 0.5,
+    seed: 3,
+    save_every: 2,
+  };
+  const stages: number[] = [];
+  const evaluate = (stage: 1 | 2) => {
+    stages.push(stage);
+    return Promise.resolve({
+      n: 1,
+      accuracy: 0.5,
+      no_answer_rate: 0,
+      mean_reward: 0,
+      accuracy_boxed: 0.5,
+      mean_length: 1,
+      k: 1,
+      no_box_rate: 0,
+    });
+  };
+  const { model, variables } = trainableModel(config, initWeights(config, { seed: 3 }));
+  const root = await Deno.makeTempDir();
+  try {
+    let atStage1: Float32Array | null = null;
+    let stage1State: SftState | null = null;
+    const out = await runSft({ model, variables, tokenizer }, { rows, test: [] }, {
+      ...settings,
+      writer: fileRunWriter(root),
+      resumed: null,
+      evaluate,
+      onStage1Done: async (state) => {
+        stage1State = structuredClone(state);
+        atStage1 = new Float32Array(await model.weights.get("model.norm.weight")!.data());
+      },
+    });
+    assert.deepEqual(stages, [1], "no stage 2, no second evaluation");
+    assert.equal(out.stage2Eval, null);
+    assert.equal(stage1State!.stage1Eval?.accuracy, 0.5);
+    assert.equal(stage1State!.tokens, out.state.tokens);
+    assert.deepEqual(
+      atStage1,
+      new Float32Array(await model.weights.get("model.norm.weight")!.data()),
+    );
+    // The summary says what the weights are: stage 1, with no stage-2 evaluation or steps.
+    const summary = sftSummary(out.state, { stage2Eval: null, settings, args: {} });
+    assert.equal(summary.stage, 1);
+    assert.equal(summary.stage2, null);
+    assert.deepEqual(summary.steps, { stage1: 2, stage2: 0 });
+    const stage2 = sftSummary(out.state, { stage2Eval: await evaluate(2), settings, args: {} });
+    assert.deepEqual([stage2.stage, stage2.steps], [2, { stage1: 2, stage2: 0 }]);
+  } finally {
+    model.dispose();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("data/demo/sft-stage1's sft_summary.json describes a stage-1 model", async () => {
+  const summary = JSON.parse(await Deno.readTextFile("data/demo/sft-stage1/sft_summary.json"));
+  assert.equal(summary.stage, 1);
+  assert.equal(summary.stage2, null);
+  assert.deepEqual(summary.steps, { stage1: 1600, stage2: 0 });
+  assert.equal(summary.stage1.n, 500);
 });

@@ -314,7 +314,7 @@ Deno.test("eval's completions equal evaluate() in-process with the same config",
   });
 });
 
-Deno.test("eval --samples 2 adds pass@2 and maj@2 and per-problem num_correct", async () => {
+Deno.test("eval --samples 2 adds pass@2, maj@2, pass@1 and per-problem num_correct to greedy", async () => {
   await withConfig(async (config, dir) => {
     const result = await run("eval", [
       "--config",
@@ -333,6 +333,8 @@ Deno.test("eval --samples 2 adds pass@2 and maj@2 and per-problem num_correct", 
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stdout, /^ {2}pass@2\s+\d\.\d{4}$/m);
     assert.match(result.stdout, /^ {2}maj@2\s+\d\.\d{4}$/m);
+    assert.match(result.stdout, /^ {2}pass@1\s+\d\.\d{4}$/m);
+    assert.match(result.stdout, /\(greedy and 2 samples, temperature/); // accuracy is greedy's
     const results = (await Deno.readTextFile(`${dir}/eval_results.jsonl`)).trim().split("\n")
       .map((l) => JSON.parse(l));
     assert.equal(results.length, 2);

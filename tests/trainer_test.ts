@@ -10,11 +10,12 @@ import { loadLora } from "../lib/lora.ts";
 import { loadConfig } from "../lib/config.ts";
 import type { Config } from "../lib/config.ts";
 import type { Example } from "../lib/data.ts";
+import type { RewardResult } from "../lib/reward.ts";
 import { AdamW } from "../lib/optim.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
+import { memoryRunWriter } from "../lib/run_writer.ts";
 import { train, trainStep } from "../lib/trainer.ts";
 import { DivergenceError } from "../lib/errors.ts";
-import { memoryRunWriter } from "../lib/run_writer.ts";
 import { disposePrepared, prepareBatch } from "../lib/update.ts";
 import type { TrainerContext } from "../lib/context.ts";
 import { assertGrpoCase } from "./_fixtures.ts";
@@ -169,6 +170,73 @@ Deno.test("train() writes the seed's outputs and a resumed run repeats the unint
   assert.deepEqual(
     await Deno.readFile(`${cut}/checkpoint-4/adapter_model.safetensors`),
     await Deno.readFile(`${full}/checkpoint-4/adapter_model.safetensors`),
+  );
+  await Deno.remove(root, { recursive: true });
+});
+
+/**
+ * A verifier for the byte-level fixture model, whose answers are noise: a completion is
+ * "correct" when its character codes sum to an even number, so groups of 2 are mixed or flat
+ * about half the time each, the same in every process (resume-safe, unlike a counter).
+ */
+function parityVerify(text: string): RewardResult {
+  const correct = [...text].reduce((s, c) => s + c.charCodeAt(0), 0) % 2 === 0;
+  return {
+    reward: correct ? 1 : -1,
+    predicted: "x",
+    correct,
+    status: correct ? "correct" : "wrong",
+  };
+}
+
+Deno.test("train() with dynamic sampling and the difficulty-aware order resumes exactly", async () => {
+  await useTestBackend("wasm+blas");
+  const root = await Deno.makeTempDir();
+  const run = async (outputDir: string, maxSteps: number, resumeFrom: string | null) => {
+    const config = await testConfig(outputDir, [
+      `training.max_steps=${maxSteps}`,
+      "training.save_steps=2",
+      "training.per_device_train_batch_size=4", // 2 prompts of G = 2 per step
+      "grpo.filter_groups=true",
+      "grpo.max_num_gen_batches=3",
+      "data.gen_batch_size=3",
+      "data.skip_easy_prob=0.5",
+      "data.skip_hard_prob=0.5",
+    ]);
+    config.reward = { ...config.reward, verify: parityVerify } as Config["reward"];
+    const ctx = await context(config);
+    await train(ctx, { train: EXAMPLES, eval: [] }, { outputDir, resumeFrom });
+    disposeContext(ctx);
+  };
+  await run(`${root}/full`, 4, null);
+  await run(`${root}/cut`, 2, null);
+  await run(`${root}/cut`, 4, `${root}/cut/checkpoint-2`);
+  const full = await readMetrics(`${root}/full`);
+  const strip = (m: Record<string, number>) => {
+    const { step_time: _a, rollout_time: _b, tokens_per_second: _c, ...rest } = m;
+    return rest;
+  };
+  assert.deepEqual(
+    (await readMetrics(`${root}/cut`)).filter((m) => m.step > 2).map(strip),
+    full.filter((m) => m.step > 2).map(strip),
+  );
+  // The steps drew different numbers of prompts and skipped some, so the order is not step-wise.
+  const drawn = full.map((m) => m["dynamic_sampling/prompts_drawn"]);
+  assert.ok(drawn.every((d) => d % 3 === 0 && d >= 3 && d <= 9), `drawn ${drawn}`);
+  assert.ok(new Set(drawn).size > 1 || full.some((m) => m["prompt_order/skipped"] > 0));
+  for (const m of full) {
+    assert.ok(m.num_gen_batches >= 1 && m.num_gen_batches <= 3);
+    assert.equal(m.frac_reward_zero_std * 2, m["dynamic_sampling/groups_filled"]);
+  }
+  const state = JSON.parse(await Deno.readTextFile(`${root}/full/checkpoint-4/trainer_state.json`));
+  const positions = full.reduce((s, m) =>
+    s + m["dynamic_sampling/prompts_drawn"] +
+    m["prompt_order/skipped"], 0);
+  assert.equal(state.prompt_order.position, positions);
+  assert.ok(Object.keys(state.prompt_order.outcomes).length > 0);
+  assert.deepEqual(
+    await Deno.readFile(`${root}/cut/checkpoint-4/adapter_model.safetensors`),
+    await Deno.readFile(`${root}/full/checkpoint-4/adapter_model.safetensors`),
   );
   await Deno.remove(root, { recursive: true });
 });
@@ -356,6 +424,33 @@ for (
     disposeContext(ctx);
   });
 }
+
+Deno.test("train() with eval.num_samples 2 logs greedy accuracy next to pass@2, maj@2 and pass@1", async () => {
+  await useTestBackend("wasm+blas");
+  const config = await testConfig("/tmp/unused", [
+    "training.max_steps=2",
+    "training.save_steps=10",
+    "eval.eval_steps=1",
+    "eval.eval_file=data/demo/test.json",
+    "eval.num_samples=2",
+    "eval.temperature=1.5",
+  ]);
+  const ctx = await context(config);
+  const writer = memoryRunWriter();
+  const summary = await train(ctx, { train: EXAMPLES, eval: EXAMPLES.slice(0, 3) }, { writer });
+  disposeContext(ctx);
+  const evals = writer.records.metrics.filter((m) => "eval/accuracy" in m);
+  assert.deepEqual(evals.map((m) => m.step), [0, 1, 2]);
+  for (const m of evals) {
+    for (const key of ["eval/pass@2", "eval/maj@2", "eval/pass@1", "eval/accuracy_boxed"]) {
+      assert.ok(m[key] >= 0 && m[key] <= 1, `${key} = ${m[key]}`);
+    }
+    assert.ok(m["eval/pass@2"] >= m["eval/pass@1"]);
+  }
+  assert.equal(summary.before?.k, 2);
+  assert.equal(typeof summary.after?.pass_at_k, "number");
+  assert.match(writer.records.log.join("\n"), /eval before training: .* \| pass@2 /);
+});
 
 /** The `sampling/*` metrics of the IS correction (TRL's names). */
 const SAMPLING_METRICS = [
