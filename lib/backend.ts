@@ -21,6 +21,7 @@
 import { BackendError } from "./errors.ts";
 import { tf } from "./tf.ts";
 import { type BlasBackend, blasCandidates, openBlas, setKernelMode } from "./_blas.ts";
+import { WASM_KERNEL_REPLACEMENTS } from "./_wasm_kernels.ts";
 
 /**
  * Under `auto`, models with more float32 weight bytes than this go to the cpu backend: the wasm
@@ -232,6 +233,7 @@ async function setupWasm(blas: string, threads: number, notes: string[]): Promis
   // The stock kernels' setup must run before their replacements are registered.
   await activate("wasm");
   registerWasmSegmentSum();
+  replaceWasmKernels();
   return attachBlas("wasm", blas, threads, notes);
 }
 
@@ -276,6 +278,23 @@ function registerWasmSegmentSum(): void {
       return out;
     },
   });
+}
+
+let wasmKernelsReplaced = false;
+
+/**
+ * Registers lib/_wasm_kernels.ts's copy-free `Identity`, `Slice`, `SplitV` and `GatherV2` over the
+ * stock wasm kernels (same results, bit for bit). Idempotent.
+ */
+function replaceWasmKernels(): void {
+  if (wasmKernelsReplaced) return;
+  for (const { kernelName, replace } of WASM_KERNEL_REPLACEMENTS) {
+    const stock = tf.getKernel(kernelName, "wasm");
+    if (stock === undefined) throw new Error(`tfjs-backend-wasm has no ${kernelName} kernel`);
+    tf.unregisterKernel(kernelName, "wasm");
+    tf.registerKernel({ ...stock, kernelFunc: replace(stock.kernelFunc) });
+  }
+  wasmKernelsReplaced = true;
 }
 
 /** The parts of tfjs-backend-wasm's `BackendWasm` that registerWasmSegmentSum uses. */
