@@ -15,6 +15,7 @@
  * |                        | probs matMul, 4 transposes: one strided sgemm pair per head     |                     |
  * | `FusedCachedAttention` | the same against a KV cache that it appends to in place          | none (inference)    |
  * | `TokenLogSoftmax`      | div, logSumExp, one-hot gather, entropy (TRL selective_log_softmax) | logits          |
+ * | `DropoutMask`          | randomUniform (a JS closure per value), add, floor, div         | none (no inputs)    |
  *
  * Every kernel has a test against its stock composition, values and gradients
  * (tests/kernels_test.ts). The attention kernels call `cblas_sgemm` through their own FFI
@@ -39,6 +40,8 @@ export const ATTENTION = "FusedAttention";
 export const CACHED_ATTENTION = "FusedCachedAttention";
 /** Per-row log-probability of one token and the entropy of the temperature-scaled softmax. */
 export const TOKEN_LOG_SOFTMAX = "TokenLogSoftmax";
+/** tf.dropout's multiplier, from the same seeded alea stream. */
+export const DROPOUT_MASK = "DropoutMask";
 
 const RMS_NORM_GRAD_X = "FusedRmsNormGradX";
 const RMS_NORM_GRAD_W = "FusedRmsNormGradW";
@@ -892,6 +895,89 @@ export function fusedTokenLogSoftmax(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Dropout masks
+
+interface DropoutMaskAttrs {
+  shape: number[];
+  seed: number;
+  rate: number;
+}
+
+/**
+ * Baagoe's Mash, as seedrandom 3.0.5 `alea` seeds itself with it (tf.randomUniform's PRNG).
+ * Returns the state after hashing `data`, and the hash in [0, 1).
+ */
+function mash(n: number, data: string): [number, number] {
+  for (let i = 0; i < data.length; i++) {
+    n += data.charCodeAt(i);
+    let h = 0.02519603282416938 * n;
+    n = h >>> 0;
+    h -= n;
+    h *= n;
+    n = h >>> 0;
+    h -= n;
+    n += h * 0x100000000; // 2^32
+  }
+  return [n, (n >>> 0) * 2.3283064365386963e-10]; // 2^-32
+}
+
+/**
+ * tf.dropout's multiplier `floor(u + keep) / keep` (u from `tf.randomUniform(shape, 0, 1,
+ * "float32", seed)`, float32 arithmetic), with the alea stream inlined: the same values bit for
+ * bit, without a closure call per value.
+ */
+function dropoutMaskKernel(host: Host, { attrs }: KernelArgs): tf.TensorInfo {
+  const { shape, seed, rate } = attrs as unknown as DropoutMaskAttrs;
+  const out = host.alloc(shape);
+  const ov = host.f32(out);
+  // seedrandom alea(String(seed)) (lib alea.js): three mash(' ') minus mash(seed), c = 1.
+  const text = String(seed);
+  let n = 0xefc8249d;
+  let h: number;
+  [n, h] = mash(n, " ");
+  let s0 = h;
+  [n, h] = mash(n, " ");
+  let s1 = h;
+  [n, h] = mash(n, " ");
+  let s2 = h;
+  [n, h] = mash(n, text);
+  s0 -= h;
+  if (s0 < 0) s0 += 1;
+  [n, h] = mash(n, text);
+  s1 -= h;
+  if (s1 < 0) s1 += 1;
+  [, h] = mash(n, text);
+  s2 -= h;
+  if (s2 < 0) s2 += 1;
+  let c = 1;
+  const keep = Math.fround(1 - rate);
+  const scale = Math.fround(1 / keep);
+  for (let i = 0; i < ov.length; i++) {
+    const t = 2091639 * s0 + c * 2.3283064365386963e-10; // 2^-32
+    s0 = s1;
+    s1 = s2;
+    c = t | 0;
+    s2 = t - c;
+    // float32: u, then u + keep, then floor, then / keep (tf.dropout's add, floor, div).
+    ov[i] = Math.fround(Math.fround(s2) + keep) >= 1 ? scale : 0;
+  }
+  return out;
+}
+
+/**
+ * The multiplier `tf.dropout(x, rate, undefined, seed)` multiplies x by, bit for bit: 0 where a
+ * value is dropped, `1 / (1 - rate)` (float32) where it is kept.
+ *
+ * @param shape The shape of x.
+ * @param rate Dropout probability in [0, 1).
+ * @param seed The seed tf.dropout would get.
+ * @returns float32 of `shape`. The caller disposes it.
+ */
+export function dropoutMask(shape: number[], rate: number, seed: number): tf.Tensor {
+  return runKernel(DROPOUT_MASK, {}, { shape, seed, rate }) as tf.Tensor;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Registration lists for lib/backend.ts
 
 /** Every kernel of this module. */
@@ -902,6 +988,7 @@ export const FUSED_KERNELS: readonly FusedKernel[] = [
   kernel(ROPE, ropeForward),
   kernel(TOKEN_LOG_SOFTMAX, tokenLogSoftmaxForward),
   kernel(TOKEN_LOG_SOFTMAX_GRAD, tokenLogSoftmaxGrad),
+  kernel(DROPOUT_MASK, dropoutMaskKernel),
   blasKernel(ATTENTION, attentionForward),
   blasKernel(ATTENTION_GRAD, attentionGrad),
   blasKernel(CACHED_ATTENTION, cachedAttentionForward),

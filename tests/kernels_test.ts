@@ -6,6 +6,7 @@ import { tf } from "../lib/tf.ts";
 import { useBackend } from "../lib/backend.ts";
 import {
   ATTENTION,
+  dropoutMask,
   fusedAttention,
   fusedCachedAttention,
   fusedRmsNorm,
@@ -228,6 +229,26 @@ Deno.test("fusedTokenLogSoftmax() matches log_softmax gathered at ids, entropy, 
       () => [tensor([5, 7], 21, 4)],
       2e-5,
     );
+  }
+});
+
+Deno.test("dropoutMask() gives tf.dropout's multiplier bit for bit", async () => {
+  const cases = [[[5, 9], 0.05, 12345], [[300, 17], 0.5, 2147483646], [[64, 128], 0.1, 7]] as const;
+  for (const backend of FUSED) {
+    await useBackend(backend);
+    const before = tf.memory().numTensors;
+    for (const [shape, rate, seed] of cases) {
+      const x = tensor([...shape], seed);
+      const dropped = tf.tidy(() => tf.dropout(x, rate, undefined, seed));
+      const masked = tf.tidy(() => tf.mul(x, dropoutMask([...shape], rate, seed)));
+      const [want, got] = [await dropped.data(), await masked.data()];
+      assert.ok(
+        got.every((g, i) => Object.is(g, want[i])),
+        `${backend} [${shape}] rate ${rate} seed ${seed}`,
+      );
+      tf.dispose([x, dropped, masked]);
+    }
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
   }
 });
 
