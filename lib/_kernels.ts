@@ -16,6 +16,7 @@
  * | `FusedCachedAttention` | the same against a KV cache that it appends to in place          | none (inference)    |
  * | `TokenLogSoftmax`      | div, logSumExp, one-hot gather, entropy (TRL selective_log_softmax) | logits          |
  * | `DropoutMask`          | randomUniform (a JS closure per value), add, floor, div         | none (no inputs)    |
+ * | `SampleTokens`         | softmax, cumsum, compare, count, gather (top_k 0, top_p 1)      | none (sampling)     |
  *
  * Every kernel has a test against its stock composition, values and gradients
  * (tests/kernels_test.ts). The attention kernels call `cblas_sgemm` through their own FFI
@@ -42,6 +43,8 @@ export const CACHED_ATTENTION = "FusedCachedAttention";
 export const TOKEN_LOG_SOFTMAX = "TokenLogSoftmax";
 /** tf.dropout's multiplier, from the same seeded alea stream. */
 export const DROPOUT_MASK = "DropoutMask";
+/** One token per row by inverse-CDF sampling of softmax(logits / temperature), unsorted. */
+export const SAMPLE_TOKENS = "SampleTokens";
 
 const RMS_NORM_GRAD_X = "FusedRmsNormGradX";
 const RMS_NORM_GRAD_W = "FusedRmsNormGradW";
@@ -978,6 +981,82 @@ export function dropoutMask(shape: number[], rate: number, seed: number): tf.Ten
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sampling
+
+interface SampleTokensAttrs {
+  temperature: number;
+}
+
+/**
+ * Per row: z = logits / temperature (float32), then the first token (in vocabulary order) at
+ * which the running sum of exp(z − max) exceeds u · Σ exp(z − max), and its log-probability
+ * z − logsumexp(z).
+ */
+function sampleTokensKernel(host: Host, { inputs, attrs }: KernelArgs): tf.TensorInfo[] {
+  const { logits, uniforms } = inputs as { logits: tf.TensorInfo; uniforms: tf.TensorInfo };
+  const { temperature } = attrs as unknown as SampleTokensAttrs;
+  checkFloat32(SAMPLE_TOKENS, logits, uniforms);
+  const [B, V] = logits.shape;
+  const ids = host.alloc([B], "int32");
+  const logps = host.alloc([B]);
+  const [lv, uv, iv, pv] = [host.f32(logits), host.f32(uniforms), host.ints(ids), host.f32(logps)];
+  const t32 = Math.fround(temperature);
+  const e = scratchOf(V);
+  for (let b = 0; b < B; b++) {
+    const o = b * V;
+    let max = -Infinity;
+    for (let i = 0; i < V; i++) {
+      const z = Math.fround(lv[o + i] / t32);
+      e[i] = z;
+      if (z > max) max = z;
+    }
+    let total = 0;
+    for (let i = 0; i < V; i++) {
+      e[i] = Math.exp(e[i] - max);
+      total += e[i];
+    }
+    const target = uv[b] * total;
+    let pick = -1;
+    let last = 0;
+    let cdf = 0;
+    for (let i = 0; i < V; i++) {
+      if (e[i] === 0) continue;
+      last = i;
+      cdf += e[i];
+      if (cdf > target) {
+        pick = i;
+        break;
+      }
+    }
+    if (pick < 0) pick = last; // u · total rounded up to the total
+    iv[b] = pick;
+    pv[b] = Math.fround(lv[o + pick] / t32) - max - Math.log(total);
+  }
+  return [ids, logps];
+}
+
+/**
+ * Samples one token per row from softmax(logits / temperature) by inverse CDF in vocabulary
+ * order, which needs no sort (top_k 0, top_p 1).
+ *
+ * @param logits [B, V] raw logits.
+ * @param uniforms [B] float32 in [0, 1).
+ * @param temperature > 0.
+ * @returns `ids` [B] int32 and `logps` [B], log_softmax(logits / temperature) at the ids. The
+ *   caller disposes them.
+ */
+export function fusedSampleTokens(
+  logits: tf.Tensor2D,
+  uniforms: tf.Tensor1D,
+  temperature: number,
+): { ids: tf.Tensor1D; logps: tf.Tensor1D } {
+  const [ids, logps] = runKernel(SAMPLE_TOKENS, { logits, uniforms }, {
+    temperature,
+  }) as tf.Tensor1D[];
+  return { ids, logps };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Registration lists for lib/backend.ts
 
 /** Every kernel of this module. */
@@ -989,6 +1068,7 @@ export const FUSED_KERNELS: readonly FusedKernel[] = [
   kernel(TOKEN_LOG_SOFTMAX, tokenLogSoftmaxForward),
   kernel(TOKEN_LOG_SOFTMAX_GRAD, tokenLogSoftmaxGrad),
   kernel(DROPOUT_MASK, dropoutMaskKernel),
+  kernel(SAMPLE_TOKENS, sampleTokensKernel),
   blasKernel(ATTENTION, attentionForward),
   blasKernel(ATTENTION_GRAD, attentionGrad),
   blasKernel(CACHED_ATTENTION, cachedAttentionForward),

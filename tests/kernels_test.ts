@@ -15,6 +15,7 @@ import {
   hasFusedKernel,
   RMS_NORM,
 } from "../lib/_kernels.ts";
+import { sampleTokens } from "../lib/rollout.ts";
 import { assertAllClose } from "./_assert.ts";
 
 const FUSED = ["wasm", "wasm+blas", "cpu+blas"] as const;
@@ -250,6 +251,36 @@ Deno.test("dropoutMask() gives tf.dropout's multiplier bit for bit", async () =>
     }
     assert.equal(tf.memory().numTensors, before, "leaked tensors");
   }
+});
+
+Deno.test("SampleTokens picks the ids and log-probs of the stock unsorted sampler", async () => {
+  const [B, V] = [16, 63];
+  const logits = values(B * V, 31, 6);
+  const uniforms = values(B, 32).map((u) => (u + 1) / 2);
+  const options = { temperature: 0.8, top_p: 1, top_k: 0 };
+  const run = async (backend: "cpu" | (typeof FUSED)[number]) => {
+    await useBackend(backend);
+    const before = tf.memory().numTensors;
+    const l = tf.tensor2d(logits, [B, V]);
+    const { ids, logps } = sampleTokens(l, uniforms, options);
+    const out = { ids: Array.from(await ids.data()), logps: Array.from(await logps.data()) };
+    tf.dispose([l, ids, logps]);
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    return out;
+  };
+  const want = await run("cpu");
+  for (const backend of FUSED) {
+    const got = await run(backend);
+    assert.deepEqual(got.ids, want.ids, backend);
+    assertAllClose(got.logps, want.logps, 1e-5, backend);
+  }
+  // Inverse CDF in vocabulary order: u below the first token's probability picks token 0.
+  await useBackend("wasm");
+  const l = tf.tensor2d([[0, 0, 0, 0]]);
+  const first = sampleTokens(l, [0.2], options);
+  assert.deepEqual(Array.from(await first.ids.data()), [0]);
+  assertAllClose(Array.from(await first.logps.data()), [Math.log(0.25)], 1e-6);
+  tf.dispose([l, first.ids, first.logps]);
 });
 
 Deno.test("stock cpu registers no fused kernel; wasm and cpu+blas do", async () => {
