@@ -384,26 +384,15 @@ const sgemmByLibrary = new Map<string, Sgemm>();
 function bindSgemm(library: string): Sgemm {
   const cached = sgemmByLibrary.get(library);
   if (cached) return cached;
+  // cblas_sgemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), with the
+  // matrices as `buffer`s: a typed array passes straight through, no pointer object per call.
+  const ints = ["i32", "i32", "i32", "i32", "i32", "i32"] as const;
+  const matrix = ["buffer", "i32"] as const;
   const lib = Deno.dlopen(
     library,
     {
       cblas_sgemm: {
-        parameters: [
-          "i32",
-          "i32",
-          "i32",
-          "i32",
-          "i32",
-          "i32",
-          "f32",
-          "buffer",
-          "i32",
-          "buffer",
-          "i32",
-          "f32",
-          "buffer",
-          "i32",
-        ],
+        parameters: [...ints, "f32", ...matrix, ...matrix, "f32", ...matrix],
         result: "void",
       },
     } as const,
