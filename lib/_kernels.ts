@@ -472,34 +472,51 @@ function scratchOf(size: number): Float32Array {
 }
 
 /**
- * Masked softmax of `rows` rows of S scores in place: row r (query t = tOf(r)) sees key s when
- * `mask[maskOffset + s] != 0` and `s <= S - T + t` (queries are the last T of S positions). A row
- * that sees no key gets the uniform distribution over all S keys, as HF's finite mask value gives.
+ * The real keys of one batch row among its first S positions: [lo, hi) spans every position whose
+ * mask is non-zero. Padding outside it (left-padded prompts, right-padded completions) is skipped:
+ * no query sees those keys, and queries before `lo` see no key at all.
  */
-function maskedSoftmaxRows(
+function keyRange(mask: IntView, offset: number, S: number): [number, number] {
+  let lo = 0;
+  while (lo < S && mask[offset + lo] === 0) lo++;
+  let hi = S;
+  while (hi > lo && mask[offset + hi - 1] === 0) hi--;
+  return [lo, hi];
+}
+
+/**
+ * Masked softmax in place of `rows` rows of scores for keys [lo, lo + n), row stride `ld`: row r
+ * is the query at position `position + r * step`, which sees key s when `mask[maskOffset + s]`
+ * is non-zero and s is not after it. Returns false when a row sees no key and [lo, lo + n) is not
+ * all S keys (the caller then redoes the block over all S); over all S, such a row gets the
+ * uniform distribution HF's finite mask value gives.
+ */
+function maskedSoftmax(
   p: Float32Array,
-  pOffset: number,
+  offset: number,
+  ld: number,
   rows: number,
-  S: number,
-  T: number,
-  tOf: (r: number) => number,
+  [lo, n, S]: [number, number, number],
+  [position, step]: [number, number],
   mask: IntView,
   maskOffset: number,
-): void {
+): boolean {
+  const m = maskOffset + lo;
   for (let r = 0; r < rows; r++) {
-    const o = pOffset + r * S;
-    const limit = S - T + tOf(r) + 1; // keys [0, limit) are not in the future
+    const o = offset + r * ld;
+    const limit = Math.min(n, position + r * step - lo + 1); // keys not in the future
     let max = -Infinity;
     for (let s = 0; s < limit; s++) {
-      if (mask[maskOffset + s] !== 0 && p[o + s] > max) max = p[o + s];
+      if (mask[m + s] !== 0 && p[o + s] > max) max = p[o + s];
     }
     if (max === -Infinity) {
+      if (n !== S) return false;
       p.fill(1 / S, o, o + S);
       continue;
     }
     let sum = 0;
     for (let s = 0; s < limit; s++) {
-      if (mask[maskOffset + s] !== 0) {
+      if (mask[m + s] !== 0) {
         const e = fastExp(p[o + s] - max);
         p[o + s] = e;
         sum += e;
@@ -507,15 +524,28 @@ function maskedSoftmaxRows(
     }
     const inv = 1 / sum;
     for (let s = 0; s < limit; s++) p[o + s] *= inv;
-    p.fill(0, o + limit, o + S);
+    p.fill(0, o + Math.max(limit, 0), o + n);
   }
+  return true;
+}
+
+/** The mean of the S value rows of (b, kv head j): what a query that sees no key gets. */
+function meanValue(values: KeyLayout, b: number, j: number, S: number, hd: number): Float32Array {
+  const sum = new Float64Array(hd);
+  const o = values.offset(b, j);
+  for (let s = 0; s < S; s++) {
+    for (let d = 0; d < hd; d++) sum[d] += values.data[o + s * values.ld + d];
+  }
+  return Float32Array.from(sum, (x) => x / S);
 }
 
 /**
  * Attention of q [B, T, nH, hd] (token-major) against S keys/values, per batch row and head:
  * scores = scale · Q Kᵀ (sgemm), masked softmax, out = P V (sgemm), written token-major into
- * `ov`. `probs` receives P [B, nH, T, S] when given (the backward pass needs it); otherwise a
- * scratch row block is used. Query heads j·nRep … j·nRep + nRep − 1 read kv head j (HF repeat_kv).
+ * `ov`. Only the real keys [lo, hi) of a row enter the products (queries before lo see none: they
+ * get the mean value, HF's uniform distribution). `probs` receives P [B, nH, T, S] when given
+ * (the backward pass needs it). Query heads j·nRep … j·nRep + nRep − 1 read kv head j (HF
+ * repeat_kv).
  */
 function attend(
   sgemm: Sgemm,
@@ -532,37 +562,58 @@ function attend(
   probs: Float32Array | null,
 ): void {
   const nRep = nH / nKV;
-  // One decoded token (T = 1): the nRep query heads of a kv head are contiguous rows, so one
-  // sgemm pair per (b, kv head) instead of per (b, head).
-  if (T === 1 && probs === null) {
-    const p = scratchOf(nRep * S);
-    for (let b = 0; b < B; b++) {
-      for (let j = 0; j < nKV; j++) {
+  const ldq = nH * hd;
+  // Over keys [lo, hi) of batch row b; false when a query inside sees no key (a hole in the mask).
+  const attendRow = (b: number, lo: number, hi: number): boolean => {
+    const n = hi - lo;
+    const first = Math.min(T, Math.max(0, lo - (S - T))); // queries before it see no key
+    const rows = T - first;
+    for (let j = 0; j < nKV; j++) {
+      const k = keys.data.subarray(keys.offset(b, j) + lo * keys.ld);
+      const v = values.data.subarray(values.offset(b, j) + lo * values.ld);
+      // One decoded token (T = 1): the nRep query heads of a kv head are contiguous rows, so one
+      // sgemm pair per (b, kv head) instead of per (b, head).
+      if (T === 1 && probs === null && rows === 1) {
         const qo = (b * nH + j * nRep) * hd;
-        const k = keys.data.subarray(keys.offset(b, j));
-        const v = values.data.subarray(values.offset(b, j));
-        sgemm(false, true, nRep, S, hd, scale, q.subarray(qo), hd, k, keys.ld, 0, p, S);
-        maskedSoftmaxRows(p, 0, nRep, S, 1, () => 0, mask, b * maskStride);
-        sgemm(false, false, nRep, hd, S, 1, p, S, v, values.ld, 0, ov.subarray(qo), hd);
+        const p = scratchOf(nRep * n);
+        sgemm(false, true, nRep, n, hd, scale, q.subarray(qo), hd, k, keys.ld, 0, p, n);
+        if (!maskedSoftmax(p, 0, n, nRep, [lo, n, S], [S - 1, 0], mask, b * maskStride)) {
+          return false;
+        }
+        sgemm(false, false, nRep, hd, n, 1, p, n, v, values.ld, 0, ov.subarray(qo), hd);
+        continue;
+      }
+      const mean = first > 0 ? meanValue(values, b, j, S, hd) : null;
+      for (let h = j * nRep; h < (j + 1) * nRep; h++) {
+        const qo = b * T * ldq + h * hd;
+        const po = (b * nH + h) * T * S;
+        for (let t = 0; t < first; t++) ov.set(mean!, qo + t * ldq);
+        if (probs !== null) probs.fill(1 / S, po, po + first * S);
+        if (rows === 0) continue;
+        const ld = probs === null ? n : S;
+        const p = probs ?? scratchOf(rows * n);
+        const block = probs === null ? 0 : po + first * S + lo;
+        const qs = q.subarray(qo + first * ldq);
+        sgemm(false, true, rows, n, hd, scale, qs, ldq, k, keys.ld, 0, p.subarray(block), ld);
+        const positions: [number, number] = [S - T + first, 1];
+        if (!maskedSoftmax(p, block, ld, rows, [lo, n, S], positions, mask, b * maskStride)) {
+          return false;
+        }
+        const os = ov.subarray(qo + first * ldq);
+        sgemm(false, false, rows, hd, n, 1, p.subarray(block), ld, v, values.ld, 0, os, ldq);
+        if (probs !== null && n < S) {
+          for (let t = first; t < T; t++) {
+            probs.fill(0, po + t * S, po + t * S + lo);
+            probs.fill(0, po + t * S + hi, po + (t + 1) * S);
+          }
+        }
       }
     }
-    return;
-  }
-  const ld = nH * hd;
-  const block = T * S;
-  const p = probs ?? scratchOf(block);
+    return true;
+  };
   for (let b = 0; b < B; b++) {
-    for (let h = 0; h < nH; h++) {
-      const j = Math.floor(h / nRep);
-      const qo = b * T * ld + h * hd;
-      const po = probs === null ? 0 : (b * nH + h) * block;
-      const pv = p.subarray(po, po + block);
-      const k = keys.data.subarray(keys.offset(b, j));
-      const v = values.data.subarray(values.offset(b, j));
-      sgemm(false, true, T, S, hd, scale, q.subarray(qo), ld, k, keys.ld, 0, pv, S);
-      maskedSoftmaxRows(pv, 0, T, S, T, (r) => r, mask, b * maskStride);
-      sgemm(false, false, T, hd, S, 1, pv, S, v, values.ld, 0, ov.subarray(qo), ld);
-    }
+    const [lo, hi] = keyRange(mask, b * maskStride, S);
+    if (!attendRow(b, lo, hi)) attendRow(b, 0, S);
   }
 }
 
@@ -622,11 +673,13 @@ function attentionForward(backendName: FusedBackend): Compute {
 /**
  * Gradients of {@linkcode attend} (no cache) per (b, head), j its kv head:
  * dP = dO Vᵀ; dS = P ⊙ (dP − rowsum(P ⊙ dP)); dQ = scale·dS K; dK += scale·dSᵀ Q; dV += Pᵀ dO
- * (the nRep heads of a kv head accumulate into its dK, dV).
+ * (the nRep heads of a kv head accumulate into its dK, dV). As in the forward pass, queries from
+ * the first real key on use only the real keys [lo, hi) (P is 0 outside them); the queries before
+ * (P uniform over all keys) use all T.
  */
 function attentionGrad(backendName: FusedBackend): Compute {
   return (host, { inputs, attrs }) => {
-    const { dy, q, k, v, probs } = inputs as Record<string, tf.TensorInfo>;
+    const { dy, q, k, v, probs, mask } = inputs as Record<string, tf.TensorInfo>;
     const { scale } = attrs as unknown as AttentionAttrs;
     const [B, T, nH, hd] = q.shape;
     const nKV = k.shape[2];
@@ -636,42 +689,52 @@ function attentionGrad(backendName: FusedBackend): Compute {
     const dv = host.alloc(v.shape);
     const [dyv, qv, kv, vv, pv] = [dy, q, k, v, probs].map((t) => host.f32(t));
     const [dqv, dkv, dvv] = [dq, dk, dv].map((t) => host.f32(t));
+    const mv = host.ints(mask);
     const sgemm = sgemmOf(backendName);
     const ldq = nH * hd;
     const ldk = nKV * hd;
-    const block = T * T;
-    const dp = scratchOf(block);
+    dkv.fill(0);
+    dvv.fill(0);
+    // Rows [r0, r0 + rows) of one (b, h) against keys [lo, lo + n); P read in place (row stride T).
+    const region = (
+      qo: number,
+      ko: number,
+      po: number,
+      r0: number,
+      rows: number,
+      lo: number,
+      n: number,
+    ) => {
+      if (rows === 0 || n === 0) return;
+      const dp = scratchOf(rows * n);
+      const p = pv.subarray(po + r0 * T + lo);
+      const dO = dyv.subarray(qo + r0 * ldq);
+      const qs = qv.subarray(qo + r0 * ldq);
+      const [kb, vb] = [kv.subarray(ko + lo * ldk), vv.subarray(ko + lo * ldk)];
+      sgemm(false, true, rows, n, hd, 1, dO, ldq, vb, ldk, 0, dp, n);
+      for (let r = 0; r < rows; r++) {
+        let dot = 0;
+        for (let s = 0; s < n; s++) dot += p[r * T + s] * dp[r * n + s];
+        for (let s = 0; s < n; s++) dp[r * n + s] = p[r * T + s] * (dp[r * n + s] - dot);
+      }
+      sgemm(false, false, rows, hd, n, scale, dp, n, kb, ldk, 0, dqv.subarray(qo + r0 * ldq), ldq);
+      sgemm(true, false, n, hd, rows, scale, dp, n, qs, ldq, 1, dkv.subarray(ko + lo * ldk), ldk);
+      sgemm(true, false, n, hd, rows, 1, p, T, dO, ldq, 1, dvv.subarray(ko + lo * ldk), ldk);
+    };
     for (let b = 0; b < B; b++) {
+      let [lo, hi] = keyRange(mv, b * T, T);
+      // A query inside that saw no key (a hole in the mask) has P uniform over all T: use all T.
+      const outside = lo > 0 ? 0 : hi < T ? T - 1 : -1;
+      for (let h = 0; h < nH && outside >= 0 && lo < T; h++) {
+        const po = (b * nH + h) * T * T;
+        for (let t = lo; t < T; t++) if (pv[po + t * T + outside] !== 0) [lo, hi] = [0, T];
+      }
       for (let h = 0; h < nH; h++) {
-        const j = Math.floor(h / nRep);
         const qo = b * T * ldq + h * hd;
-        const ko = b * T * ldk + j * hd;
-        const p = pv.subarray((b * nH + h) * block);
-        const beta = h % nRep === 0 ? 0 : 1;
-        sgemm(false, true, T, T, hd, 1, dyv.subarray(qo), ldq, vv.subarray(ko), ldk, 0, dp, T);
-        for (let t = 0; t < T; t++) {
-          const o = t * T;
-          let dot = 0;
-          for (let s = 0; s < T; s++) dot += p[o + s] * dp[o + s];
-          for (let s = 0; s < T; s++) dp[o + s] = p[o + s] * (dp[o + s] - dot);
-        }
-        sgemm(false, false, T, hd, T, scale, dp, T, kv.subarray(ko), ldk, 0, dqv.subarray(qo), ldq);
-        sgemm(
-          true,
-          false,
-          T,
-          hd,
-          T,
-          scale,
-          dp,
-          T,
-          qv.subarray(qo),
-          ldq,
-          beta,
-          dkv.subarray(ko),
-          ldk,
-        );
-        sgemm(true, false, T, hd, T, 1, p, T, dyv.subarray(qo), ldq, beta, dvv.subarray(ko), ldk);
+        const ko = b * T * ldk + Math.floor(h / nRep) * hd;
+        const po = (b * nH + h) * T * T;
+        region(qo, ko, po, 0, lo, 0, T); // queries before the first real key: uniform P
+        region(qo, ko, po, lo, T - lo, lo, hi - lo);
       }
     }
     return [dq, dk, dv];
@@ -704,14 +767,13 @@ export function fusedAttention(
     const [out, probs] = runKernel(ATTENTION, { q: qIn, k: kIn, v: vIn, mask }, {
       scale,
     }) as tf.Tensor[];
-    save([qIn, kIn, vIn, probs]);
+    save([qIn, kIn, vIn, probs, mask]);
     return {
       value: out,
       gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => {
-        const [sq, sk, sv, sp] = saved;
-        return runKernel(ATTENTION_GRAD, { dy: dy as tf.Tensor, q: sq, k: sk, v: sv, probs: sp }, {
-          scale,
-        }) as tf.Tensor[];
+        const [sq, sk, sv, sp, sm] = saved;
+        const inputs = { dy: dy as tf.Tensor, q: sq, k: sk, v: sv, probs: sp, mask: sm };
+        return runKernel(ATTENTION_GRAD, inputs, { scale }) as tf.Tensor[];
       },
     };
   });

@@ -140,7 +140,8 @@ function stockAttention(
 
 Deno.test("fusedAttention() matches HF eager attention (GQA, causal, left padding) and its gradients", async () => {
   // Row 0 is left-padded by 2: its first two queries see no key (uniform, as HF's finite mask).
-  const mask = [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]];
+  // Row 2 is right-padded; row 3 has holes (its second query sees no key).
+  const mask = [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0, 1, 0, 0, 1, 1]];
   await assertFusedMatchesStock(
     "attention",
     (q, k, v) => stockAttention(q, k, v, mask),
@@ -149,10 +150,10 @@ Deno.test("fusedAttention() matches HF eager attention (GQA, causal, left paddin
         q as tf.Tensor4D,
         k as tf.Tensor4D,
         v as tf.Tensor4D,
-        tf.tensor2d(mask, [2, 6], "int32"),
+        tf.tensor2d(mask, [4, 6], "int32"),
         1 / Math.sqrt(8),
       ),
-    () => [tensor([2, 6, 4, 8], 6, 2), tensor([2, 6, 2, 8], 7, 2), tensor([2, 6, 2, 8], 8)],
+    () => [tensor([4, 6, 4, 8], 6, 2), tensor([4, 6, 2, 8], 7, 2), tensor([4, 6, 2, 8], 8)],
     2e-5,
     ["wasm+blas", "cpu+blas"], // the attention kernels call BLAS
   );
