@@ -368,6 +368,34 @@ function isIdentity(index: Int32Array): boolean {
  */
 const MULTITHREAD_MIN_MACS = 1 << 24;
 
+/**
+ * Threads for one sgemm call of `macs` multiply-adds: all of `runtime.num_threads` for a large
+ * product on a machine with cores to spare, else 1. With every core taken by other jobs, a second
+ * OpenBLAS thread waits for one and slows even large products (bench/PROFILE.md finding 9).
+ */
+function threadsFor(macs: number): number {
+  return macs >= MULTITHREAD_MIN_MACS && !coresBusy() ? Infinity : 1;
+}
+
+let busyCheckedAt = -Infinity;
+let busy = false;
+
+/**
+ * Whether the 1-minute load average exceeds the core count (this process's own threads count in
+ * it too), read at most once a second. Without permission to read it: false.
+ */
+function coresBusy(): boolean {
+  const now = performance.now();
+  if (now - busyCheckedAt < 1000) return busy;
+  busyCheckedAt = now;
+  try {
+    busy = Deno.loadavg()[0] > navigator.hardwareConcurrency;
+  } catch {
+    busy = false;
+  }
+  return busy;
+}
+
 /** Runs sgemm for every output batch; `out` already holds the bias when `accumulate`. */
 function blasMatMul(
   blas: Blas,
@@ -383,11 +411,11 @@ function blasMatMul(
   const batch = aIndex.length;
   // One call when a's batches are stacked rows against a single b: [batch*M, K] @ B.
   if (!transA && batch > 1 && isConstant(bIndex, 0) && isIdentity(aIndex)) {
-    blas.useThreads(batch * m * n * k >= MULTITHREAD_MIN_MACS ? Infinity : 1);
+    blas.useThreads(threadsFor(batch * m * n * k));
     blas.sgemm(false, transB, batch * m, n, k, av, bv, out, accumulate);
     return;
   }
-  blas.useThreads(m * n * k >= MULTITHREAD_MIN_MACS ? Infinity : 1);
+  blas.useThreads(threadsFor(m * n * k));
   for (let i = 0; i < batch; i++) {
     blas.sgemm(
       transA,
