@@ -502,9 +502,16 @@ function maskedSoftmax(
   maskOffset: number,
 ): boolean {
   const m = maskOffset + lo;
+  let dense = true; // no padding among the keys: the loops below skip the mask
+  for (let s = 0; s < n && dense; s++) dense = mask[m + s] !== 0;
   for (let r = 0; r < rows; r++) {
     const o = offset + r * ld;
     const limit = Math.min(n, position + r * step - lo + 1); // keys not in the future
+    if (dense) {
+      softmaxRow(p, o, limit);
+      p.fill(0, o + limit, o + n);
+      continue;
+    }
     let max = -Infinity;
     for (let s = 0; s < limit; s++) {
       if (mask[m + s] !== 0 && p[o + s] > max) max = p[o + s];
@@ -527,6 +534,20 @@ function maskedSoftmax(
     p.fill(0, o + Math.max(limit, 0), o + n);
   }
   return true;
+}
+
+/** Softmax in place of p[o, o + n). */
+function softmaxRow(p: Float32Array, o: number, n: number): void {
+  let max = -Infinity;
+  for (let s = o; s < o + n; s++) if (p[s] > max) max = p[s];
+  let sum = 0;
+  for (let s = o; s < o + n; s++) {
+    const e = fastExp(p[s] - max);
+    p[s] = e;
+    sum += e;
+  }
+  const inv = 1 / sum;
+  for (let s = o; s < o + n; s++) p[s] *= inv;
 }
 
 /** The mean of the S value rows of (b, kv head j): what a query that sees no key gets. */
