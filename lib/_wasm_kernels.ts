@@ -1,5 +1,5 @@
 /**
- * Replacements for four tfjs-backend-wasm 4.22 kernels that copy more than they need to, found by
+ * Replacements for five tfjs-backend-wasm 4.22 kernels that copy more than they need to, found by
  * the profile of the demo GRPO step (bench/PROFILE.md, findings 2, 3 and 10). Each gives the stock
  * kernel's result bit for bit (tests/wasm_kernels_test.ts) and hands the cases it does not cover
  * (strings, gathers on other axes) to the stock kernel. `lib/backend.ts` registers them when it
@@ -13,6 +13,9 @@
  * - `GatherV2` on axis 0 of a float32 matrix (the embedding lookup): the stock kernel reads the
  *   indices out of the heap, checks each in a closure and gathers element by element in C++; this
  *   one copies whole rows.
+ * - `Cast` to the dtype a tensor already has: the stock kernel copies it; tfjs's Multiply gradient
+ *   casts its other operand to float32 on every backward step (`mul(dy, cast(b, "float32"))`).
+ *   This one shares the data, as Identity.
  *
  * @module
  */
@@ -98,6 +101,17 @@ function identity(stock: tf.KernelFunc): tf.KernelFunc {
   } as unknown as tf.KernelFunc;
 }
 
+function cast(stock: tf.KernelFunc): tf.KernelFunc {
+  return function castShared(args: KernelArgs) {
+    const { x } = args.inputs as { x: tf.TensorInfo };
+    if (x.dtype === "string" || x.dtype !== args.attrs.dtype) {
+      return stock(args as unknown as Parameters<tf.KernelFunc>[0]);
+    }
+    args.backend.incRef(x.dataId);
+    return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
+  } as unknown as tf.KernelFunc;
+}
+
 function slice(stock: tf.KernelFunc): tf.KernelFunc {
   return function sliceView(args: KernelArgs) {
     const { x } = args.inputs as { x: tf.TensorInfo };
@@ -162,6 +176,7 @@ function gatherV2(stock: tf.KernelFunc): tf.KernelFunc {
 /** The replacements, for `lib/backend.ts` to register over the stock wasm kernels. */
 export const WASM_KERNEL_REPLACEMENTS: readonly WasmKernelReplacement[] = [
   { kernelName: "Identity", replace: identity },
+  { kernelName: "Cast", replace: cast },
   { kernelName: "Slice", replace: slice },
   { kernelName: "SplitV", replace: splitV },
   { kernelName: "GatherV2", replace: gatherV2 },

@@ -98,3 +98,16 @@ Deno.test("wasm Identity shares the data: clones survive their source, gradients
   tf.dispose([w, w0]);
   assert.equal(tf.memory().numTensors, before, "leaked tensors");
 });
+
+Deno.test("wasm Cast to the same dtype shares the data; to another dtype it converts", async () => {
+  await useBackend("wasm");
+  const before = tf.memory().numTensors;
+  const x = tf.tensor1d([1.5, -2, 3]);
+  const same = tf.cast(x, "float32");
+  const ints = tf.cast(x, "int32");
+  x.dispose();
+  assert.deepEqual(Array.from(await same.data()), [1.5, -2, 3]);
+  assert.deepEqual(Array.from(await ints.data()), [1, -2, 3]);
+  tf.dispose([same, ints]);
+  assert.equal(tf.memory().numTensors, before, "leaked tensors");
+});
