@@ -5,14 +5,12 @@
  * moves to lib/. Each keeps the stock kernel's results bit for bit; shapes a patch does not handle
  * go to the stock kernel.
  *
- * - `identity`: stock Identity copies its input (every tensor the tape saves is cloned through
- *   it); this one shares the data and counts a reference, as the stock Reshape does.
- * - `slice`: stock Slice (and SplitV, which calls it directly) copies the whole input out of the
- *   wasm heap with `readSync` before copying the slice back in; this one reads a heap view.
  * - `logicaland`: stock LogicalAnd goes through the generic C++ broadcast path (~100-400 ns per
  *   element for the attention mask's [1, T, S] & [B, 1, S]); this one is an odometer loop in JS.
- * - `gather`: stock GatherV2 checks every index with a closure and gathers element by element;
- *   this one copies whole rows for the axis-0 float32 case (the embedding lookup).
+ *   (Only the stock attention path builds that mask: with a BLAS, lib/_kernels.ts's attention
+ *   kernel masks as it goes.)
+ *
+ * The `identity`, `slice` and `gather` patches measured here are lib/_wasm_kernels.ts now.
  *
  * @module
  */
@@ -22,7 +20,6 @@ import { tf } from "../lib/tf.ts";
 interface WasmBackend {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
   typedArrayFromHeap(info: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
-  incRef(dataId: object): void;
 }
 
 interface KernelArgs {
@@ -32,7 +29,7 @@ interface KernelArgs {
 }
 
 /** The names `--patch` accepts. */
-export const PATCHES = ["identity", "slice", "logicaland", "gather"] as const;
+export const PATCHES = ["logicaland"] as const;
 
 /** One of {@linkcode PATCHES}. */
 export type Patch = typeof PATCHES[number];
@@ -62,88 +59,6 @@ function broadcastStrides(shape: number[], outShape: number[]): number[] {
     stride *= padded[d];
   }
   return strides;
-}
-
-/** Slices `x` (wasm heap view, read after the output is allocated) into a new output. */
-function sliceView(
-  backend: WasmBackend,
-  x: tf.TensorInfo,
-  begin: number[],
-  size: number[],
-): tf.TensorInfo {
-  const out = backend.makeOutput(size, x.dtype);
-  const n = sizeOf(size);
-  if (n === 0) return out;
-  // Views after makeOutput: allocating may grow (replace) the heap.
-  const xv = backend.typedArrayFromHeap(x);
-  const ov = backend.typedArrayFromHeap(out);
-  const rank = x.shape.length;
-  const strides = new Array<number>(rank);
-  let s = 1;
-  for (let d = rank - 1; d >= 0; d--) {
-    strides[d] = s;
-    s *= x.shape[d];
-  }
-  // Copy runs of the last axis; an odometer walks the outer axes.
-  const inner = size[rank - 1];
-  const outer = n / inner;
-  const idx = new Array<number>(Math.max(0, rank - 1)).fill(0);
-  for (let r = 0; r < outer; r++) {
-    let offset = begin[rank - 1];
-    for (let d = 0; d < rank - 1; d++) offset += (begin[d] + idx[d]) * strides[d];
-    ov.set(xv.subarray(offset, offset + inner), r * inner);
-    for (let d = rank - 2; d >= 0; d--) {
-      if (++idx[d] < size[d]) break;
-      idx[d] = 0;
-    }
-  }
-  return out;
-}
-
-function patchIdentity(): void {
-  replace("Identity", (stock) => (args) => {
-    const { x } = args.inputs as { x: tf.TensorInfo };
-    if (x.dtype === "string") {
-      return stock(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
-    }
-    args.backend.incRef(x.dataId);
-    return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
-  });
-}
-
-function patchSlice(): void {
-  replace("Slice", (stock) => (args) => {
-    const { x } = args.inputs as { x: tf.TensorInfo };
-    if (x.dtype === "string") {
-      return stock(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
-    }
-    const [begin, size] = tf.slice_util.parseSliceParams(
-      x as unknown as tf.Tensor,
-      args.attrs.begin as number[],
-      args.attrs.size as number[],
-    );
-    return sliceView(args.backend, x, begin, size);
-  });
-  replace("SplitV", (stock) => (args) => {
-    const { x } = args.inputs as { x: tf.TensorInfo };
-    if (x.dtype === "string") {
-      return stock(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo[];
-    }
-    const axis = tf.util.parseAxisParam(args.attrs.axis as number, x.shape)[0];
-    const sizes = tf.backend_util.prepareSplitSize(
-      x as unknown as tf.Tensor,
-      args.attrs.numOrSizeSplits as number[] | number,
-      axis,
-    );
-    const begin = new Array<number>(x.shape.length).fill(0);
-    return sizes.map((s) => {
-      const size = [...x.shape];
-      size[axis] = s;
-      const out = sliceView(args.backend, x, [...begin], size);
-      begin[axis] += s;
-      return out;
-    });
-  });
 }
 
 function patchLogicalAnd(): void {
@@ -178,31 +93,6 @@ function patchLogicalAnd(): void {
   });
 }
 
-function patchGather(): void {
-  replace("GatherV2", (stock) => (args) => {
-    const { x, indices } = args.inputs as { x: tf.TensorInfo; indices: tf.TensorInfo };
-    const axis = tf.util.parseAxisParam(args.attrs.axis as number, x.shape)[0];
-    const batchDims = (args.attrs.batchDims as number | undefined) ?? 0;
-    if (axis !== 0 || batchDims !== 0 || x.dtype !== "float32" || indices.dtype !== "int32") {
-      return stock(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
-    }
-    const rows = x.shape[0];
-    const row = sizeOf(x.shape.slice(1));
-    const out = args.backend.makeOutput([...indices.shape, ...x.shape.slice(1)], "float32");
-    const xv = args.backend.typedArrayFromHeap(x);
-    const iv = args.backend.typedArrayFromHeap(indices);
-    const ov = args.backend.typedArrayFromHeap(out);
-    for (let i = 0; i < iv.length; i++) {
-      const r = iv[i];
-      if (r < 0 || r >= rows) {
-        throw new RangeError(`GatherV2: the index value ${r} is not in [0, ${rows - 1}]`);
-      }
-      ov.set(xv.subarray(r * row, (r + 1) * row), i * row);
-    }
-    return out;
-  });
-}
-
 /**
  * Registers the named patches over the active wasm kernels.
  *
@@ -211,9 +101,6 @@ function patchGather(): void {
 export function patchWasmKernels(patches: Patch[]): void {
   if (tf.getBackend() !== "wasm") throw new Error(`patches are for wasm, not ${tf.getBackend()}`);
   for (const p of patches) {
-    if (p === "identity") patchIdentity();
-    else if (p === "slice") patchSlice();
-    else if (p === "logicaland") patchLogicalAnd();
-    else if (p === "gather") patchGather();
+    if (p === "logicaland") patchLogicalAnd();
   }
 }

@@ -51,6 +51,11 @@ export interface Blas {
   vendor: string;
   /** Sets the thread count where the library allows it; returns the count in effect (0: unknown). */
   setThreads(n: number): number;
+  /**
+   * Switches the library to `n` threads (at most what `setThreads` set) for the calls that follow,
+   * when it runs a different count now: the matMul kernels pick 1 thread for small products.
+   */
+  useThreads(n: number): void;
   /** Row-major C[M,N] = A @ B (+ C when `accumulate`), with A, B optionally transposed. */
   sgemm(
     transA: boolean,
@@ -100,6 +105,8 @@ export function openBlas(path: string): Blas {
   const lib = Deno.dlopen(path, BLAS_SYMBOLS);
   const sym = lib.symbols;
   let vendor = path.includes("Accelerate") ? "Accelerate" : "BLAS";
+  let maxThreads = 0; // 0 until setThreads: the library's own count
+  let current = 0;
   const config = sym.openblas_get_config?.();
   if (config) vendor = new Deno.UnsafePointerView(config).getCString();
   else if (path.toLowerCase().includes("openblas")) vendor = "OpenBLAS";
@@ -109,7 +116,14 @@ export function openBlas(path: string): Blas {
     setThreads(n: number): number {
       if (!sym.openblas_set_num_threads) return 0;
       sym.openblas_set_num_threads(n);
-      return sym.openblas_get_num_threads?.() ?? n;
+      maxThreads = current = sym.openblas_get_num_threads?.() ?? n;
+      return maxThreads;
+    },
+    useThreads(n: number): void {
+      const want = Math.min(n, maxThreads);
+      if (!sym.openblas_set_num_threads || maxThreads === 0 || want === current) return;
+      sym.openblas_set_num_threads(want);
+      current = want;
     },
     sgemm(transA, transB, m, n, k, a, b, c, accumulate) {
       sym.cblas_sgemm(
@@ -346,6 +360,42 @@ function isIdentity(index: Int32Array): boolean {
   return true;
 }
 
+/**
+ * Fewest multiply-adds per sgemm call that get more than one thread. Below it the hand-off to a
+ * second OpenBLAS thread costs more than it saves, and on a busy machine far more: a demo decode
+ * product [64,128] x [128,128] took 99 us on 1 thread and 385-2,741 us on 2 at load 8 (the 2-core
+ * box of bench/PROFILE.md, finding 9).
+ */
+const MULTITHREAD_MIN_MACS = 1 << 24;
+
+/**
+ * Threads for one sgemm call of `macs` multiply-adds: all of `runtime.num_threads` for a large
+ * product on a machine with cores to spare, else 1. With every core taken by other jobs, a second
+ * OpenBLAS thread waits for one and slows even large products (bench/PROFILE.md finding 9).
+ */
+function threadsFor(macs: number): number {
+  return macs >= MULTITHREAD_MIN_MACS && !coresBusy() ? Infinity : 1;
+}
+
+let busyCheckedAt = -Infinity;
+let busy = false;
+
+/**
+ * Whether the 1-minute load average exceeds the core count (this process's own threads count in
+ * it too), read at most once a second. Without permission to read it: false.
+ */
+function coresBusy(): boolean {
+  const now = performance.now();
+  if (now - busyCheckedAt < 1000) return busy;
+  busyCheckedAt = now;
+  try {
+    busy = Deno.loadavg()[0] > navigator.hardwareConcurrency;
+  } catch {
+    busy = false;
+  }
+  return busy;
+}
+
 /** Runs sgemm for every output batch; `out` already holds the bias when `accumulate`. */
 function blasMatMul(
   blas: Blas,
@@ -361,9 +411,11 @@ function blasMatMul(
   const batch = aIndex.length;
   // One call when a's batches are stacked rows against a single b: [batch*M, K] @ B.
   if (!transA && batch > 1 && isConstant(bIndex, 0) && isIdentity(aIndex)) {
+    blas.useThreads(threadsFor(batch * m * n * k));
     blas.sgemm(false, transB, batch * m, n, k, av, bv, out, accumulate);
     return;
   }
+  blas.useThreads(threadsFor(m * n * k));
   for (let i = 0; i < batch; i++) {
     blas.sgemm(
       transA,

@@ -21,6 +21,8 @@
 import { BackendError } from "./errors.ts";
 import { tf } from "./tf.ts";
 import { type BlasBackend, blasCandidates, openBlas, setKernelMode } from "./_blas.ts";
+import { WASM_KERNEL_REPLACEMENTS } from "./_wasm_kernels.ts";
+import { FUSED_GRADIENTS, FUSED_KERNELS, setFusedBlas } from "./_kernels.ts";
 
 /**
  * Under `auto`, models with more float32 weight bytes than this go to the cpu backend: the wasm
@@ -232,6 +234,7 @@ async function setupWasm(blas: string, threads: number, notes: string[]): Promis
   // The stock kernels' setup must run before their replacements are registered.
   await activate("wasm");
   registerWasmSegmentSum();
+  replaceWasmKernels();
   return attachBlas("wasm", blas, threads, notes);
 }
 
@@ -278,6 +281,23 @@ function registerWasmSegmentSum(): void {
   });
 }
 
+let wasmKernelsReplaced = false;
+
+/**
+ * Registers lib/_wasm_kernels.ts's copy-free `Identity`, `Slice`, `SplitV` and `GatherV2` over the
+ * stock wasm kernels (same results, bit for bit). Idempotent.
+ */
+function replaceWasmKernels(): void {
+  if (wasmKernelsReplaced) return;
+  for (const { kernelName, replace } of WASM_KERNEL_REPLACEMENTS) {
+    const stock = tf.getKernel(kernelName, "wasm");
+    if (stock === undefined) throw new Error(`tfjs-backend-wasm has no ${kernelName} kernel`);
+    tf.unregisterKernel(kernelName, "wasm");
+    tf.registerKernel({ ...stock, kernelFunc: replace(stock.kernelFunc) });
+  }
+  wasmKernelsReplaced = true;
+}
+
 /** The parts of tfjs-backend-wasm's `BackendWasm` that registerWasmSegmentSum uses. */
 interface WasmBackendLike {
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
@@ -296,6 +316,7 @@ function attachBlas(
     library = blas === "auto" ? openAuto(name, notes) : openExplicit(blas);
   }
   setKernelMode(name, library, notes);
+  setFusedKernels(name, library?.library ?? null);
   if (library === null) return { name, blas: null, adapter: null, notes };
   const actual = library.setThreads(threads);
   if (actual === 0) {
@@ -307,6 +328,36 @@ function attachBlas(
     adapter: null,
     notes,
   };
+}
+
+let fusedGradientsRegistered = false;
+
+/**
+ * Registers lib/_kernels.ts's fused kernels (RMSNorm, SwiGLU, RoPE, attention, token
+ * log-softmax, dropout masks) on `name`: on wasm always, on cpu only with a BLAS, so that stock
+ * cpu (`blas: off`) stays the untouched reference the parity tests compare against. The attention
+ * kernels call the BLAS, so they exist only with one. Idempotent; a later call with other options
+ * registers or unregisters what changed.
+ */
+function setFusedKernels(name: BlasBackend, blasLibrary: string | null): void {
+  if (!fusedGradientsRegistered) {
+    for (const gradient of FUSED_GRADIENTS) tf.registerGradient(gradient);
+    fusedGradientsRegistered = true;
+  }
+  setFusedBlas(name, blasLibrary);
+  const enabled = name === "wasm" || blasLibrary !== null;
+  for (const k of FUSED_KERNELS) {
+    const want = enabled && (!k.needsBlas || blasLibrary !== null);
+    const has = tf.getKernel(k.kernelName, name) !== undefined;
+    if (has && !want) tf.unregisterKernel(k.kernelName, name);
+    if (!has && want) {
+      tf.registerKernel({
+        kernelName: k.kernelName,
+        backendName: name,
+        kernelFunc: k.kernelFunc(name),
+      });
+    }
+  }
 }
 
 /** How much slower the stock matMul is, for the notes (bench:blas, 2-core x86). */

@@ -14,6 +14,7 @@ import type { Config } from "./config.ts";
 import { defaultConfig } from "./config.ts";
 import type { ForwardOptions, Qwen2Model } from "./model.ts";
 import { hiddenStates, lmHead } from "./model.ts";
+import { fusedTokenLogSoftmax, hasFusedKernel, TOKEN_LOG_SOFTMAX } from "./_kernels.ts";
 
 /**
  * The slice of the `grpo` config section that advantages need: `num_return_sequences`
@@ -263,8 +264,19 @@ function completionHeads(
     const rowsPerChunk = Math.max(1, Math.floor(LOGITS_CHUNK_FLOATS / (C * V)));
     const logps: tf.Tensor[] = [];
     const entropies: tf.Tensor[] = [];
+    const fused = hasFusedKernel(TOKEN_LOG_SOFTMAX);
     for (let b = 0; b < B; b += rowsPerChunk) {
       const n = Math.min(rowsPerChunk, B - b);
+      if (fused) {
+        // One pass per row for the log-prob and the entropy, and one for the gradient
+        // (lib/_kernels.ts), instead of a logSumExp, a one-hot gather and their gradients.
+        const logits = lmHead(model, hs.slice([b, 0, 0], [n, C, -1]).reshape([n * C, -1]));
+        const ids = targets.slice([b, 0], [n, C]).reshape([n * C]) as tf.Tensor1D;
+        const heads = fusedTokenLogSoftmax(logits as tf.Tensor2D, ids, batch.temperature);
+        logps.push(heads.logps.reshape([n, C]));
+        if (withEntropies) entropies.push(heads.entropies.reshape([n, C]));
+        continue;
+      }
       const logits = tf.div(
         lmHead(model, hs.slice([b, 0, 0], [n, C, -1]).reshape([n * C, -1])),
         batch.temperature,

@@ -13,6 +13,7 @@ import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { CheckpointError } from "./errors.ts";
 import { isFile, readJson } from "./_fs.ts";
+import { DROPOUT_MASK, dropoutMask, hasFusedKernel } from "./_kernels.ts";
 import type { CheckpointableAdapter, LinearAdapter, Qwen2Model } from "./model.ts";
 import { countParameters } from "./model.ts";
 import { expectedWeightShapes } from "./qwen2_config.ts";
@@ -121,7 +122,10 @@ function makeAdapter(
     let input = x;
     if (dropoutSeed !== null && dropoutSeed !== undefined && options.lora_dropout > 0) {
       const seed = (dropoutSeed * 1000003 + hashString(name)) % 2147483647;
-      input = tf.dropout(x, options.lora_dropout, undefined, seed) as tf.Tensor2D;
+      // The same mask as tf.dropout, drawn without its per-value closure (lib/_kernels.ts).
+      input = hasFusedKernel(DROPOUT_MASK)
+        ? tf.mul(x, dropoutMask(x.shape, options.lora_dropout, seed)) as tf.Tensor2D
+        : tf.dropout(x, options.lora_dropout, undefined, seed) as tf.Tensor2D;
     }
     const low = tf.matMul(input, a, false, true); // [N, r]
     return tf.mul(tf.matMul(low, b, false, true), scaling) as tf.Tensor2D; // [N, out]

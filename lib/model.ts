@@ -14,6 +14,17 @@
 import { tf } from "./tf.ts";
 import { headDim, type Qwen2Config } from "./qwen2_config.ts";
 import { gradientCheckpoint } from "./_gradient_checkpointing.ts";
+import {
+  ATTENTION,
+  CACHED_ATTENTION,
+  fusedAttention,
+  fusedCachedAttention,
+  fusedRmsNorm,
+  fusedRope,
+  hasFusedKernel,
+  RMS_NORM,
+  ROPE,
+} from "./_kernels.ts";
 
 /** A loaded model: config plus HF-named weight tensors (plain tensors, never variables). */
 export interface Qwen2Model {
@@ -38,16 +49,25 @@ export interface LinearAdapter {
   delta(name: string, x: tf.Tensor2D, dropoutSeed?: number | null): tf.Tensor2D | null;
 }
 
-/** Per-layer keys and values (after RoPE) of the tokens seen so far. Owned by the caller. */
+/**
+ * Per-layer keys and values (after RoPE) of the tokens seen so far. Owned by the caller.
+ *
+ * With the fused attention kernel (lib/_kernels.ts: wasm and cpu with a BLAS) the tensors have
+ * room for more tokens than `length`, and {@linkcode decodeStep} appends to them in place, so
+ * a decoding step copies only its new keys instead of the whole cache; elsewhere `capacity` is
+ * `length` and each step concatenates.
+ */
 export interface KVCache {
-  /** Per layer, [B, nKV, S, hd]. */
+  /** Per layer, [B, nKV, capacity, hd]; positions [0, length) hold keys. */
   keys: tf.Tensor4D[];
-  /** Per layer, [B, nKV, S, hd]. */
+  /** Per layer, [B, nKV, capacity, hd]; positions [0, length) hold values. */
   values: tf.Tensor4D[];
-  /** [B, S] 1 for real tokens, 0 for padding. */
+  /** [B, capacity] 1 for real tokens, 0 for padding (positions past the prompt are 1). */
   attentionMask: tf.Tensor2D;
   /** [B] int32: the position id the next token of each row gets. */
   nextPositions: tf.Tensor1D;
+  /** Positions filled. */
+  length: number;
 }
 
 /** Options of {@linkcode forward} and {@linkcode hiddenStates}. */
@@ -81,6 +101,12 @@ const MASK_VALUE = -1e9;
 
 /** Most attention scores one {@linkcode prefill} chunk holds per layer (256 MiB of float32). */
 const ATTENTION_CHUNK_FLOATS = 1 << 26;
+
+/**
+ * Room a fused-path cache gets past the prompt (tokens); it doubles when decoding fills it. 128
+ * covers the demo's max_new_tokens (96) without a copy.
+ */
+const CACHE_HEADROOM = 128;
 
 /** Counts the parameters of a model (tied embeddings counted once), as PEFT's "all params". */
 export function countParameters(model: Pick<Qwen2Model, "weights">): number {
@@ -116,6 +142,7 @@ function linear(
 
 /** RMSNorm: `w * x / sqrt(mean(x^2) + eps)` over the last axis (float32 throughout). */
 function rmsNorm(x: tf.Tensor, w: tf.Tensor, eps: number): tf.Tensor {
+  if (hasFusedKernel(RMS_NORM)) return fusedRmsNorm(x, w, eps);
   const variance = tf.mean(tf.square(x), -1, true);
   return tf.mul(w, tf.mul(x, tf.rsqrt(tf.add(variance, eps))));
 }
@@ -161,40 +188,106 @@ function attentionBias(attentionMask: tf.Tensor2D, T: number): tf.Tensor {
 }
 
 /**
+ * What attention needs besides q, k and v, built once per forward for every layer: the stock
+ * path's RoPE tables and additive mask, or the fused kernels' position ids and padding mask.
+ */
+type AttentionInputs =
+  | { kind: "stock"; cos: tf.Tensor4D; sin: tf.Tensor4D; bias: tf.Tensor }
+  | { kind: "fused"; positions: tf.Tensor2D; mask: tf.Tensor2D };
+
+/** One layer's cache: keys and values [B, nKV, capacity, hd], `length` positions filled. */
+interface LayerPast {
+  k: tf.Tensor4D;
+  v: tf.Tensor4D;
+  length: number;
+}
+
+/**
  * One decoder layer. `past` holds this layer's cached keys/values; returns the new hidden
- * state and this layer's full keys/values (past + new).
+ * state and this layer's keys/values (past + new).
  */
 function decoderLayer(
   model: Qwen2Model,
   layer: number,
   h: tf.Tensor3D,
-  bias: tf.Tensor,
-  cos: tf.Tensor4D,
-  sin: tf.Tensor4D,
+  att: AttentionInputs,
   adapter: LinearAdapter | null | undefined,
   dropoutSeed: number | null | undefined,
-  past: { k: tf.Tensor4D; v: tf.Tensor4D } | null,
+  past: LayerPast | null,
 ): { h: tf.Tensor3D; k: tf.Tensor4D; v: tf.Tensor4D } {
   const c = model.config;
   const [B, T, H] = h.shape;
   const nH = c.num_attention_heads;
   const nKV = c.num_key_value_heads;
   const hd = headDim(c);
-  const nRep = nH / nKV;
   const p = `model.layers.${layer}`;
 
   const x = rmsNorm(h, weight(model, `${p}.input_layernorm.weight`), c.rms_norm_eps);
   const q = linear(model, `${p}.self_attn.q_proj`, x, adapter, dropoutSeed)
-    .reshape([B, T, nH, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, nH, T, hd]
-  let k = linear(model, `${p}.self_attn.k_proj`, x, adapter, dropoutSeed)
-    .reshape([B, T, nKV, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, nKV, T, hd]
-  let v = linear(model, `${p}.self_attn.v_proj`, x, adapter, dropoutSeed)
-    .reshape([B, T, nKV, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, nKV, T, hd]
-  const qr = applyRope(q, cos, sin);
-  k = applyRope(k, cos, sin);
+    .reshape([B, T, nH, hd]) as tf.Tensor4D; // [B, T, nH, hd]
+  const k = linear(model, `${p}.self_attn.k_proj`, x, adapter, dropoutSeed)
+    .reshape([B, T, nKV, hd]) as tf.Tensor4D; // [B, T, nKV, hd]
+  const v = linear(model, `${p}.self_attn.v_proj`, x, adapter, dropoutSeed)
+    .reshape([B, T, nKV, hd]) as tf.Tensor4D; // [B, T, nKV, hd]
+  const a = att.kind === "fused"
+    ? fusedSelfAttention(c, q, k, v, att, past)
+    : stockSelfAttention(c, q, k, v, att, past);
+  const h1 = tf.add(
+    h,
+    linear(model, `${p}.self_attn.o_proj`, a.attn.reshape([B, T, H]), adapter, dropoutSeed),
+  ) as tf.Tensor3D;
+
+  const x2 = rmsNorm(h1, weight(model, `${p}.post_attention_layernorm.weight`), c.rms_norm_eps);
+  const gate = linear(model, `${p}.mlp.gate_proj`, x2, adapter, dropoutSeed);
+  const up = linear(model, `${p}.mlp.up_proj`, x2, adapter, dropoutSeed);
+  // NOTE: no fused SwiGLU: wasm's Sigmoid (XNNPACK, SIMD) beats a JS loop over Math.exp 4-6x.
+  const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), up);
+  const mlp = linear(model, `${p}.mlp.down_proj`, act, adapter, dropoutSeed);
+  return { h: tf.add(h1, mlp) as tf.Tensor3D, k: a.k, v: a.v };
+}
+
+/**
+ * Attention through lib/_kernels.ts: RoPE on the token-major projections, then one kernel per
+ * layer (no transposes, no mask tensor). With a cache, the kernel appends the new keys and
+ * values to it in place and the layer's keys/values are the cache's own tensors.
+ */
+function fusedSelfAttention(
+  c: Qwen2Config,
+  q: tf.Tensor4D,
+  k: tf.Tensor4D,
+  v: tf.Tensor4D,
+  att: { positions: tf.Tensor2D; mask: tf.Tensor2D },
+  past: LayerPast | null,
+): { attn: tf.Tensor4D; k: tf.Tensor4D; v: tf.Tensor4D } {
+  const scale = 1 / Math.sqrt(headDim(c));
+  const qr = fusedRope(q, att.positions, c.rope_theta);
+  const kr = fusedRope(k, att.positions, c.rope_theta);
+  if (past === null) return { attn: fusedAttention(qr, kr, v, att.mask, scale), k: kr, v };
+  const cache = { keys: past.k, values: past.v, mask: att.mask, length: past.length };
+  return { attn: fusedCachedAttention(qr, kr, v, cache, scale), k: past.k, v: past.v };
+}
+
+/** Attention as HF's eager path composes it, in stock tfjs ops (webgpu, stock cpu). */
+function stockSelfAttention(
+  c: Qwen2Config,
+  q: tf.Tensor4D,
+  kNew: tf.Tensor4D,
+  vNew: tf.Tensor4D,
+  att: { cos: tf.Tensor4D; sin: tf.Tensor4D; bias: tf.Tensor },
+  past: LayerPast | null,
+): { attn: tf.Tensor4D; k: tf.Tensor4D; v: tf.Tensor4D } {
+  const [B, T, nH, hd] = q.shape;
+  const nKV = c.num_key_value_heads;
+  const nRep = nH / nKV;
+  const qr = applyRope(q.transpose([0, 2, 1, 3]), att.cos, att.sin); // [B, nH, T, hd]
+  let k = applyRope(kNew.transpose([0, 2, 1, 3]), att.cos, att.sin); // [B, nKV, T, hd]
+  let v = vNew.transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, nKV, T, hd]
   if (past) {
-    k = tf.concat([past.k, k], 2); // [B, nKV, S, hd]
-    v = tf.concat([past.v, v], 2); // [B, nKV, S, hd]
+    // A cache with spare room (built by the fused path) holds keys only up to `length`.
+    const filled = (t: tf.Tensor4D) =>
+      t.shape[2] === past.length ? t : t.slice([0, 0, 0, 0], [-1, -1, past.length, -1]);
+    k = tf.concat([filled(past.k), k], 2); // [B, nKV, S, hd]
+    v = tf.concat([filled(past.v), v], 2); // [B, nKV, S, hd]
   }
   const S = k.shape[2];
   // GQA without repeat_kv: query heads j*nRep .. j*nRep+nRep-1 share kv head j (HF repeat_kv
@@ -202,25 +295,10 @@ function decoderLayer(
   const qg = qr.reshape([B, nKV, nRep * T, hd]); // [B, nKV, nRep*T, hd]
   const scores = tf.mul(tf.matMul(qg, k, false, true), 1 / Math.sqrt(hd)) // [B, nKV, nRep*T, S]
     .reshape([B, nKV, nRep, T, S]);
-  const probs = tf.softmax(tf.add(scores, bias), -1).reshape([B, nKV, nRep * T, S]);
+  const probs = tf.softmax(tf.add(scores, att.bias), -1).reshape([B, nKV, nRep * T, S]);
   const attn = tf.matMul(probs, v) // [B, nKV, nRep*T, hd]
-    .reshape([B, nH, T, hd]).transpose([0, 2, 1, 3]).reshape([B, T, H]);
-  const h1 = tf.add(
-    h,
-    linear(model, `${p}.self_attn.o_proj`, attn, adapter, dropoutSeed),
-  ) as tf.Tensor3D;
-
-  const x2 = rmsNorm(h1, weight(model, `${p}.post_attention_layernorm.weight`), c.rms_norm_eps);
-  const gate = linear(model, `${p}.mlp.gate_proj`, x2, adapter, dropoutSeed);
-  const up = linear(model, `${p}.mlp.up_proj`, x2, adapter, dropoutSeed);
-  const mlp = linear(
-    model,
-    `${p}.mlp.down_proj`,
-    tf.mul(tf.mul(gate, tf.sigmoid(gate)), up),
-    adapter,
-    dropoutSeed,
-  );
-  return { h: tf.add(h1, mlp) as tf.Tensor3D, k, v };
+    .reshape([B, nH, T, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B, T, nH, hd]
+  return { attn, k, v };
 }
 
 /**
@@ -244,6 +322,17 @@ export function positionIdsFromMask(attentionMask: tf.Tensor2D): tf.Tensor2D {
   });
 }
 
+/** Whether the active backend runs attention through lib/_kernels.ts (wasm, cpu with BLAS). */
+function fusedAttentionAvailable(): boolean {
+  return hasFusedKernel(ATTENTION) && hasFusedKernel(CACHED_ATTENTION) && hasFusedKernel(ROPE);
+}
+
+/** The first `length` columns of a cache mask that may have spare room. */
+function filledMask(cache: KVCache): tf.Tensor2D {
+  const mask = tf.cast(cache.attentionMask, "int32") as tf.Tensor2D;
+  return mask.shape[1] === cache.length ? mask : mask.slice([0, 0], [-1, cache.length]);
+}
+
 /**
  * Embeddings → decoder layers → final norm. `cache` extends a KV cache (decoding); `withCache`
  * returns every layer's keys/values (prefill and decoding need them; a training or scoring
@@ -258,33 +347,60 @@ function layerStack(
 ): { h: tf.Tensor3D; keys: tf.Tensor4D[]; values: tf.Tensor4D[]; mask: tf.Tensor2D } {
   const [B, T] = inputIds.shape;
   const { adapter, dropoutSeed } = options;
+  const c = model.config;
   const newMask = options.attentionMask ?? tf.ones([B, T], "int32");
-  const mask = cache
-    ? tf.concat(
-      [tf.cast(cache.attentionMask, "int32"), tf.cast(newMask, "int32")],
-      1,
-    ) as tf.Tensor2D
-    : newMask;
   const positions = options.positionIds ??
     (cache
       ? tf.add(cache.nextPositions.reshape([B, 1]), tf.range(0, T, 1, "int32").reshape([1, T]))
       : positionIdsFromMask(newMask)) as tf.Tensor2D;
-  const [cos, sin] = ropeTables(model.config, positions);
-  const bias = attentionBias(mask, T);
+  let att: AttentionInputs;
+  let mask: tf.Tensor2D;
+  let pasts: (LayerPast | null)[] = [];
+  if (fusedAttentionAvailable()) {
+    if (cache) {
+      // decodeStep made room; positions past the prompt are already 1 in the mask.
+      mask = cache.attentionMask;
+      pasts = cache.keys.map((k, i) => ({ k, v: cache.values[i], length: cache.length }));
+    } else if (withCache) {
+      // prefill: an empty cache with room for CACHE_HEADROOM new tokens.
+      const shape: [number, number, number, number] = [
+        B,
+        c.num_key_value_heads,
+        T + CACHE_HEADROOM,
+        headDim(c),
+      ];
+      mask = tf.concat([tf.cast(newMask, "int32"), tf.ones([B, CACHE_HEADROOM], "int32")], 1);
+      for (let i = 0; i < c.num_hidden_layers; i++) {
+        pasts.push({
+          k: tf.zeros(shape) as tf.Tensor4D,
+          v: tf.zeros(shape) as tf.Tensor4D,
+          length: 0,
+        });
+      }
+    } else mask = newMask;
+    att = { kind: "fused", positions, mask };
+  } else {
+    mask = cache
+      ? tf.concat([filledMask(cache), tf.cast(newMask, "int32")], 1) as tf.Tensor2D
+      : newMask;
+    if (cache) pasts = cache.keys.map((k, i) => ({ k, v: cache.values[i], length: cache.length }));
+    const [cos, sin] = ropeTables(c, positions);
+    att = { kind: "stock", cos, sin, bias: attentionBias(mask, T) };
+  }
   let h = tf.gather(weight(model, "model.embed_tokens.weight"), inputIds) as tf.Tensor3D; // [B,T,H]
   const keys: tf.Tensor4D[] = [];
   const values: tf.Tensor4D[] = [];
-  for (let i = 0; i < model.config.num_hidden_layers; i++) {
-    const past = cache ? { k: cache.keys[i], v: cache.values[i] } : null;
+  for (let i = 0; i < c.num_hidden_layers; i++) {
+    const past = pasts[i] ?? null;
     if (options.gradientCheckpointing && !withCache) {
-      h = checkpointedLayer(model, i, h, bias, cos, sin, adapter, dropoutSeed);
+      h = checkpointedLayer(model, i, h, att, adapter, dropoutSeed);
       continue;
     }
     // A tidy per layer frees its intermediates as soon as the layer is done (under a gradient
     // tape, tfjs keeps what the backward pass needs regardless).
     const hIn = h;
     const out = tf.tidy(() => {
-      const o = decoderLayer(model, i, hIn, bias, cos, sin, adapter, dropoutSeed, past);
+      const o = decoderLayer(model, i, hIn, att, adapter, dropoutSeed, past);
       return withCache ? o : { h: o.h };
     }) as { h: tf.Tensor3D; k?: tf.Tensor4D; v?: tf.Tensor4D };
     h = out.h;
@@ -293,7 +409,7 @@ function layerStack(
       values.push(out.v);
     }
   }
-  const normed = rmsNorm(h, weight(model, "model.norm.weight"), model.config.rms_norm_eps);
+  const normed = rmsNorm(h, weight(model, "model.norm.weight"), c.rms_norm_eps);
   return { h: normed as tf.Tensor3D, keys, values, mask };
 }
 
@@ -306,31 +422,23 @@ function checkpointedLayer(
   model: Qwen2Model,
   layer: number,
   h: tf.Tensor3D,
-  bias: tf.Tensor,
-  cos: tf.Tensor4D,
-  sin: tf.Tensor4D,
+  att: AttentionInputs,
   adapter: LinearAdapter | null | undefined,
   dropoutSeed: number | null | undefined,
 ): tf.Tensor3D {
   const vars = adapterVariablesOfLayer(adapter, layer);
   const names = vars.map((v) => v.name);
+  const constants = att.kind === "stock" ? [att.bias, att.cos, att.sin] : [att.positions, att.mask];
   // The adapter reads these variables by name; during recomputation we swap in the tensors
   // tf.grads differentiates (same values), so the gradient flows to them. The dropout seed is a
   // closure capture: the recomputation draws the same LoRA dropout masks as the forward pass.
-  return gradientCheckpoint(([hIn, ...vs], [b, c, s]) => {
+  return gradientCheckpoint(([hIn, ...vs], cs) => {
     const override = overrideAdapter(adapter, names, vs);
-    return decoderLayer(
-      model,
-      layer,
-      hIn as tf.Tensor3D,
-      b,
-      c as tf.Tensor4D,
-      s as tf.Tensor4D,
-      override,
-      dropoutSeed,
-      null,
-    ).h;
-  }, { inputs: [h, ...vars.map((v) => v.value)], constants: [bias, cos, sin] }) as tf.Tensor3D;
+    const a: AttentionInputs = att.kind === "stock"
+      ? { kind: "stock", bias: cs[0], cos: cs[1] as tf.Tensor4D, sin: cs[2] as tf.Tensor4D }
+      : { kind: "fused", positions: cs[0] as tf.Tensor2D, mask: cs[1] as tf.Tensor2D };
+    return decoderLayer(model, layer, hIn as tf.Tensor3D, a, override, dropoutSeed, null).h;
+  }, { inputs: [h, ...vars.map((v) => v.value)], constants }) as tf.Tensor3D;
 }
 
 /** An adapter that also exposes the variables it uses per layer (LoRA does). */
@@ -475,6 +583,7 @@ export function prefill(
         ),
         attentionMask: tf.concat(parts.map((p) => p.cache.attentionMask), 0) as tf.Tensor2D,
         nextPositions: tf.concat(parts.map((p) => p.cache.nextPositions), 0) as tf.Tensor1D,
+        length: T,
       },
     };
     for (const p of parts) {
@@ -509,8 +618,31 @@ export function prefill(
       values: out.values,
       attentionMask: out.attentionMask,
       nextPositions: out.nextPositions,
+      length: T,
     },
   };
+}
+
+/**
+ * The same cache with room for `needed` positions (doubling), for the fused path that appends in
+ * place. The old tensors are disposed.
+ */
+function withRoom(cache: KVCache, needed: number): KVCache {
+  const [B, nKV, capacity, hd] = cache.keys[0].shape;
+  if (needed <= capacity) return cache;
+  const extra = Math.max(needed, 2 * capacity) - capacity;
+  const grown = tf.tidy(() => ({
+    keys: cache.keys.map((k) => tf.concat([k, tf.zeros([B, nKV, extra, hd])], 2) as tf.Tensor4D),
+    values: cache.values.map((v) =>
+      tf.concat([v, tf.zeros([B, nKV, extra, hd])], 2) as tf.Tensor4D
+    ),
+    attentionMask: tf.concat([
+      tf.cast(cache.attentionMask, "int32"),
+      tf.ones([B, extra], "int32"),
+    ], 1) as tf.Tensor2D,
+  }));
+  tf.dispose([...cache.keys, ...cache.values, cache.attentionMask]);
+  return { ...cache, ...grown };
 }
 
 /**
@@ -533,18 +665,23 @@ export function decodeStep(
   options: Pick<ForwardOptions, "adapter"> = {},
 ): { logits: tf.Tensor2D; cache: KVCache } {
   const B = tokenIds.shape[0];
+  const fused = fusedAttentionAvailable();
+  // The fused path appends to the cache's own tensors in place (making room first); the stock
+  // path builds new ones by concatenation.
+  const past = fused ? withRoom(cache, cache.length + 1) : cache;
   const out = tf.tidy(() => {
     const ids = tokenIds.reshape([B, 1]) as tf.Tensor2D;
-    const s = layerStack(model, ids, { adapter: options.adapter }, cache);
+    const s = layerStack(model, ids, { adapter: options.adapter }, past);
     return {
       logits: lmHead(model, s.h.reshape([B, -1])) as tf.Tensor2D,
       keys: s.keys,
       values: s.values,
       attentionMask: s.mask,
-      nextPositions: tf.add(cache.nextPositions, 1) as tf.Tensor1D,
+      nextPositions: tf.add(past.nextPositions, 1) as tf.Tensor1D,
     };
   });
-  disposeCache(cache);
+  if (fused) past.nextPositions.dispose();
+  else disposeCache(past);
   return {
     logits: out.logits,
     cache: {
@@ -552,6 +689,7 @@ export function decodeStep(
       values: out.values,
       attentionMask: out.attentionMask,
       nextPositions: out.nextPositions,
+      length: past.length + 1,
     },
   };
 }

@@ -18,6 +18,7 @@ import type { LinearAdapter, Qwen2Model } from "./model.ts";
 import { decodeStep, disposeCache, prefill } from "./model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { createDecodeStream, formatPrompt } from "./tokenizer.ts";
+import { fusedSampleTokens, hasFusedKernel, SAMPLE_TOKENS } from "./_kernels.ts";
 
 /** Why a completion ended. */
 export type FinishReason = "eos" | "length" | "stop";
@@ -85,6 +86,9 @@ export function sampleTokens(
       return { ids, logps: tf.zeros([logits.shape[0]]) as tf.Tensor1D };
     }
     const [B, V] = logits.shape;
+    if ((options.top_k <= 0 || options.top_k >= V) && options.top_p >= 1) {
+      return sampleUnsorted(logits, uniforms, options.temperature);
+    }
     const k = options.top_k > 0 ? Math.min(options.top_k, V) : V;
     const { values, indices } = tf.topk(tf.div(logits, options.temperature), k); // [B, k] desc
     const probs = tf.softmax(values, -1); // [B, k]
@@ -112,6 +116,38 @@ export function sampleTokens(
     ) as tf.Tensor1D; // [B]
     return { ids: tf.gather(indices.reshape([B * k]), flat) as tf.Tensor1D, logps }; // [B] each
   });
+}
+
+/**
+ * Inverse-CDF sampling from the whole softmax(logits / temperature), in vocabulary order: with
+ * top_k 0 and top_p 1 no token is cut, so no sort is needed (bench/PROFILE.md §3: sorting a
+ * 151,936-token vocabulary is 23% of a 1.5B decode step on wasm). One fused kernel where the
+ * backend has it (lib/_kernels.ts).
+ */
+function sampleUnsorted(
+  logits: tf.Tensor2D,
+  uniforms: number[],
+  temperature: number,
+): { ids: tf.Tensor1D; logps: tf.Tensor1D } {
+  const [B, V] = logits.shape;
+  if (hasFusedKernel(SAMPLE_TOKENS)) {
+    return fusedSampleTokens(logits, tf.tensor1d(uniforms), temperature);
+  }
+  const z = tf.div(logits, temperature); // [B, V]
+  const probs = tf.softmax(z, -1); // [B, V]
+  const cdf = tf.cumsum(probs, 1); // [B, V]
+  const u = tf.mul(tf.tensor2d(uniforms, [B, 1]), cdf.slice([0, V - 1], [B, 1])); // [B, 1]
+  // index = number of cdf entries <= u (the first token whose cdf passes u), clipped to the
+  // last token with any mass.
+  const positive = tf.cast(tf.greater(probs, 0), "int32"); // [B, V]
+  const lastKept = tf.sub( // [B]
+    tf.max(tf.mul(positive, tf.range(1, V + 1, 1, "int32")), 1),
+    tf.scalar(1, "int32"),
+  );
+  const pick = tf.minimum(tf.sum(tf.cast(tf.lessEqual(cdf, u), "int32"), 1), lastKept); // [B]
+  const flat = tf.add(tf.mul(tf.range(0, B, 1, "int32"), tf.scalar(V, "int32")), pick); // [B]
+  const logps = tf.gather(tf.logSoftmax(z, -1).reshape([B * V]), flat) as tf.Tensor1D; // [B]
+  return { ids: tf.cast(pick, "int32") as tf.Tensor1D, logps };
 }
 
 /** Left-pads rows to one length: ids with `pad`, mask with 0. */

@@ -199,6 +199,46 @@ Deno.test("loadModel() names the tensor whose shape disagrees with config.json",
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("decodeStep() past the cache's room grows it and decodes as a full forward does", async () => {
+  await useTestBackend("wasm+blas"); // the fused path: a cache with room, appended in place
+  const model = await loadModel(`${FIXTURES}qwen2-tiny`);
+  const before = tf.memory().numTensors;
+  const prompts = [[0, 0, 256, 72, 105], [256, 84, 104, 101, 32]];
+  const mask = [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]];
+  const ids = tf.tensor2d(prompts, [2, 5], "int32");
+  const am = tf.tensor2d(mask, [2, 5], "int32");
+  let { logits, cache } = prefill(model, ids, { attentionMask: am });
+  const room = cache.keys[0].shape[2];
+  const steps = room - 5 + 3; // three tokens past the first capacity
+  const forced = Array.from({ length: steps }, (_, i) => [40 + (i % 50), 90 + (i % 30)]);
+  for (const tok of forced) {
+    logits.dispose();
+    const t = tf.tensor1d(tok, "int32");
+    ({ logits, cache } = decodeStep(model, cache, t));
+    t.dispose();
+  }
+  assert.ok(cache.keys[0].shape[2] > room, "the cache grew");
+  assert.equal(cache.length, 5 + steps);
+  const last = (await logits.array()) as number[][];
+  const fullIds = tf.tensor2d(
+    prompts.map((p, b) => [...p, ...forced.map((f) => f[b])]),
+    [2, 5 + steps],
+    "int32",
+  );
+  const fullMask = tf.tensor2d(
+    mask.map((m) => [...m, ...forced.map(() => 1)]),
+    [2, 5 + steps],
+    "int32",
+  );
+  const full = forward(model, fullIds, { attentionMask: fullMask });
+  const want = (await full.array()) as number[][][];
+  for (let b = 0; b < 2; b++) assertAllClose(last[b], want[b][4 + steps], 1e-4, `row ${b}`);
+  tf.dispose([ids, am, logits, full, fullIds, fullMask]);
+  disposeCache(cache);
+  assert.equal(tf.memory().numTensors, before, "leaked tensors");
+  model.dispose();
+});
+
 Deno.test("prefill() in row chunks (long prompts) equals one pass, cache included", async () => {
   await useTestBackend("wasm+blas");
   const model = await loadModel(`${FIXTURES}qwen2-tiny`);
