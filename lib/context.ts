@@ -44,7 +44,7 @@ export interface LoadedContext extends TrainerContext {
 
 /**
  * Loads what a run needs from its config: sets up `runtime.backend` (sized by the model's
- * weights, so `auto` sends models too big for the wasm heap to cpu + BLAS), then the model,
+ * weights, so a model too big for the wasm heap keeps its base weights outside it), then the model,
  * tokenizer, LoRA adapter (`model.adapter_path`, else fresh with `training.seed`), AdamW and the
  * data.
  *
@@ -81,7 +81,10 @@ export async function loadContext(config: Config): Promise<LoadedContext> {
       on_bad_row: data.on_bad_row,
     })).examples
     : [];
-  const model = await loadModel(config.model.path);
+  const model = await loadModel(config.model.path, {
+    weightStorage: backend.weightStorage,
+    torch_dtype: config.model.torch_dtype,
+  });
   const tokenizer = await loadTokenizer(config.model.path);
   const adapter = config.model.adapter_path
     ? await loadLora(model, config.model.adapter_path)

@@ -50,7 +50,6 @@ const QWEN25_MATH_1_5B = {
   max_position_embeddings: 4096,
   tie_word_embeddings: true,
 };
-const WASM_HEAP_BYTES = 4 * 1024 ** 3; // wasm32 memory limit (tfjs-backend-wasm: "maximum" 4 GiB)
 const GB = 1e9;
 
 const FLAGS: Record<string, FlagSpec> = {
@@ -140,13 +139,6 @@ async function main(): Promise<void> {
       `params, ${(bytes / GB).toFixed(2)} GB f32; batch ${batch} × ${seq} tokens, ` +
       `${newTokens} new tokens`,
   );
-  if (settings.runtime.backend === "wasm" && bytes > WASM_HEAP_BYTES) {
-    throw new BackendError(
-      `${layers} layers need ${(bytes / GB).toFixed(2)} GB of f32 weights, more than the ` +
-        `wasm32 heap of ${(WASM_HEAP_BYTES / GB).toFixed(2)} GB; pass --layers 17 or fewer, or ` +
-        `--set runtime.backend=cpu`,
-    );
-  }
   const backend = await setupBackend(settings.runtime, { weightBytes: bytes });
   console.log(describeBackend(backend));
   for (const note of backend.notes) console.log(`note: ${note}`);
@@ -162,7 +154,7 @@ async function main(): Promise<void> {
   }
   const fillSeconds = (performance.now() - t) / 1000;
   t = performance.now();
-  const model = modelFromArrays(config, arrays);
+  const model = modelFromArrays(config, arrays, { weightStorage: backend.weightStorage });
   // wasm copied the weights into its heap; the cpu backend keeps these very arrays (no copy).
   arrays.clear();
   console.log(

@@ -16,17 +16,17 @@ import { train, trainStep } from "../lib/trainer.ts";
 import { disposePrepared, prepareBatch } from "../lib/update.ts";
 import type { TrainerContext } from "../lib/context.ts";
 import { assertGrpoCase } from "./_fixtures.ts";
-import { BACKENDS, useTestBackend } from "./_backend.ts";
+import { BACKEND_STORAGES, storageLabel, storageOptions, useTestBackend } from "./_backend.ts";
 
 const DIR = new URL("./fixtures/qwen2-tiny", import.meta.url).pathname;
 const expected = JSON.parse(await Deno.readTextFile(`${DIR}/expected.json`));
 const g = expected.grpo;
 
-for (const backend of BACKENDS) {
+for (const [backend, storage] of BACKEND_STORAGES) {
   for (const checkpointing of [false, true]) {
-    Deno.test(`LoRA gradients of all 12 GRPO cases match TRL (${backend}, gradient_checkpointing ${checkpointing})`, async () => {
+    Deno.test(`LoRA gradients of all 12 GRPO cases match TRL (${backend}, gradient_checkpointing ${checkpointing}${storageLabel(storage)})`, async () => {
       await useTestBackend(backend);
-      const model = await loadModel(DIR);
+      const model = await loadModel(DIR, storageOptions(storage));
       const lora = await loadLora(model, `${DIR}/adapter`);
       const before = tf.memory().numTensors;
       for (const c of g.cases) {
