@@ -422,7 +422,54 @@ async function setupWebgpu(label: string, notes: string[]): Promise<BackendInfo>
   }
   await activate("webgpu");
   notes.push("webgpu: read tensors with `await t.data()`; dataSync() fails on this backend");
+  notes.push(guardBufferLimits(label));
   return { name: "webgpu", blas: null, adapter: label, weightStorage: "tensors", notes };
+}
+
+/** The parts of tfjs-backend-webgpu's `WebGPUBackend` that guardBufferLimits uses. */
+interface WebgpuBackendLike {
+  device: GPUDevice;
+  bufferManager: {
+    acquireBuffer(size: number, usage: number, ...rest: unknown[]): GPUBuffer;
+    limitGuarded?: boolean;
+  };
+}
+
+/**
+ * Makes a buffer past the device's limits a {@linkcode BackendError} naming the sizes, where
+ * WebGPU would otherwise only log a validation error and compute on an invalid buffer. The limits
+ * are the adapter's maxima: tfjs-backend-webgpu 4.22 (`base.ts`) requests the adapter's
+ * `maxBufferSize` and `maxStorageBufferBindingSize` for its device. Tensors are bound as storage
+ * buffers, so the binding limit is the one a tensor meets (llvmpipe: 128 MiB; the 151,936 × 1536
+ * embedding of Qwen2.5-Math-1.5B is 933 MB).
+ *
+ * @returns A note stating the limits.
+ */
+function guardBufferLimits(label: string): string {
+  const backend = tf.backend() as unknown as WebgpuBackendLike;
+  const limits = backend.device.limits;
+  const manager = backend.bufferManager;
+  const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
+  if (!manager.limitGuarded) {
+    const acquire = manager.acquireBuffer.bind(manager);
+    manager.acquireBuffer = (size, usage, ...rest) => {
+      const storage = (usage & GPUBufferUsage.STORAGE) !== 0;
+      const limit = storage
+        ? Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize)
+        : limits.maxBufferSize;
+      if (size > limit) {
+        throw new BackendError(
+          `runtime.backend: webgpu: a tensor of ${mib(size)} exceeds the adapter's ` +
+            `${storage ? "maxStorageBufferBindingSize" : "maxBufferSize"} of ${mib(limit)} ` +
+            `(${label}); use backend: wasm, which keeps big weights outside its heap`,
+        );
+      }
+      return acquire(size, usage, ...rest);
+    };
+    manager.limitGuarded = true;
+  }
+  return `webgpu limits (the adapter's): maxBufferSize ${mib(limits.maxBufferSize)}, ` +
+    `maxStorageBufferBindingSize ${mib(limits.maxStorageBufferBindingSize)} per tensor`;
 }
 
 async function setupTensorflow(notes: string[]): Promise<BackendInfo> {
