@@ -316,22 +316,28 @@ function checkBackend(w: ExternalWeight): void {
 
 /**
  * `x @ W^T` for a frozen external weight W `[rows, cols]`: x `[N, cols]` → `[N, rows]`, as
- * `tf.matMul(x, w, false, true)` would give for a tensor w. Differentiable in x.
+ * `tf.matMul(x, w, false, true)` would give for a tensor w; with `transposeB: false`, `x @ W`
+ * (x `[N, rows]` → `[N, cols]`). Differentiable in x.
  *
- * @param x `[N, cols]` float32.
+ * @param x `[N, cols]` float32 (`[N, rows]` when not transposed).
  * @param w The weight.
- * @returns `[N, rows]`. The caller disposes it.
+ * @param options `transposeB`, default true.
+ * @returns `[N, rows]` (`[N, cols]`). The caller disposes it.
  * @example Usage
  * ```ts ignore
  * const y = externalMatMul(x, model.external.get("lm_head.weight")!); // [N, V]
  * ```
  */
-export function externalMatMul(x: tf.Tensor2D, w: ExternalWeight): tf.Tensor2D {
+export function externalMatMul(
+  x: tf.Tensor2D,
+  w: ExternalWeight,
+  options: { transposeB?: boolean } = {},
+): tf.Tensor2D {
   checkBackend(w);
   return tf.engine().runKernel(
     EXTERNAL_MATMUL,
     { x },
-    { weight: w.id, transposeB: true },
+    { weight: w.id, transposeB: options.transposeB ?? true },
   ) as tf.Tensor2D;
 }
 

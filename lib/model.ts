@@ -419,9 +419,52 @@ function overrideAdapter(
   );
 }
 
+/** The LM head's weight: `lm_head.weight`, or `model.embed_tokens.weight` when tied. [V, H]. */
+function lmHeadName(model: Qwen2Model): string {
+  return model.config.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+}
+
+/**
+ * The two products with the LM head's weight W [V, H] that a fused head needs to form its
+ * gradient without the logits' tape (`lib/grpo.ts`): `dLogits @ W` ([N, V] → [N, H]) and W's
+ * rows at `ids` ([N] → [N, H]).
+ *
+ * @param model The model.
+ * @param dLogits [N, V], or null to skip.
+ * @param ids [N] int32, or null to skip.
+ * @returns `{ dHidden, rows }`, each null when skipped. The caller disposes them.
+ * @example Usage
+ * ```ts ignore
+ * const { dHidden } = lmHeadProducts(model, dLogits, null); // [N, H]
+ * ```
+ */
+export function lmHeadProducts(
+  model: Qwen2Model,
+  dLogits: tf.Tensor2D | null,
+  ids: tf.Tensor1D | null,
+): { dHidden: tf.Tensor2D | null; rows: tf.Tensor2D | null } {
+  const name = lmHeadName(model);
+  const external = model.external.get(name);
+  return tf.tidy(() => {
+    let dHidden: tf.Tensor2D | null = null;
+    let rows: tf.Tensor2D | null = null;
+    if (dLogits) {
+      dHidden = external
+        ? externalMatMul(dLogits, external, { transposeB: false })
+        : tf.matMul(dLogits, weight(model, name) as tf.Tensor2D); // [N, H]
+    }
+    if (ids) {
+      rows = (external
+        ? externalGather(external, ids)
+        : tf.gather(weight(model, name), ids)) as tf.Tensor2D; // [N, H]
+    }
+    return { dHidden, rows } as { dHidden: tf.Tensor2D; rows: tf.Tensor2D };
+  });
+}
+
 /** Logits of final hidden states: `h @ lm_head^T` (embed_tokens when tied). [..., H] → [..., V]. */
 export function lmHead(model: Qwen2Model, hidden: tf.Tensor): tf.Tensor {
-  const name = model.config.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  const name = lmHeadName(model);
   return tf.tidy(() => {
     const lead = hidden.shape.slice(0, -1);
     const h2 = hidden.reshape([-1, hidden.shape[hidden.shape.length - 1]]) as tf.Tensor2D;
