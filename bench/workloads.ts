@@ -53,7 +53,14 @@ import {
   weightBytes,
 } from "../lib/mod.ts";
 import type { Qwen2Model, RuntimeOptions, TrainerContext, WeightArray } from "../lib/mod.ts";
-import { deviceLine, loadAverage, median, peakRssBytes, resetPeakRss } from "./_measure.ts";
+import {
+  cpuSeconds,
+  deviceLine,
+  loadAverage,
+  median,
+  peakRssBytes,
+  resetPeakRss,
+} from "./_measure.ts";
 import { throughput, verifierSuites } from "./_verifier.ts";
 
 /** Workload names, as bench/peer_torch.py names them (plus the verifier, which has no peer). */
@@ -124,12 +131,16 @@ export interface RunOptions {
 export type Result = Record<string, unknown> & { workload: Workload; seconds: number };
 
 /** Runs `warmup` untimed then `repeats` timed runs of `body`; returns the timed runs' values. */
-async function runs<T>(options: RunOptions, body: (run: number) => Promise<T>): Promise<T[]> {
-  const out: T[] = [];
+async function runs<T>(
+  options: RunOptions,
+  body: (run: number) => Promise<T>,
+): Promise<(T & { cpu: number })[]> {
+  const out: (T & { cpu: number })[] = [];
   for (let run = -options.warmup; run < options.repeats; run++) {
     options.hooks?.onRun?.(run);
+    const cpu0 = cpuSeconds();
     const value = await body(run);
-    if (run >= 0) out.push(value);
+    if (run >= 0) out.push({ ...value, cpu: cpuSeconds() - cpu0 });
   }
   return out;
 }
@@ -211,6 +222,7 @@ export async function demoWorkloads(
       rollout_seconds_per_token: rolloutResult.seconds_per_token,
       update_seconds: median(records.map((r) => r.update)),
       update_seconds_per_token: perToken((r) => r.update),
+      cpu_seconds: median(records.map((r) => r.cpu)),
       completion_tokens: rolloutResult.completion_tokens,
       mean_length: rolloutResult.mean_length,
       peak_rss_bytes: peak,
@@ -287,7 +299,7 @@ function randomIds(rows: number, cols: number, vocab: number, seed: number): num
 export async function largeForward(model: Qwen2Model, options: RunOptions): Promise<Result> {
   const prompts = randomIds(LARGE_BATCH, LARGE_SEQ, model.config.vocab_size, 12345);
   resetPeakRss();
-  const times = await runs(options, async (run) => {
+  const records = await runs(options, async (run) => {
     options.hooks?.onPhase?.(`forward ${LARGE_BATCH}x${LARGE_SEQ}`);
     const t0 = performance.now();
     const ids = tf.tensor2d(prompts, [LARGE_BATCH, LARGE_SEQ], "int32");
@@ -297,14 +309,16 @@ export async function largeForward(model: Qwen2Model, options: RunOptions): Prom
     tf.dispose([ids, logits]);
     options.hooks?.onPhase?.("idle");
     log(`forward_1.5b run ${run}: ${seconds.toFixed(2)} s${run < 0 ? " [warm-up]" : ""}`);
-    return seconds;
+    return { seconds };
   });
+  const times = records.map((r) => r.seconds);
   const n = LARGE_BATCH * LARGE_SEQ;
   return {
     workload: "forward_1.5b",
     seconds: median(times),
     seconds_per_token: median(times) / n,
     tokens_per_second: n / median(times),
+    cpu_seconds: median(records.map((r) => r.cpu)),
     batch: LARGE_BATCH,
     seq: LARGE_SEQ,
     layers: model.config.num_hidden_layers,
@@ -358,6 +372,7 @@ export async function largeDecode(model: Qwen2Model, options: RunOptions): Promi
     seconds_per_step: median(decode) / LARGE_DECODE_STEPS,
     tokens_per_second: n / median(decode),
     prefill_seconds: median(records.map((r) => r.prefill)),
+    cpu_seconds: median(records.map((r) => r.cpu)),
     batch: LARGE_BATCH,
     prompt_tokens: LARGE_SEQ,
     decode_steps: LARGE_DECODE_STEPS,
@@ -430,6 +445,7 @@ export async function largeUpdate(model: Qwen2Model, options: RunOptions): Promi
     seconds_per_token: median(total) / n,
     tokens_per_second: n / median(total),
     ref_seconds: median(records.map((r) => r.ref)),
+    cpu_seconds: median(records.map((r) => r.cpu)),
     policy_seconds: median(records.map((r) => r.policy)),
     batch: LARGE_BATCH,
     prompt_tokens: UPDATE_PROMPT,
