@@ -6,16 +6,17 @@
  * wall time is outside any kernel (tfjs engine bookkeeping, tape, JS glue).
  *
  *   deno run -A bench/profile_kernels.ts demo [--backend wasm] [--steps 1]
- *   deno run -A --v8-flags=--max-old-space-size=20000 bench/profile_kernels.ts large \
- *     [--backend cpu] [--layers 4] [--parts forward,decode,update]
+ *   deno run -A bench/profile_kernels.ts large [--backend auto] [--layers 4] \
+ *     [--parts forward,decode,update]
  *
  * `demo`: one GRPO step of configs/demo.yaml (after one unprofiled warm-up step), through the
  * same phase functions `trainStep` chains: generatePhase, scorePhase, advantagePhase,
  * prepareMicroBatches (reference log-probs), updatePhase. `large`: a Qwen2.5-Math-1.5B-shaped
  * model (hidden 1536, intermediate 8960, 12/2 heads, vocab 151,936, tied) cut to `--layers`
- * decoder layers, random weights: forward of 4 × 256 tokens (every position's logits, as
- * `bench:scale`), prefill + 16 decode steps × 4 rows, and one GRPO update on 4 × (64 + 64) tokens
- * with LoRA r16 on q/k/v/o and gradient checkpointing.
+ * decoder layers, random weights: `deno task bench`'s workloads (3) and (4) from
+ * bench/workloads.ts: forward of 4 × 256 tokens (every position's logits), prefill + 16 decode
+ * steps × 4 rows, and one GRPO update on 4 × (64 + 64) tokens with LoRA r16 on q/k/v/o and
+ * gradient checkpointing.
  *
  * @module
  */
@@ -26,25 +27,21 @@ import {
   createLora,
   describeBackend,
   disposePrepared,
-  expectedWeightShapes,
-  forward,
   generatePhase,
   loadConfig,
   loadDataset,
   loadModel,
   loadTokenizer,
-  modelFromArrays,
-  parseQwen2Config,
   prepareMicroBatches,
   promptsForStep,
   promptsPerStep,
-  rollout,
   scorePhase,
   setupBackend,
   tf,
   updatePhase,
 } from "../lib/mod.ts";
-import type { Config, PreparedBatch, Qwen2Model, TrainerContext } from "../lib/mod.ts";
+import type { Config, PreparedBatch, TrainerContext } from "../lib/mod.ts";
+import { largeDecode, largeForward, largeModel, largeUpdate } from "./workloads.ts";
 import { type Patch, PATCHES, patchWasmKernels } from "./_kernel_patches.ts";
 
 /** What `main` passes to a workload. */
@@ -139,6 +136,7 @@ function installKernelTimers(backendName: string): number {
     const inner = config.kernelFunc;
     const name = config.kernelName;
     const isMatMul = name === "BatchMatMul" || name === "_FusedMatMul";
+    const isExternal = name === "ExternalMatMul"; // x [N, K] → [N, M], weight outside the heap
     tf.unregisterKernel(name, backendName);
     tf.registerKernel({
       ...config,
@@ -156,7 +154,12 @@ function installKernelTimers(backendName: string): number {
         const t1 = performance.now();
         const ms = t1 - t0;
         const p = currentPhase();
-        const flops = isMatMul ? matMulFlops(args.inputs, args.attrs) : 0;
+        const x = (args.inputs.x as tf.TensorInfo | undefined)?.shape;
+        const flops = isMatMul
+          ? matMulFlops(args.inputs, args.attrs)
+          : isExternal && x
+          ? 2 * x[0] * x[1] * (out as tf.TensorInfo).shape[1]
+          : 0;
         add(byKernel, `${p}\t${name}`, ms, flops);
         const shapes = Object.values(args.inputs).map(shapeOf).join(" ");
         add(byShape, `${p}\t${name}\t${shapes}`, ms, flops);
@@ -202,7 +205,7 @@ function installIoCounters(): void {
 // Report
 
 const CATEGORIES: [string, RegExp][] = [
-  ["matMul (BLAS)", /^(BatchMatMul|_FusedMatMul)$/],
+  ["matMul (BLAS)", /^(BatchMatMul|_FusedMatMul|ExternalMatMul)$/],
   [
     "copies / layout",
     /^(Transpose|Concat|Slice|SplitV|Cast|Tile|PadV2|GatherV2|GatherNd|StridedSlice|Identity|Reshape|Fill|ZerosLike|OnesLike|Pack|Unpack|OneHot|Range|Reverse)$/,
@@ -460,136 +463,45 @@ async function demo(options: Options, steps: number): Promise<string> {
   return sections.join("\n");
 }
 
-/** Qwen/Qwen2.5-Math-1.5B config.json (tasks/bench_scale.ts). */
-const QWEN25_MATH_1_5B = {
-  model_type: "qwen2",
-  vocab_size: 151936,
-  hidden_size: 1536,
-  intermediate_size: 8960,
-  num_hidden_layers: 28,
-  num_attention_heads: 12,
-  num_key_value_heads: 2,
-  rms_norm_eps: 1e-6,
-  rope_theta: 10000,
-  max_position_embeddings: 4096,
-  tie_word_embeddings: true,
-};
-
-/** Uniform values of std 0.02 from a 2^20 xorshift block, repeated (timings ignore the values). */
-function fillRandom(data: Float32Array, seed: number): void {
-  let x = seed >>> 0 || 1;
-  const drawn = Math.min(data.length, 1 << 20);
-  for (let i = 0; i < drawn; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    data[i] = ((x >>> 0) / 4294967296 - 0.5) * 0.0693; // uniform, std 0.02
-  }
-  for (let filled = drawn; filled < data.length; filled *= 2) data.copyWithin(filled, 0, filled);
-}
-
-function largeModel(layers: number): Qwen2Model {
-  const config = parseQwen2Config({ ...QWEN25_MATH_1_5B, num_hidden_layers: layers }, "1.5B");
-  const arrays = new Map<string, { shape: number[]; data: Float32Array }>();
-  let seed = 1;
-  for (const [name, shape] of expectedWeightShapes(config)) {
-    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
-    if (name.endsWith("norm.weight")) data.fill(1);
-    else fillRandom(data, seed++);
-    arrays.set(name, { shape, data });
-  }
-  return modelFromArrays(config, arrays);
-}
-
 async function large(options: Options, layers: number, parts: string[]): Promise<string> {
-  const { backend, threads, topN } = options;
-  const info = await setupBackend({ backend, blas: "auto", num_threads: threads });
+  const { threads, topN } = options;
+  const { model, backend: info } = await largeModel({
+    layers,
+    threads,
+    torch_dtype: "float32",
+    backend: options.backend,
+  });
   if (options.patches.length > 0) patchWasmKernels(options.patches);
-  const model = largeModel(layers);
   installKernelTimers(tf.getBackend());
   installIoCounters();
   const label = `${layers} of 28 layers, ${describeBackend(info)}`;
   const sections: string[] = [];
-  const random = (() => {
-    let x = 12345;
-    return () => (x = (Math.imul(x, 1103515245) + 12345) >>> 0) % QWEN25_MATH_1_5B.vocab_size;
-  })();
-  const stub = { decode: () => "", eosTokenIds: [] as number[], padTokenId: 0 };
+  // Record from the first timed run on (warm-up runs grow the heap and set kernels up).
+  const hooks = {
+    onRun(run: number) {
+      enabled = run >= 0;
+      if (run === 0) reset();
+    },
+    onPhase: setPhase,
+  };
   if (parts.includes("forward")) {
-    const prompts = Array.from({ length: 4 }, () => Array.from({ length: 256 }, random));
-    for (let run = 0; run < 2; run++) {
-      enabled = run > 0;
-      reset();
-      setPhase("forward 4x256");
-      const ids = tf.tensor2d(prompts, [4, 256], "int32");
-      const logits = forward(model, ids);
-      await logits.data(); // sync point
-      tf.dispose([ids, logits]);
-      setPhase("idle");
-    }
+    await largeForward(model, { repeats: 1, warmup: 1, hooks });
     sections.push(report(`1.5B-shaped forward of 4 × 256 tokens, all logits (${label})`, topN));
   }
   if (parts.includes("decode")) {
-    const prompts = Array.from({ length: 4 }, () => Array.from({ length: 256 }, random));
-    enabled = true;
-    reset();
-    setPhase("prefill 4x256");
-    await rollout(model, prompts, {
-      tokenizer: stub,
-      // prefill + first token, then 16 decode steps
-      sampling: { max_new_tokens: 17, temperature: 1, top_p: 1, top_k: 0, stop: [], seed: 0 },
-      onToken: (done) => {
-        if (done === 1) setPhase("decode 16 steps x 4 rows");
-      },
-    });
-    setPhase("idle");
+    await largeDecode(model, { repeats: 1, warmup: 0, hooks });
     sections.push(
       report(`1.5B-shaped prefill 4 × 256 + 16 decode steps × 4 rows (${label})`, topN),
     );
   }
   if (parts.includes("update")) {
-    const config = await loadConfig("configs/demo.yaml", {
-      set: [
-        "training.per_device_train_batch_size=4",
-        "training.gradient_accumulation_steps=1",
-        "training.gradient_checkpointing=true",
-        "grpo.num_return_sequences=4",
-      ],
-    });
-    const adapter = createLora(model, config.lora, { seed: 0 });
-    const optimizer = new AdamW([...adapter.variables.values()], config.training);
-    const ctx = {
-      config,
-      model,
-      tokenizer: stub as unknown as TrainerContext["tokenizer"],
-      adapter,
-      optimizer,
-    };
-    const rows = {
-      promptIds: Array.from({ length: 4 }, () => Array.from({ length: 64 }, random)),
-      completionIds: Array.from({ length: 4 }, () => Array.from({ length: 64 }, random)),
-      finishReasons: ["length", "length", "length", "length"] as ("length")[],
-    };
-    for (let run = 0; run < 2; run++) {
-      enabled = run > 0;
-      reset();
-      setPhase("ref (prepare)");
-      const prepared = prepareMicroBatches(ctx, rows, [1, -1, 0.5, -0.5]);
-      setPhase("update");
-      await updatePhase(ctx, prepared, { learningRate: 1e-3, dropoutSeed: run });
-      setPhase("idle");
-      prepared.forEach(disposePrepared);
-      const mem = Deno.memoryUsage();
-      console.error(`update run ${run}: rss ${(mem.rss / 1e9).toFixed(2)} GB`);
-    }
+    await largeUpdate(model, { repeats: 1, warmup: 1, hooks });
     sections.push(
       report(
         `1.5B-shaped GRPO update, 4 × (64 + 64) tokens, LoRA r16, checkpointing (${label})`,
         topN,
       ),
     );
-    adapter.dispose();
-    optimizer.dispose();
   }
   model.dispose();
   return sections.join("\n");
@@ -621,7 +533,7 @@ async function main(): Promise<void> {
   }
   const options: Options = {
     backend:
-      (values.backend ?? (workload === "large" ? "cpu" : "wasm")) as Config["runtime"]["backend"],
+      (values.backend ?? (workload === "large" ? "auto" : "wasm")) as Config["runtime"]["backend"],
     threads: Number(values.threads),
     patches,
     topN: Number(values.top),

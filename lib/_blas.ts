@@ -68,6 +68,26 @@ export interface Blas {
     c: Float32Array,
     accumulate: boolean,
   ): void;
+  /**
+   * Row-major C = op(A) @ op(B) + beta·C on blocks of larger matrices: each view starts at its
+   * block's first element and `lda`/`ldb`/`ldc` are the row lengths as stored (cblas_sgemm's
+   * leading dimensions). The external-weight kernels (`lib/_external_weights.ts`) read frozen
+   * weights outside the wasm heap through it, in place.
+   */
+  gemm(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    a: Float32Array,
+    lda: number,
+    b: Float32Array,
+    ldb: number,
+    c: Float32Array,
+    ldc: number,
+    beta: 0 | 1,
+  ): void;
 }
 
 /**
@@ -143,6 +163,24 @@ export function openBlas(path: string): Blas {
         n,
       );
     },
+    gemm(transA, transB, m, n, k, a, lda, b, ldb, c, ldc, beta) {
+      sym.cblas_sgemm(
+        CBLAS_ROW_MAJOR,
+        transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
+        transB ? CBLAS_TRANS : CBLAS_NO_TRANS,
+        m,
+        n,
+        k,
+        1,
+        Deno.UnsafePointer.of(a),
+        lda,
+        Deno.UnsafePointer.of(b),
+        ldb,
+        beta,
+        Deno.UnsafePointer.of(c),
+        ldc,
+      );
+    },
   };
   opened.set(path, blas);
   return blas;
@@ -167,7 +205,7 @@ interface KernelArgs {
  * How a kernel reaches one backend's tensor memory: float32 views it reads and writes in place.
  * The sgemm planning and the epilogues below see only this, so wasm and cpu share them.
  */
-interface Host {
+export interface Host {
   /** Allocates a float32 tensor of `shape` (contents unspecified). */
   alloc(shape: number[]): tf.TensorInfo;
   /**
@@ -175,6 +213,8 @@ interface Host {
    * growing heap replaces its buffer), so take views after allocating.
    */
   view(info: tf.TensorInfo): Float32Array;
+  /** The int32 values of `info` (token ids), in place; the same caveat as `view`. */
+  viewInt32(info: tf.TensorInfo): Int32Array;
 }
 
 /** The parts of tfjs-backend-cpu's `MathBackendCPU` used here (its tensors are JS typed arrays). */
@@ -190,6 +230,9 @@ function wasmHost(backend: BackendWasm): Host {
     },
     view(info) {
       return backend.typedArrayFromHeap(info) as Float32Array;
+    },
+    viewInt32(info) {
+      return backend.typedArrayFromHeap(info) as Int32Array;
     },
   };
 }
@@ -207,10 +250,18 @@ function cpuHost(backend: CpuBackend): Host {
       }
       return values;
     },
+    viewInt32(info) {
+      const values = backend.data.get(info.dataId).values;
+      if (!(values instanceof Int32Array)) {
+        throw new Error(`cpu tensor of shape [${info.shape}] has no Int32Array values`);
+      }
+      return values;
+    },
   };
 }
 
-function hostOf(backendName: BlasBackend, backend: object): Host {
+/** How kernels of `backendName` reach `backend`'s tensor memory. */
+export function hostOf(backendName: BlasBackend, backend: object): Host {
   return backendName === "wasm"
     ? wasmHost(backend as BackendWasm)
     : cpuHost(backend as unknown as CpuBackend);
@@ -283,6 +334,14 @@ export function setKernelMode(backendName: BlasBackend, blas: Blas | null, notes
     tf.registerKernel(state.stock.fusedMatMul);
   }
   state.installed = install;
+}
+
+/**
+ * The BLAS that `backendName`'s matMul kernels call now, or null (BLAS off, or
+ * {@linkcode setKernelMode} not called for it).
+ */
+export function activeBlas(backendName: BlasBackend): Blas | null {
+  return states.get(backendName)?.blas ?? null;
 }
 
 function note(state: KernelState, line: string): void {

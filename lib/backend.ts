@@ -4,9 +4,11 @@
  * Deno FFI, reading and writing the operands in place (wasm heap views, or the cpu backend's
  * Float32Arrays; see `lib/_blas.ts`).
  *
- * wasm + BLAS is the default CPU path; cpu + BLAS is for models past wasm32's 4 GiB heap (the
- * cpu backend keeps tensors in ordinary typed arrays), at the price of tfjs's plain-JS kernels
- * for everything but matMul.
+ * wasm + BLAS is the default CPU path. Models past wasm32's 4 GiB heap (Qwen2.5-Math-1.5B is
+ * 6.2 GB as float32) run there too: their frozen base weights stay outside the heap and BLAS
+ * reads them in place (weight storage `external`, `lib/_external_weights.ts`). cpu + BLAS (the
+ * cpu backend keeps tensors in ordinary typed arrays, at the price of tfjs's plain-JS kernels for
+ * everything but matMul) is the fallback when no BLAS opens.
  *
  * Measured on a 2-core x86 box, 16×96×256 → 704 → 256 linear block, forward + backward: stock
  * wasm 844 ms, wasm + OpenBLAS (2 threads) 24 ms (`deno task bench:blas`). Another run, on the
@@ -23,16 +25,22 @@ import { tf } from "./tf.ts";
 import { type BlasBackend, blasCandidates, openBlas, setKernelMode } from "./_blas.ts";
 import { WASM_KERNEL_REPLACEMENTS } from "./_wasm_kernels.ts";
 import { FUSED_GRADIENTS, FUSED_KERNELS, setFusedBlas } from "./_kernels.ts";
+import { registerExternalWeightKernels } from "./_external_weights.ts";
+import type { WeightStorage } from "./model_loader.ts";
 
 /**
- * Under `auto`, models with more float32 weight bytes than this go to the cpu backend: the wasm
- * heap stops at 4 GiB and also holds activations, KV cache and optimizer state.
+ * Models with more float32 weight bytes than this keep their base weights outside the wasm heap
+ * (weight storage `external`; under `auto` without BLAS, the cpu backend): the heap stops at
+ * 4 GiB and also holds activations, KV cache and optimizer state.
  */
 export const WASM_WEIGHT_LIMIT_BYTES = 2 * 2 ** 30;
 
 /** The `runtime` options this module reads (the same keys as `Config["runtime"]`). */
 export interface RuntimeOptions {
-  /** `auto` is webgpu on a hardware adapter, else wasm (cpu + BLAS for models over 2 GiB). */
+  /**
+   * `auto` is webgpu on a hardware adapter, else wasm (models over 2 GiB with their weights
+   * outside the heap; cpu + BLAS when no BLAS opens).
+   */
   backend: "auto" | "wasm" | "webgpu" | "cpu" | "tensorflow";
   /** `auto`, `off`, or the path of a library exporting `cblas_sgemm`. Used on wasm and cpu. */
   blas: string;
@@ -48,6 +56,12 @@ export interface BackendInfo {
   blas: { library: string; threads: number; vendor: string } | null;
   /** The WebGPU adapter's description, or null. */
   adapter: string | null;
+  /**
+   * Where `loadModel` should keep the model's base weights on this backend: `external` (outside
+   * tfjs, read by BLAS) for a model over {@linkcode WASM_WEIGHT_LIMIT_BYTES} on wasm with BLAS,
+   * else `tensors`.
+   */
+  weightStorage: WeightStorage;
   /**
    * One line per fallback or caveat, for the driver to print. The wasm kernels append to the
    * latest info's notes at run time, the first time a shape or dtype falls back to stock.
@@ -68,7 +82,9 @@ let current: { key: string; info: BackendInfo } | null = null;
  * re-point the wasm matMul kernels (BLAS on/off, thread count).
  *
  * `auto` picks webgpu when Deno offers a hardware adapter (not a software fallback such as
- * llvmpipe), else wasm. On wasm and cpu, `blas: auto` opens Debian's OpenBLAS (openblas-pthread)
+ * llvmpipe), else wasm. A model over {@linkcode WASM_WEIGHT_LIMIT_BYTES} (`model.weightBytes`,
+ * float32) on wasm gets `weightStorage: "external"` when BLAS opened (under `auto` without BLAS:
+ * the cpu backend instead). On wasm and cpu, `blas: auto` opens Debian's OpenBLAS (openblas-pthread)
  * or macOS Accelerate; when none opens, the stock kernels stay and a note says so; `blas: off`
  * keeps tfjs's stock cpu kernels untouched. An explicit library path that cannot be opened is an
  * error. `tensorflow` needs `@tensorflow/tfjs-node-gpu` or
@@ -105,6 +121,7 @@ export async function setupBackend(
       break;
     case "wasm":
       info = await setupWasm(blas, num_threads, notes);
+      if (tooBigForWasm) info = externalOrNot(info, model.weightBytes!);
       break;
     case "webgpu": {
       const adapter = await findAdapter();
@@ -133,16 +150,14 @@ export async function setupBackend(
       } else if (adapter !== null) {
         notes.push(`auto: WebGPU adapter ${adapter.label} is a software fallback`);
       }
+      info = await setupWasm(blas, num_threads, notes);
       if (tooBigForWasm) {
-        // wasm32 cannot hold these weights (its heap stops at 4 GiB); the cpu backend keeps
-        // tensors in ordinary memory, and BLAS does its matMuls.
-        notes.push(
-          `auto: ${(model.weightBytes! / 2 ** 30).toFixed(1)} GiB of float32 weights exceed what ` +
-            `the wasm heap can hold next to activations; using cpu`,
-        );
-        info = await setupCpu(blas, num_threads, notes);
-      } else {
-        info = await setupWasm(blas, num_threads, notes);
+        info = externalOrNot(info, model.weightBytes!);
+        if (info.weightStorage === "tensors") {
+          // No BLAS to read external weights: the cpu backend keeps tensors in ordinary memory.
+          notes.push("auto: using cpu, whose tensors are not bound by the wasm heap");
+          info = await setupCpu("off", num_threads, notes);
+        }
       }
       break;
     }
@@ -163,6 +178,26 @@ export async function setupBackend(
 }
 
 /**
+ * A model of `weightBytes` float32 bytes, too big for the wasm heap, on wasm: its base weights go
+ * outside the heap when BLAS can read them there.
+ */
+function externalOrNot(info: BackendInfo, weightBytes: number): BackendInfo {
+  const gib = (weightBytes / 2 ** 30).toFixed(1);
+  if (info.blas === null) {
+    info.notes.push(
+      `${gib} GiB of float32 weights exceed what the wasm heap can hold next to activations, ` +
+        `and without BLAS they cannot stay outside it`,
+    );
+    return info;
+  }
+  info.notes.push(
+    `${gib} GiB of float32 weights exceed what the wasm heap can hold next to activations; ` +
+      `the base weights stay outside it (weight storage external), read by BLAS in place`,
+  );
+  return { ...info, weightStorage: "external" };
+}
+
+/**
  * One line naming the backend, e.g. `backend wasm + OpenBLAS 0.3.21 (/usr/lib/x86_64-linux-gnu/
  * openblas-pthread/libopenblas.so.0, 2 threads)`, `backend cpu + OpenBLAS 0.3.21 (...)` or
  * `backend webgpu (adapter: NVIDIA ...)`.
@@ -173,7 +208,7 @@ export async function setupBackend(
  * ```ts
  * import assert from "node:assert/strict";
  * import { describeBackend } from "./backend.ts";
- * const info = { name: "wasm", blas: null, adapter: null, notes: [] };
+ * const info = { name: "wasm", blas: null, adapter: null, weightStorage: "tensors", notes: [] } as const;
  * assert.equal(describeBackend(info), "backend wasm (stock kernels, no BLAS)");
  * ```
  */
@@ -181,7 +216,8 @@ export function describeBackend(info: BackendInfo): string {
   if (info.blas !== null) {
     const vendor = info.blas.vendor.split(" ").slice(0, 2).join(" ");
     const threads = info.blas.threads > 0 ? `${info.blas.threads} threads` : "library threads";
-    return `backend ${info.name} + ${vendor} (${info.blas.library}, ${threads})`;
+    const where = info.weightStorage === "external" ? ", base weights outside the heap" : "";
+    return `backend ${info.name} + ${vendor} (${info.blas.library}, ${threads})${where}`;
   }
   if (info.name === "wasm") return "backend wasm (stock kernels, no BLAS)";
   if (info.adapter !== null) return `backend ${info.name} (adapter: ${info.adapter})`;
@@ -222,6 +258,7 @@ async function setupCpu(blas: string, threads: number, notes: string[]): Promise
   // NOTE: tfjs-backend-cpu prints a "looks like you are running TensorFlow.js in Node.js"
   // banner on its first write under Deno; lib prints nothing, so mark it as already shown.
   (tf.backend() as unknown as { firstUse?: boolean }).firstUse = false;
+  registerExternalWeightKernels("cpu");
   return attachBlas("cpu", blas, threads, notes);
 }
 
@@ -235,6 +272,7 @@ async function setupWasm(blas: string, threads: number, notes: string[]): Promis
   await activate("wasm");
   registerWasmSegmentSum();
   replaceWasmKernels();
+  registerExternalWeightKernels("wasm");
   return attachBlas("wasm", blas, threads, notes);
 }
 
@@ -317,7 +355,7 @@ function attachBlas(
   }
   setKernelMode(name, library, notes);
   setFusedKernels(name, library?.library ?? null);
-  if (library === null) return { name, blas: null, adapter: null, notes };
+  if (library === null) return { name, blas: null, adapter: null, weightStorage: "tensors", notes };
   const actual = library.setThreads(threads);
   if (actual === 0) {
     notes.push(`${library.library} has no openblas_set_num_threads; threads not set`);
@@ -326,6 +364,7 @@ function attachBlas(
     name,
     blas: { library: library.library, threads: actual, vendor: library.vendor },
     adapter: null,
+    weightStorage: "tensors",
     notes,
   };
 }
@@ -434,7 +473,54 @@ async function setupWebgpu(label: string, notes: string[]): Promise<BackendInfo>
   }
   await activate("webgpu");
   notes.push("webgpu: read tensors with `await t.data()`; dataSync() fails on this backend");
-  return { name: "webgpu", blas: null, adapter: label, notes };
+  notes.push(guardBufferLimits(label));
+  return { name: "webgpu", blas: null, adapter: label, weightStorage: "tensors", notes };
+}
+
+/** The parts of tfjs-backend-webgpu's `WebGPUBackend` that guardBufferLimits uses. */
+interface WebgpuBackendLike {
+  device: GPUDevice;
+  bufferManager: {
+    acquireBuffer(size: number, usage: number, ...rest: unknown[]): GPUBuffer;
+    limitGuarded?: boolean;
+  };
+}
+
+/**
+ * Makes a buffer past the device's limits a {@linkcode BackendError} naming the sizes, where
+ * WebGPU would otherwise only log a validation error and compute on an invalid buffer. The limits
+ * are the adapter's maxima: tfjs-backend-webgpu 4.22 (`base.ts`) requests the adapter's
+ * `maxBufferSize` and `maxStorageBufferBindingSize` for its device. Tensors are bound as storage
+ * buffers, so the binding limit is the one a tensor meets (llvmpipe: 128 MiB; the 151,936 × 1536
+ * embedding of Qwen2.5-Math-1.5B is 933 MB).
+ *
+ * @returns A note stating the limits.
+ */
+function guardBufferLimits(label: string): string {
+  const backend = tf.backend() as unknown as WebgpuBackendLike;
+  const limits = backend.device.limits;
+  const manager = backend.bufferManager;
+  const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
+  if (!manager.limitGuarded) {
+    const acquire = manager.acquireBuffer.bind(manager);
+    manager.acquireBuffer = (size, usage, ...rest) => {
+      const storage = (usage & GPUBufferUsage.STORAGE) !== 0;
+      const limit = storage
+        ? Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize)
+        : limits.maxBufferSize;
+      if (size > limit) {
+        throw new BackendError(
+          `runtime.backend: webgpu: a tensor of ${mib(size)} exceeds the adapter's ` +
+            `${storage ? "maxStorageBufferBindingSize" : "maxBufferSize"} of ${mib(limit)} ` +
+            `(${label}); use backend: wasm, which keeps big weights outside its heap`,
+        );
+      }
+      return acquire(size, usage, ...rest);
+    };
+    manager.limitGuarded = true;
+  }
+  return `webgpu limits (the adapter's): maxBufferSize ${mib(limits.maxBufferSize)}, ` +
+    `maxStorageBufferBindingSize ${mib(limits.maxStorageBufferBindingSize)} per tensor`;
 }
 
 async function setupTensorflow(notes: string[]): Promise<BackendInfo> {
@@ -446,7 +532,7 @@ async function setupTensorflow(notes: string[]): Promise<BackendInfo> {
       await import(name);
       await activate("tensorflow");
       notes.push(`tensorflow backend from ${name}`);
-      return { name: "tensorflow", blas: null, adapter: null, notes };
+      return { name: "tensorflow", blas: null, adapter: null, weightStorage: "tensors", notes };
     } catch (error) {
       failures.push(`${name}: ${errorText(error)}`);
     }

@@ -27,6 +27,7 @@ import type { Qwen2Model } from "./model.ts";
 import type { AdamW, AdamWState } from "./optim.ts";
 import { loadSafetensors, saveSafetensors } from "./safetensors.ts";
 import type { TensorData } from "./safetensors.ts";
+import { externalValues } from "./_external_weights.ts";
 
 /** The files of a checkpoint directory (besides the PEFT `adapter_config.json`). */
 export const CHECKPOINT_FILES = Object.freeze({
@@ -158,12 +159,15 @@ function trainedTensors(
  * ```
  */
 export async function modelTensors(
-  model: Pick<Qwen2Model, "weights">,
+  model: Pick<Qwen2Model, "weights" | "external">,
 ): Promise<Map<string, TensorData>> {
   const out = new Map<string, TensorData>();
   for (const [name, t] of model.weights) {
     // Copy: the cpu backend hands back its own storage.
     out.set(name, { dtype: "F32", shape: t.shape, data: new Float32Array(await t.data()) });
+  }
+  for (const [name, w] of model.external) {
+    out.set(name, { dtype: "F32", shape: [...w.shape], data: externalValues(w) });
   }
   return out;
 }

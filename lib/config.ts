@@ -39,6 +39,14 @@ const modelSection = z.object({
       "PEFT adapter directory (adapter_config.json, adapter_model.safetensors) to start from; " +
         "null starts a fresh LoRA adapter.",
     ),
+  torch_dtype: z.enum(["float32", "auto"], { error: "expected float32 or auto" })
+    .default("float32")
+    .describe(
+      "Dtype of the base weights in memory (HF from_pretrained `torch_dtype`, TRL ModelConfig): " +
+        "float32 widens BF16/F16 checkpoints on load; auto keeps them 16-bit (half the memory) " +
+        "where the base weights live outside the wasm heap (models over 2 GiB on wasm + BLAS), " +
+        "widened inside each matMul, which costs time, most of all when decoding.",
+    ),
 }).strict();
 
 const loraSection = z.object({

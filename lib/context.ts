@@ -46,7 +46,7 @@ export interface LoadedContext extends TrainerContext {
 
 /**
  * Loads what a run needs from its config: sets up `runtime.backend` (sized by the model's
- * weights, so `auto` sends models too big for the wasm heap to cpu + BLAS), then the model,
+ * weights, so a model too big for the wasm heap keeps its base weights outside it), then the model,
  * tokenizer, LoRA adapter (`model.adapter_path`, else fresh with `training.seed`), AdamW and the
  * data. An adapter from `model.adapter_path` keeps its own `r`, `lora_alpha`, `lora_dropout` and
  * `target_modules`: the returned config's `lora` section is set to them (so the run's
@@ -88,7 +88,10 @@ export async function loadContext(config: Config): Promise<LoadedContext> {
     : [];
   // The tokenizer first: it is checked against config.json before gigabytes of weights load.
   const tokenizer = await loadTokenizer(config.model.path, { vocabSize: modelConfig.vocab_size });
-  const model = await loadModel(config.model.path);
+  const model = await loadModel(config.model.path, {
+    weightStorage: backend.weightStorage,
+    torch_dtype: config.model.torch_dtype,
+  });
   const adapter = config.model.adapter_path
     ? await loadLora(model, config.model.adapter_path)
     : createLora(model, config.lora, { seed: config.training.seed });

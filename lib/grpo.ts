@@ -13,7 +13,7 @@ import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { defaultConfig } from "./config.ts";
 import type { ForwardOptions, Qwen2Model } from "./model.ts";
-import { hiddenStates, lmHead } from "./model.ts";
+import { hiddenStates, lmHead, lmHeadProducts } from "./model.ts";
 import { fusedTokenLogSoftmax, hasFusedKernel, TOKEN_LOG_SOFTMAX } from "./_kernels.ts";
 
 /**
@@ -277,14 +277,12 @@ function completionHeads(
         if (withEntropies) entropies.push(heads.entropies.reshape([n, C]));
         continue;
       }
-      const logits = tf.div(
-        lmHead(model, hs.slice([b, 0, 0], [n, C, -1]).reshape([n * C, -1])),
-        batch.temperature,
-      ) as tf.Tensor2D; // [n*C, V]
-      const lse = tf.logSumExp(logits, 1) as tf.Tensor1D; // [n*C]
-      const ids = targets.slice([b, 0], [n, C]).reshape([n * C]) as tf.Tensor1D;
-      logps.push(tf.sub(gatherRows(logits, ids), lse).reshape([n, C]));
-      if (withEntropies) entropies.push(entropyOfLogits(logits, lse).reshape([n, C]));
+      // Elsewhere (webgpu) one custom-gradient op that keeps no [N, V] logits on the tape.
+      const hidden = hs.slice([b, 0, 0], [n, C, -1]).reshape([n * C, -1]) as tf.Tensor2D;
+      const ids = tf.cast(targets.slice([b, 0], [n, C]).reshape([n * C]), "int32") as tf.Tensor1D;
+      const both = headLogProbs(model, hidden, ids, batch.temperature); // [2, n*C]
+      logps.push(both.slice([0, 0], [1, n * C]).reshape([n, C]));
+      if (withEntropies) entropies.push(both.slice([1, 0], [1, n * C]).reshape([n, C]));
     }
     const join = (parts: tf.Tensor[]) => (parts.length === 1 ? parts[0] : tf.concat(parts, 0));
     return withEntropies ? [join(logps), join(entropies)] : [join(logps)]; // [B, C] each
@@ -293,18 +291,63 @@ function completionHeads(
 }
 
 /**
- * -Σ p·log p of each row of `logits` [N, V] given its logsumexp `lse` [N] (TRL
- * `entropy_from_logits`), as one gradient-free tape node: nothing is differentiated through it.
+ * The log-probability of each row's token `ids[i]` under `softmax(hidden @ W^T / temperature)`
+ * (TRL `selective_log_softmax`: logit minus logsumexp) and the entropy of that distribution
+ * (TRL `entropy_from_logits`), stacked as [2, N].
+ *
+ * The logits [N, V] exist only inside this function: the backward pass recomputes them from
+ * `hidden` (as Liger-Kernel's fused linear cross-entropy does), so a 151,936-token vocabulary
+ * keeps no [N, V] tensor on the tape, where the plain chain kept about a dozen per chunk. Its
+ * gradient is the textbook one, d log p_i / d logits = onehot(ids_i) - p, so with W the head's
+ * weight: dHidden = (dlogp · W[ids] - (dlogp · p) @ W) / temperature. It flows to `hidden` only (base
+ * weights are frozen) and not through the entropies (TRL computes them under no_grad).
  */
-function entropyOfLogits(logits: tf.Tensor2D, lse: tf.Tensor1D): tf.Tensor1D {
-  const f = tf.customGrad(() => ({
-    value: tf.tidy(() => {
-      const logp = tf.sub(logits, tf.reshape(lse, [-1, 1])); // [N, V]
-      return tf.neg(tf.sum(tf.mul(tf.exp(logp), logp), 1)); // [N]
-    }),
-    gradFunc: () => [],
-  }));
-  return f() as tf.Tensor1D;
+function headLogProbs(
+  model: Qwen2Model,
+  hidden: tf.Tensor2D,
+  ids: tf.Tensor1D,
+  temperature: number,
+): tf.Tensor2D {
+  const [N] = ids.shape;
+  const V = model.config.vocab_size;
+  // Logits and logsumexp of rows `h` (temperature applied to h [N, H], not to the logits).
+  const logitsOf = (h: tf.Tensor) => {
+    const logits = lmHead(model, tf.div(h, temperature)) as tf.Tensor2D; // [N, V]
+    return { logits, lse: tf.logSumExp(logits, 1, true) }; // [N, V], [N, 1]
+  };
+  // NOTE: ids is an input, not a closure capture, so that the tape keeps it for the backward
+  // pass (the caller's tidy disposes it before then).
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [h, ids, save] = args as [tf.Tensor, tf.Tensor1D, tf.GradSaveFunc];
+    const value = tf.tidy(() => {
+      const { logits, lse } = logitsOf(h);
+      // logits[i, ids[i]] through the flat index i·V + ids[i]: N reads, no [N, V] one-hot.
+      const flat = tf.add(tf.mul(tf.range(0, N, 1, "int32"), tf.scalar(V, "int32")), ids); // [N]
+      const picked = tf.gather(tf.reshape(logits, [-1]), flat); // [N]
+      const logp = tf.sub(picked, tf.reshape(lse, [-1])); // [N]
+      const logpAll = tf.sub(logits, lse); // [N, V]
+      const entropy = tf.neg(tf.sum(tf.mul(tf.exp(logpAll), logpAll), 1)); // [N]
+      return tf.stack([logp, entropy]) as tf.Tensor2D; // [2, N]
+    });
+    save([h, ids]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor, [hSaved, idsSaved]: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const dlogp = tf.reshape(tf.slice(dy, [0, 0], [1, N]), [N, 1]); // [N, 1]
+          const { logits, lse } = logitsOf(hSaved);
+          const p = tf.exp(tf.sub(logits, lse)); // [N, V] softmax
+          const { dHidden, rows } = lmHeadProducts(
+            model,
+            tf.mul(p, dlogp) as tf.Tensor2D,
+            idsSaved as tf.Tensor1D,
+          ); // [N, H] each
+          const dh = tf.div(tf.sub(tf.mul(rows!, dlogp), dHidden!), temperature); // [N, H]
+          return [dh, tf.zerosLike(idsSaved)];
+        }),
+    };
+  });
+  return tf.tidy(() => f(hidden, ids) as tf.Tensor2D);
 }
 
 /**
@@ -323,9 +366,8 @@ export function gatherRows(m: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor1D {
 /**
  * Log-probability of each chosen token: `log_softmax(logits / temperature)` gathered at `ids`
  * (TRL `selective_log_softmax`: logit minus logsumexp). The same gather as
- * {@linkcode completionLogProbs}, through {@linkcode gatherRows} (a one-hot product, whose
- * gradient every backend has, unlike tf.gather's UnsortedSegmentSum), for logits that are
- * already computed.
+ * {@linkcode completionLogProbs} takes, through {@linkcode gatherRows} (a one-hot product,
+ * whose gradient every backend has), for logits that are already computed.
  *
  * @param logits Shape [B, C, V], the logits that predict each completion token (already shifted).
  * @param ids Shape [B, C], int32 token ids in [0, V).

@@ -15,7 +15,8 @@ import { CheckpointError } from "./errors.ts";
 import { isFile, readJson } from "./_fs.ts";
 import { DROPOUT_MASK, dropoutMask, hasFusedKernel } from "./_kernels.ts";
 import type { CheckpointableAdapter, LinearAdapter, Qwen2Model } from "./model.ts";
-import { countParameters } from "./model.ts";
+import { countParameters, weightShape } from "./model.ts";
+import { externalValues } from "./_external_weights.ts";
 import { expectedWeightShapes } from "./qwen2_config.ts";
 import { mulberry32 } from "./data.ts";
 import { loadSafetensors, saveSafetensors } from "./safetensors.ts";
@@ -180,7 +181,7 @@ export function createLora(
   const variables = new Map<string, tf.Variable>();
   const r = options.lora_r;
   for (const m of [...modules].sort()) {
-    const [out, inp] = model.weights.get(`${m}.weight`)!.shape;
+    const [out, inp] = weightShape(model, `${m}.weight`);
     const bound = 1 / Math.sqrt(inp);
     const a = new Float32Array(r * inp);
     for (let i = 0; i < a.length; i++) a[i] = (2 * random() - 1) * bound;
@@ -216,7 +217,7 @@ export function trainableParametersLine(trainable: number, all: number): string 
 
 /** Trainable (adapter) and all (base + adapter) parameter counts, as PEFT counts them. */
 export function parameterCounts(
-  model: Pick<Qwen2Model, "weights">,
+  model: Pick<Qwen2Model, "weights" | "external">,
   adapter: Pick<LoraAdapter, "variables">,
 ): { trainable: number; all: number } {
   let trainable = 0;
@@ -404,7 +405,7 @@ export async function loadLora(model: Qwen2Model, dir: string): Promise<LoraAdap
   const variables = new Map<string, tf.Variable>();
   try {
     for (const m of modules) {
-      const [out, inp] = model.weights.get(`${m}.weight`)!.shape;
+      const [out, inp] = weightShape(model, `${m}.weight`);
       for (
         const [which, shape] of [["A", [options.lora_r, inp]], ["B", [
           out,
@@ -449,25 +450,37 @@ export async function mergedWeights(
   adapter: LoraAdapter,
 ): Promise<Map<string, { dtype: "F32"; shape: number[]; data: Float32Array }>> {
   const out = new Map<string, { dtype: "F32"; shape: number[]; data: Float32Array }>();
-  for (const [name, w] of model.weights) {
+  // Checkpoint order: tensors and external matrices interleave by name as the config lists them.
+  const names = [...expectedWeightShapes(model.config).keys()];
+  for (const name of names) {
     const module = name.endsWith(".weight") ? name.slice(0, -".weight".length) : null;
-    let t: tf.Tensor = w;
-    if (module && adapter.modules.includes(module)) {
-      t = tf.tidy(() =>
-        tf.add(
-          w,
-          tf.mul(
-            tf.matMul(
-              adapter.variables.get(peftKey(module, "B"))!,
-              adapter.variables.get(peftKey(module, "A"))!,
-            ),
-            adapter.scaling,
+    const delta = module && adapter.modules.includes(module)
+      ? tf.tidy(() =>
+        tf.mul(
+          tf.matMul(
+            adapter.variables.get(peftKey(module, "B"))!,
+            adapter.variables.get(peftKey(module, "A"))!,
           ),
+          adapter.scaling,
         )
-      );
+      ) // [out, in]
+      : null;
+    const external = model.external.get(name);
+    let data: Float32Array;
+    if (external) {
+      data = externalValues(external); // a copy, widened when 16-bit
+      if (delta) {
+        const d = await delta.data() as Float32Array;
+        for (let i = 0; i < data.length; i++) data[i] += d[i];
+      }
+    } else {
+      const w = model.weights.get(name)!;
+      const t = delta ? tf.add(w, delta) : w;
+      data = await t.data() as Float32Array;
+      if (t !== w) t.dispose();
     }
-    out.set(name, { dtype: "F32", shape: w.shape, data: await t.data() as Float32Array });
-    if (t !== w) t.dispose();
+    delta?.dispose();
+    out.set(name, { dtype: "F32", shape: weightShape(model, name), data });
   }
   return out;
 }

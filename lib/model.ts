@@ -25,12 +25,21 @@ import {
   RMS_NORM,
   ROPE,
 } from "./_kernels.ts";
+import { externalGather, externalMatMul, type ExternalWeight } from "./_external_weights.ts";
 
 /** A loaded model: config plus HF-named weight tensors (plain tensors, never variables). */
 export interface Qwen2Model {
   config: Qwen2Config;
-  /** HF tensor name → tensor. Base weights are frozen: they are not `tf.Variable`s. */
+  /**
+   * HF tensor name → tensor. Base weights are frozen: they are not `tf.Variable`s. With weight
+   * storage "external" only the norms and biases are here; the matrices are in `external`.
+   */
   weights: Map<string, tf.Tensor>;
+  /**
+   * HF tensor name → a frozen matrix kept outside tfjs (weight storage "external": models too
+   * big for the wasm heap, read by BLAS in place; `lib/_external_weights.ts`). Empty otherwise.
+   */
+  external: Map<string, ExternalWeight>;
   /** The directory it came from, or null for a model built in memory. */
   dir: string | null;
   /** Frees every weight. */
@@ -109,16 +118,50 @@ const ATTENTION_CHUNK_FLOATS = 1 << 26;
 const CACHE_HEADROOM = 128;
 
 /** Counts the parameters of a model (tied embeddings counted once), as PEFT's "all params". */
-export function countParameters(model: Pick<Qwen2Model, "weights">): number {
+export function countParameters(model: Pick<Qwen2Model, "weights" | "external">): number {
   let n = 0;
   for (const t of model.weights.values()) n += t.size;
+  for (const w of model.external.values()) n += w.shape[0] * w.shape[1];
   return n;
+}
+
+/**
+ * The shape of weight `name`, wherever it is stored (a tensor or an external matrix).
+ *
+ * @param model The model.
+ * @param name HF tensor name, e.g. `model.layers.0.self_attn.q_proj.weight`.
+ * @returns Its shape, e.g. `[out_features, in_features]`.
+ * @throws RangeError when the model has no such weight.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { tf } from "./tf.ts";
+ * import { weightShape } from "./model.ts";
+ * const model = { weights: new Map([["w", tf.zeros([2, 3])]]), external: new Map() };
+ * assert.deepEqual(weightShape(model, "w"), [2, 3]);
+ * model.weights.get("w")!.dispose();
+ * ```
+ */
+export function weightShape(
+  model: Pick<Qwen2Model, "weights" | "external">,
+  name: string,
+): number[] {
+  const shape = model.external.get(name)?.shape ?? model.weights.get(name)?.shape;
+  if (!shape) throw new RangeError(`Model has no tensor ${name}`);
+  return [...shape];
 }
 
 function weight(model: Qwen2Model, name: string): tf.Tensor {
   const t = model.weights.get(name);
   if (!t) throw new RangeError(`Model has no tensor ${name}`);
   return t;
+}
+
+/** `x @ W^T` for the HF weight `name` [out, in], a tensor or an external matrix. x: [N, in]. */
+function matMulWeight(model: Qwen2Model, name: string, x: tf.Tensor2D): tf.Tensor2D {
+  const external = model.external.get(name);
+  if (external) return externalMatMul(x, external); // [N, out]
+  return tf.matMul(x, weight(model, name) as tf.Tensor2D, false, true); // [N, out]
 }
 
 /** `x @ W^T (+ b) (+ adapter delta)` for HF module `name`, over the last axis of `x`. */
@@ -129,15 +172,22 @@ function linear(
   adapter: LinearAdapter | null | undefined,
   dropoutSeed: number | null | undefined,
 ): tf.Tensor {
-  const w = weight(model, `${name}.weight`); // [out, in]
   const bias = model.weights.get(`${name}.bias`);
   const lead = x.shape.slice(0, -1);
   const x2 = x.reshape([-1, x.shape[x.shape.length - 1]]) as tf.Tensor2D; // [N, in]
-  let y: tf.Tensor2D = tf.matMul(x2, w as tf.Tensor2D, false, true); // [N, out]
+  let y = matMulWeight(model, `${name}.weight`, x2); // [N, out]
   if (bias) y = tf.add(y, bias);
   const delta = adapter?.delta(name, x2, dropoutSeed);
   if (delta) y = tf.add(y, delta);
-  return y.reshape([...lead, w.shape[0]]);
+  return y.reshape([...lead, y.shape[1]]);
+}
+
+/** Embedding lookup: rows of `model.embed_tokens.weight` for ids [B, T] → [B, T, H]. */
+function embedTokens(model: Qwen2Model, inputIds: tf.Tensor2D): tf.Tensor3D {
+  const name = "model.embed_tokens.weight";
+  const external = model.external.get(name);
+  if (external) return externalGather(external, inputIds) as tf.Tensor3D;
+  return tf.gather(weight(model, name), inputIds) as tf.Tensor3D;
 }
 
 /** RMSNorm: `w * x / sqrt(mean(x^2) + eps)` over the last axis (float32 throughout). */
@@ -387,7 +437,7 @@ function layerStack(
     const [cos, sin] = ropeTables(c, positions);
     att = { kind: "stock", cos, sin, bias: attentionBias(mask, T) };
   }
-  let h = tf.gather(weight(model, "model.embed_tokens.weight"), inputIds) as tf.Tensor3D; // [B,T,H]
+  let h = embedTokens(model, inputIds); // [B, T, H]
   const keys: tf.Tensor4D[] = [];
   const values: tf.Tensor4D[] = [];
   for (let i = 0; i < c.num_hidden_layers; i++) {
@@ -477,14 +527,57 @@ function overrideAdapter(
   );
 }
 
+/** The LM head's weight: `lm_head.weight`, or `model.embed_tokens.weight` when tied. [V, H]. */
+function lmHeadName(model: Qwen2Model): string {
+  return model.config.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+}
+
+/**
+ * The two products with the LM head's weight W [V, H] that a fused head needs to form its
+ * gradient without the logits' tape (`lib/grpo.ts`): `dLogits @ W` ([N, V] → [N, H]) and W's
+ * rows at `ids` ([N] → [N, H]).
+ *
+ * @param model The model.
+ * @param dLogits [N, V], or null to skip.
+ * @param ids [N] int32, or null to skip.
+ * @returns `{ dHidden, rows }`, each null when skipped. The caller disposes them.
+ * @example Usage
+ * ```ts ignore
+ * const { dHidden } = lmHeadProducts(model, dLogits, null); // [N, H]
+ * ```
+ */
+export function lmHeadProducts(
+  model: Qwen2Model,
+  dLogits: tf.Tensor2D | null,
+  ids: tf.Tensor1D | null,
+): { dHidden: tf.Tensor2D | null; rows: tf.Tensor2D | null } {
+  const name = lmHeadName(model);
+  const external = model.external.get(name);
+  return tf.tidy(() => {
+    let dHidden: tf.Tensor2D | null = null;
+    let rows: tf.Tensor2D | null = null;
+    if (dLogits) {
+      dHidden = external
+        ? externalMatMul(dLogits, external, { transposeB: false })
+        : tf.matMul(dLogits, weight(model, name) as tf.Tensor2D); // [N, H]
+    }
+    if (ids) {
+      rows = (external
+        ? externalGather(external, ids)
+        : tf.gather(weight(model, name), ids)) as tf.Tensor2D; // [N, H]
+    }
+    return { dHidden, rows } as { dHidden: tf.Tensor2D; rows: tf.Tensor2D };
+  });
+}
+
 /** Logits of final hidden states: `h @ lm_head^T` (embed_tokens when tied). [..., H] → [..., V]. */
 export function lmHead(model: Qwen2Model, hidden: tf.Tensor): tf.Tensor {
-  const name = model.config.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  const name = lmHeadName(model);
   return tf.tidy(() => {
-    const w = weight(model, name) as tf.Tensor2D; // [V, H]
     const lead = hidden.shape.slice(0, -1);
     const h2 = hidden.reshape([-1, hidden.shape[hidden.shape.length - 1]]) as tf.Tensor2D;
-    return tf.matMul(h2, w, false, true).reshape([...lead, w.shape[0]]);
+    const logits = matMulWeight(model, name, h2); // [N, V]
+    return logits.reshape([...lead, logits.shape[1]]);
   });
 }
 

@@ -25,8 +25,17 @@ export interface TensorData {
   dtype: DType;
   /** Dimensions; `[]` is a scalar. */
   shape: number[];
-  /** F32/F16/BF16: Float32Array; I32/I64: Int32Array; U8/BOOL: Uint8Array. */
-  data: Float32Array | Int32Array | Uint8Array;
+  /**
+   * F32/F16/BF16: Float32Array; I32/I64: Int32Array; U8/BOOL: Uint8Array. F16/BF16 loaded with
+   * `keep16bit` stay their 16-bit patterns in a Uint16Array.
+   */
+  data: Float32Array | Int32Array | Uint8Array | Uint16Array;
+}
+
+/** Options of {@linkcode loadSafetensors} and {@linkcode loadCheckpointTensors}. */
+export interface LoadOptions {
+  /** Keep F16/BF16 tensors as their 16-bit patterns (Uint16Array) instead of widening them. */
+  keep16bit?: boolean;
 }
 
 /** A parsed safetensors file: tensors in file (data offset) order, plus `__metadata__`. */
@@ -418,7 +427,13 @@ function parseEntry(name: string, info: unknown, file: string): HeaderEntry {
 // Decoding
 // ---------------------------------------------------------------------------------------------
 
-function allocate(entry: HeaderEntry): Float32Array | Int32Array | Uint8Array {
+function allocate(
+  entry: HeaderEntry,
+  keep16bit = false,
+): Float32Array | Int32Array | Uint8Array | Uint16Array {
+  if (keep16bit && (entry.dtype === "F16" || entry.dtype === "BF16")) {
+    return new Uint16Array(entry.count);
+  }
   switch (entry.dtype) {
     case "F32":
     case "F16":
@@ -508,12 +523,12 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
   for (const entry of entries) {
     // slice() copies into a fresh, aligned buffer.
     const raw = bytes.slice(dataStart + entry.begin, dataStart + entry.end);
-    let data: Float32Array | Int32Array | Uint8Array;
+    let data: TensorData["data"];
     if (entry.dtype === "F32") data = new Float32Array(raw.buffer, 0, entry.count);
     else if (entry.dtype === "I32") data = new Int32Array(raw.buffer, 0, entry.count);
     else if (isRaw(entry.dtype)) data = raw;
     else {
-      data = allocate(entry);
+      data = allocate(entry) as Float32Array | Int32Array;
       decodeChunk(entry, raw, data, 0, file);
     }
     tensors.set(entry.name, { dtype: entry.dtype, shape: entry.shape, data });
@@ -550,6 +565,7 @@ async function readFully(
  * the scratch buffer, never a copy of the file.
  *
  * @param path A `.safetensors` file.
+ * @param options `keep16bit`: F16/BF16 tensors stay 16-bit (Uint16Array), read straight in.
  * @returns Tensors in file order and `__metadata__`.
  * @throws {CheckpointError} A missing or truncated file, bad header, unknown dtype or inconsistent
  * offsets; the message names the file and tensor.
@@ -561,7 +577,11 @@ async function readFully(
  * assert.equal(adapter.tensors.size, 16);
  * ```
  */
-export async function loadSafetensors(path: string): Promise<SafetensorsFile> {
+export async function loadSafetensors(
+  path: string,
+  options: LoadOptions = {},
+): Promise<SafetensorsFile> {
+  const keep16bit = options.keep16bit ?? false;
   checkHost(path);
   let f: Deno.FsFile;
   try {
@@ -582,9 +602,9 @@ export async function loadSafetensors(path: string): Promise<SafetensorsFile> {
     const tensors = new Map<string, TensorData>();
     let scratch: Uint8Array | null = null;
     for (const entry of entries) {
-      const data = allocate(entry);
+      const data = allocate(entry, keep16bit);
       const position = dataStart + entry.begin;
-      if (isRaw(entry.dtype)) {
+      if (isRaw(entry.dtype) || data instanceof Uint16Array) {
         await readFully(f, new Uint8Array(data.buffer), position, path, entry.name);
       } else {
         scratch ??= new Uint8Array(CHUNK_BYTES);
@@ -594,7 +614,7 @@ export async function loadSafetensors(path: string): Promise<SafetensorsFile> {
           const count = Math.min(perChunk, entry.count - i);
           const chunk = scratch.subarray(0, count * size);
           await readFully(f, chunk, position + i * size, path, entry.name);
-          decodeChunk(entry, chunk, data, i, path);
+          decodeChunk(entry, chunk, data as Float32Array | Int32Array, i, path);
         }
       }
       tensors.set(entry.name, { dtype: entry.dtype, shape: entry.shape, data });
@@ -616,6 +636,7 @@ export async function loadSafetensors(path: string): Promise<SafetensorsFile> {
  * assign to it. Metadata is the first shard's `__metadata__`.
  *
  * @param dir The model directory.
+ * @param options As {@linkcode loadSafetensors}.
  * @returns All tensors (shard by shard, file order within each) and metadata.
  * @throws {CheckpointError} Missing files, a bad index, or any {@linkcode loadSafetensors} error.
  * @example Usage
@@ -626,7 +647,10 @@ export async function loadSafetensors(path: string): Promise<SafetensorsFile> {
  * assert.equal(bf16.tensors.get("model.norm.weight")!.dtype, "BF16");
  * ```
  */
-export async function loadCheckpointTensors(dir: string): Promise<SafetensorsFile> {
+export async function loadCheckpointTensors(
+  dir: string,
+  options: LoadOptions = {},
+): Promise<SafetensorsFile> {
   const single = `${dir}/model.safetensors`;
   const indexPath = `${dir}/model.safetensors.index.json`;
   if (!(await exists(indexPath))) {
@@ -636,7 +660,7 @@ export async function loadCheckpointTensors(dir: string): Promise<SafetensorsFil
         { file: dir },
       );
     }
-    return await loadSafetensors(single);
+    return await loadSafetensors(single, options);
   }
 
   const index = await readJson(indexPath, { error: CheckpointError });
@@ -672,7 +696,7 @@ export async function loadCheckpointTensors(dir: string): Promise<SafetensorsFil
   let metadata: Record<string, string> | null = null;
   for (const [shard, names] of byShard) {
     const path = `${dir}/${shard}`;
-    const loaded = await loadSafetensors(path);
+    const loaded = await loadSafetensors(path, options);
     metadata ??= loaded.metadata;
     for (const name of names) {
       if (!loaded.tensors.has(name)) {

@@ -16,6 +16,7 @@ import { tf } from "../lib/tf.ts";
 import { type BackendInfo, describeBackend, setupBackend } from "../lib/backend.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { COMMAND_LINE } from "../lib/config.ts";
+import { deviceLine, median } from "../bench/_measure.ts";
 import { runTask } from "./_main.ts";
 
 const B = 16; // sequences
@@ -47,11 +48,6 @@ def median(f):
 print(json.dumps({"block": median(block), "square": median(square),
                   "version": torch.__version__, "threads": torch.get_num_threads()}))
 `;
-
-function median(times: number[]): number {
-  const sorted = [...times].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
 
 /**
  * Median wall time of `fn` in ms, output read back included, after one warm-up run (skipped when
@@ -134,14 +130,6 @@ async function pytorch(runs: number): Promise<Record<string, number | string> | 
   }
 }
 
-function deviceLine(): string {
-  let cpu: string = Deno.build.arch;
-  try {
-    cpu = Deno.readTextFileSync("/proc/cpuinfo").match(/model name\s*:\s*(.*)/)?.[1] ?? cpu;
-  } catch { /* not Linux */ }
-  return `${cpu}, ${navigator.hardwareConcurrency} cores, ${Deno.build.os}, deno ${Deno.version.deno}, tfjs ${tf.version.tfjs}`;
-}
-
 function row(what: string, ms: number, label: string): void {
   console.log(`${what.padEnd(34)} ${ms.toFixed(1).padStart(9)} ms   ${label}`);
 }
@@ -163,7 +151,7 @@ async function main(): Promise<void> {
       { file: COMMAND_LINE, key: "runs" },
     );
   }
-  const device = deviceLine();
+  const device = `${deviceLine()}, tfjs ${tf.version.tfjs}`;
   console.log(`device: ${device}`);
   const blockName = `block ${B}x${T}x${H}->${I}->${H} fwd+bwd`;
   const squareName = `matMul ${N}x${N} @ ${N}x${N}^T`;

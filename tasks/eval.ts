@@ -114,7 +114,10 @@ async function main(): Promise<void> {
     on_bad_row: config.data.on_bad_row,
   });
   if (skipped > 0) console.error(`note: skipped ${skipped} bad rows of ${dataFile}`);
-  const model = await loadModel(config.model.path);
+  const model = await loadModel(config.model.path, {
+    weightStorage: backend.weightStorage,
+    torch_dtype: config.model.torch_dtype,
+  });
   const tokenizer = await loadTokenizer(config.model.path, { vocabSize: model.config.vocab_size });
   const adapter = config.model.adapter_path === null
     ? null

@@ -115,7 +115,10 @@ async function main(): Promise<void> {
   console.error(describeBackend(backend));
   for (const note of backend.notes) console.error(`note: ${note}`);
 
-  const model = await loadModel(config.model.path);
+  const model = await loadModel(config.model.path, {
+    weightStorage: backend.weightStorage,
+    torch_dtype: config.model.torch_dtype,
+  });
   const tokenizer = await loadTokenizer(config.model.path, { vocabSize: model.config.vocab_size });
   const adapter = config.model.adapter_path === null
     ? null

@@ -278,19 +278,31 @@ Deno.test("describeBackend() names the library, threads and adapter", () => {
     vendor: "OpenBLAS 0.3.21 DYNAMIC_ARCH",
   };
   assert.equal(
-    describeBackend({ name: "wasm", blas, adapter: null, notes: [] }),
+    describeBackend({ name: "wasm", blas, adapter: null, weightStorage: "tensors", notes: [] }),
     "backend wasm + OpenBLAS 0.3.21 (/usr/lib/libopenblas.so.0, 2 threads)",
   );
   assert.equal(
-    describeBackend({ name: "webgpu", blas: null, adapter: "NVIDIA H100", notes: [] }),
+    describeBackend({
+      name: "webgpu",
+      blas: null,
+      adapter: "NVIDIA H100",
+      weightStorage: "tensors",
+      notes: [],
+    }),
     "backend webgpu (adapter: NVIDIA H100)",
   );
   assert.equal(
-    describeBackend({ name: "cpu", blas: null, adapter: null, notes: [] }),
+    describeBackend({
+      name: "cpu",
+      blas: null,
+      adapter: null,
+      weightStorage: "tensors",
+      notes: [],
+    }),
     "backend cpu",
   );
   assert.equal(
-    describeBackend({ name: "cpu", blas, adapter: null, notes: [] }),
+    describeBackend({ name: "cpu", blas, adapter: null, weightStorage: "tensors", notes: [] }),
     "backend cpu + OpenBLAS 0.3.21 (/usr/lib/libopenblas.so.0, 2 threads)",
   );
 });
@@ -313,19 +325,33 @@ Deno.test("setupBackend() gives wasm the gather gradient that cpu computes", asy
   await useBackend("cpu");
 });
 
-Deno.test("setupBackend() auto sends a model too big for the wasm heap to cpu + BLAS", async () => {
+await test.openblas("setupBackend() keeps a model too big for the wasm heap on wasm, its weights outside the heap", async () => {
   const info = await setupBackend(
     { backend: "auto", blas: "auto", num_threads: 2 },
     { weightBytes: 6.17e9 }, // Qwen2.5-Math-1.5B as float32
   );
-  assert.equal(info.name, "cpu");
+  assert.equal(info.name, "wasm");
+  assert.equal(info.weightStorage, "external");
+  assert.match(describeBackend(info), /base weights outside the heap$/);
   assert.ok(
-    info.notes.some((n) => /exceed what the wasm heap can hold/.test(n)),
+    info.notes.some((n) => /exceed what the wasm heap can hold.*read by BLAS in place/.test(n)),
     info.notes.join("\n"),
   );
   const small = await setupBackend({ backend: "auto", blas: "auto", num_threads: 2 }, {
     weightBytes: 2.3e6,
   });
   assert.equal(small.name, "wasm");
+  assert.equal(small.weightStorage, "tensors");
+  await useBackend("cpu");
+});
+
+Deno.test("setupBackend() auto without BLAS sends a model too big for the wasm heap to cpu", async () => {
+  const info = await setupBackend(
+    { backend: "auto", blas: "off", num_threads: 2 },
+    { weightBytes: 6.17e9 },
+  );
+  assert.equal(info.name, "cpu");
+  assert.equal(info.weightStorage, "tensors");
+  assert.ok(info.notes.some((n) => /cannot stay outside it/.test(n)), info.notes.join("\n"));
   await useBackend("cpu");
 });

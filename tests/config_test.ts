@@ -59,7 +59,7 @@ Deno.test("defaultConfig() has the seed guide's values", () => {
 
 Deno.test("defaultConfig() matches the defaults in CONTRACTS.md", () => {
   const expected: Config = {
-    model: { path: "data/demo/sft-model", adapter_path: null },
+    model: { path: "data/demo/sft-model", adapter_path: null, torch_dtype: "float32" },
     lora: {
       lora_r: 16,
       lora_alpha: 32,

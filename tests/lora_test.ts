@@ -5,13 +5,14 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
 import { completionLogProbs } from "../lib/grpo.ts";
-import { forward } from "../lib/model.ts";
+import { countParameters, forward } from "../lib/model.ts";
 import { loadModel } from "../lib/model_loader.ts";
 import { parseQwen2Config } from "../lib/qwen2_config.ts";
 import {
   countLoraParameters,
   createLora,
   loadLora,
+  mergedWeights,
   parameterCounts,
   saveLora,
   saveMerged,
@@ -20,6 +21,7 @@ import {
 import { toTrainingBatch } from "../lib/rollout.ts";
 import { assertAllClose } from "./_assert.ts";
 import { BACKENDS, useTestBackend } from "./_backend.ts";
+import { test } from "./_requires.ts";
 
 const DIR = new URL("./fixtures/qwen2-tiny", import.meta.url).pathname;
 const expected = JSON.parse(await Deno.readTextFile(`${DIR}/expected.json`));
@@ -127,6 +129,22 @@ Deno.test("saveMerged() exports an HF checkpoint whose logits equal adapter-on",
   lora.dispose();
   model.dispose();
   await Deno.remove(dir, { recursive: true });
+});
+
+await test.openblas("mergedWeights() of a model with external weights equals that of the same model as tensors", async () => {
+  await useTestBackend("wasm+blas");
+  const tensors = await loadModel(DIR);
+  const external = await loadModel(DIR, { weightStorage: "external" });
+  assert.ok(external.external.size > 0 && external.external.has("lm_head.weight"));
+  const lora = await loadLora(tensors, `${DIR}/adapter`);
+  const want = await mergedWeights(tensors, lora);
+  const got = await mergedWeights(external, lora);
+  assert.deepEqual([...got.keys()], [...want.keys()]);
+  for (const [name, t] of want) assert.deepEqual(got.get(name), t, name);
+  assert.equal(countParameters(external), countParameters(tensors));
+  lora.dispose();
+  tensors.dispose();
+  external.dispose();
 });
 
 Deno.test("trainableParametersLine() prints PEFT's lines for the tiny model and Qwen2.5-Math-1.5B", async () => {

@@ -11,7 +11,7 @@ import { loadModel } from "../lib/model_loader.ts";
 import type { Qwen2Model } from "../lib/model.ts";
 import { CheckpointError } from "../lib/errors.ts";
 import { assertAllClose } from "./_assert.ts";
-import { BACKENDS, useTestBackend } from "./_backend.ts";
+import { BACKEND_STORAGES, storageLabel, storageOptions, useTestBackend } from "./_backend.ts";
 import { type GrpoFixture, grpoTensors } from "./_fixtures.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
@@ -46,12 +46,13 @@ async function greedyFullRecompute(model: Qwen2Model, prompt: number[], n: numbe
   return ids.slice(prompt.length);
 }
 
-for (const backend of BACKENDS) {
+for (const [backend, storage] of BACKEND_STORAGES) {
+  const where = storageLabel(storage);
   for (const name of ["qwen2-tiny", "qwen2-tiny-tied-bf16"]) {
-    Deno.test(`forward() matches HF logits of ${name} on ${backend}`, async () => {
+    Deno.test(`forward() matches HF logits of ${name} on ${backend}${where}`, async () => {
       await useTestBackend(backend);
       const exp = await expected(name);
-      const model = await loadModel(`${FIXTURES}${name}`);
+      const model = await loadModel(`${FIXTURES}${name}`, storageOptions(storage));
       const before = tf.memory().numTensors;
       for (const seq of exp.forward.sequences) {
         const ids = tf.tensor2d([seq.input_ids], [1, seq.input_ids.length], "int32");
@@ -63,10 +64,10 @@ for (const backend of BACKENDS) {
       model.dispose();
     });
 
-    Deno.test(`forward() of a left-padded batch equals unpadded runs (${name}, ${backend})`, async () => {
+    Deno.test(`forward() of a left-padded batch equals unpadded runs (${name}, ${backend}${where})`, async () => {
       await useTestBackend(backend);
       const exp = await expected(name);
-      const model = await loadModel(`${FIXTURES}${name}`);
+      const model = await loadModel(`${FIXTURES}${name}`, storageOptions(storage));
       const p = exp.padded_batch;
       const [B, T] = [p.input_ids.length, p.input_ids[0].length];
       const ids = tf.tensor2d(p.input_ids, [B, T], "int32");
@@ -83,10 +84,10 @@ for (const backend of BACKENDS) {
       model.dispose();
     });
 
-    Deno.test(`greedy decoding gives the fixture's 20 ids exactly (${name}, ${backend})`, async () => {
+    Deno.test(`greedy decoding gives the fixture's 20 ids exactly (${name}, ${backend}${where})`, async () => {
       await useTestBackend(backend);
       const exp = await expected(name);
-      const model = await loadModel(`${FIXTURES}${name}`);
+      const model = await loadModel(`${FIXTURES}${name}`, storageOptions(storage));
       const got = await greedyFullRecompute(
         model,
         exp.greedy.prompt_ids,
@@ -97,9 +98,9 @@ for (const backend of BACKENDS) {
     });
   }
 
-  Deno.test(`KV-cache decoding gives the same logits as a full forward (${backend})`, async () => {
+  Deno.test(`KV-cache decoding gives the same logits as a full forward (${backend}${where})`, async () => {
     await useTestBackend(backend);
-    const model = await loadModel(`${FIXTURES}qwen2-tiny`);
+    const model = await loadModel(`${FIXTURES}qwen2-tiny`, storageOptions(storage));
     const before = tf.memory().numTensors;
     // Left-padded batch of two prompts, then 4 forced tokens through the cache.
     const prompts = [[0, 0, 256, 72, 105], [256, 84, 104, 101, 32]];
@@ -133,11 +134,11 @@ for (const backend of BACKENDS) {
     model.dispose();
   });
 
-  Deno.test(`completionLogProbs() matches the fixture's reference log-probs (${backend})`, async () => {
+  Deno.test(`completionLogProbs() matches the fixture's reference log-probs (${backend}${where})`, async () => {
     await useTestBackend(backend);
     const exp = await expected("qwen2-tiny");
     const g = exp.grpo!;
-    const model = await loadModel(`${FIXTURES}qwen2-tiny`);
+    const model = await loadModel(`${FIXTURES}qwen2-tiny`, storageOptions(storage));
     const before = tf.memory().numTensors;
     const { C, inputIds, attentionMask, positionIds, ...rest } = grpoTensors(g);
     const logps = completionLogProbs(model, {

@@ -614,3 +614,17 @@ Deno.test("saveSafetensors() is atomic: no temp file left, old file kept when wr
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("loadCheckpointTensors() with keep16bit holds BF16 tensors as their bits, across shards", async () => {
+  const dir = "tests/fixtures/qwen2-tiny-tied-bf16";
+  const widened = await loadCheckpointTensors(dir);
+  const kept = await loadCheckpointTensors(dir, { keep16bit: true });
+  assert.deepEqual([...kept.tensors.keys()], [...widened.tensors.keys()]);
+  for (const [name, t] of kept.tensors) {
+    assert.equal(t.dtype, "BF16", name);
+    assert.ok(t.data instanceof Uint16Array, name);
+    const back = new Float32Array(t.data.length);
+    bf16ToF32(t.data, back, 0);
+    assert.deepEqual(back, widened.tensors.get(name)!.data, name);
+  }
+});

@@ -1,5 +1,5 @@
 /**
- * The command-line tasks (generate, eval, bench:scale) run as subprocesses on the fixture model:
+ * The command-line tasks (generate, eval, bench, merge) run as subprocesses on the fixture model:
  * outputs, files, exit codes and error messages. Numbers are checked against the same lib calls
  * made in-process on the cpu backend.
  */
@@ -392,20 +392,42 @@ Deno.test("eval --help lists its flags and exits 0", async () => {
   }
 });
 
-Deno.test("bench_scale --help lists its flags; a bad flag value is an error, exit 2", async () => {
-  const help = await run("bench_scale", ["--help"]);
+Deno.test("bench --help lists its flags; a bad flag value is an error, exit 2", async () => {
+  const help = await run("bench", ["--help"]);
   assert.equal(help.code, 0, help.stderr);
-  for (const flag of ["--batch", "--seq", "--new_tokens", "--layers"]) {
+  for (const flag of ["--workload", "--repeats", "--large-repeats", "--skip-large", "--python"]) {
     assert.match(help.stdout, new RegExp(`^  ${flag}\\b`, "m"), flag);
   }
-  assertUserError(
-    await run("bench_scale", ["--layers", "0"]),
-    /--layers: expected an integer >= 1/,
+  assertUserError(await run("bench", ["--workload", "9"]), /--workload: unknown workload 9/);
+  assertUserError(await run("bench", ["--repeats", "0"]), /--repeats: expected an integer >= 1/);
+});
+
+Deno.test("bench runs the demo step and the verifier, with empty PyTorch columns and a note without torch", async () => {
+  const result = await run("bench", [
+    "--workload",
+    "1,5",
+    "--repeats",
+    "1",
+    "--warmup",
+    "0",
+    "--python",
+    "/nonexistent/python3",
+  ]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(result.stdout, /^device: .*cores/m);
+  assert.match(result.stdout, /^peer: none \(.*\); PyTorch columns empty/m);
+  const lines = result.stdout.split("\n").filter((l) => l.startsWith("{")).map((l) =>
+    JSON.parse(l)
   );
-  assertUserError(
-    await run("bench_scale", ["--layers", "99"]),
-    /--layers: expected an integer <= 28/,
-  );
+  assert.deepEqual(lines.map((l) => l.workload), ["grpo_step", "verifier"]);
+  for (const l of lines) {
+    assert.ok(l.ours > 0, JSON.stringify(l));
+    assert.equal(l.pytorch, null);
+    assert.equal(l.ratio, null);
+  }
+  assert.match(lines[0].ours_line.backend, /^backend wasm/);
+  assert.match(result.stdout, /^\| grpo_step \| ms per completion token \| [\d.]+ \|/m);
+  assert.match(result.stdout, /^\| verifier \| µs per completion \| [\d.]+ \|/m);
 });
 
 function assertClose(actual: number, expected: number): void {

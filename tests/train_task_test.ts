@@ -365,7 +365,12 @@ for (const [lr, why] of [["1e6", "grad_norm 0 while kl is"], ["1e30", "loss NaN,
     const dir = await Deno.makeTempDir({ prefix: "train_task_" });
     const run = `${dir}/run`;
     const result = await train(trainArgs(run, {
-      set: { "training.learning_rate": lr, "eval.eval_file": "null" },
+      // At lr 1e6 only the stock kernels' float32 RMSNorm overflows (see trainer_test.ts).
+      set: {
+        "training.learning_rate": lr,
+        "eval.eval_file": "null",
+        ...(lr === "1e6" ? { "runtime.backend": "cpu", "runtime.blas": "off" } : {}),
+      },
     }));
     assertUserError(
       result,

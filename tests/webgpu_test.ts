@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
 import { useBackend } from "../lib/backend.ts";
+import { BackendError } from "../lib/errors.ts";
 import { forward } from "../lib/model.ts";
 import { loadModel } from "../lib/model_loader.ts";
 import { loadLora } from "../lib/lora.ts";
@@ -73,4 +74,39 @@ await test.webgpu("webgpu: a GRPO case's loss and LoRA gradients match TRL", asy
   await assertGrpoCase(model, lora, g, g.cases[0]);
   lora.dispose();
   model.dispose();
+});
+
+await test.webgpu("webgpu: the device has the adapter's buffer limits, and a tensor past them is a one-line BackendError", async () => {
+  const info = await useBackend("webgpu");
+  const adapter = (await navigator.gpu.requestAdapter({ powerPreference: "high-performance" }))!;
+  const device = (tf.backend() as unknown as { device: GPUDevice }).device;
+  assert.equal(device.limits.maxBufferSize, adapter.limits.maxBufferSize);
+  assert.equal(
+    device.limits.maxStorageBufferBindingSize,
+    adapter.limits.maxStorageBufferBindingSize,
+  );
+  assert.ok(info.notes.some((n) => /^webgpu limits \(the adapter's\): maxBufferSize/.test(n)));
+  // One float more than a storage binding holds. Before the guard, llvmpipe computed on an
+  // invalid buffer and returned zeros without an error.
+  const floats = Math.min(
+        device.limits.maxStorageBufferBindingSize,
+        device.limits.maxBufferSize,
+      ) / 4 + 1;
+  const before = tf.memory().numTensors;
+  const x = tf.zeros([floats]);
+  assert.throws(() => tf.add(x, 1), (error: unknown) => {
+    assert.ok(error instanceof BackendError, String(error));
+    assert.match(
+      error.message,
+      /^runtime\.backend: webgpu: a tensor of \d+ MiB exceeds the adapter's maxStorageBufferBindingSize/,
+    );
+    assert.ok(!error.message.includes("\n"));
+    return true;
+  });
+  x.dispose();
+  assert.equal(tf.memory().numTensors, before, "leaked tensors");
+  const ok = tf.add(tf.ones([2]), 1);
+  assert.deepEqual(Array.from(await ok.data()), [2, 2], "the backend still works");
+  tf.dispose(ok);
+  await useBackend("cpu");
 });

@@ -1,0 +1,113 @@
+/**
+ * lib/_external_weights.ts: the external-weight matMul and gather against tfjs's own matMul and
+ * gather of the same values as a tensor, for F32, BF16 and F16 storage, on wasm+blas and
+ * cpu+blas (the backends whose kernels read external weights).
+ */
+import assert from "node:assert/strict";
+import { tf } from "../lib/tf.ts";
+import { useBackend } from "../lib/backend.ts";
+import {
+  type ExternalDtype,
+  externalGather,
+  externalMatMul,
+  externalValues,
+  externalWeight,
+  releaseExternalWeight,
+} from "../lib/_external_weights.ts";
+import { f32ToBf16, f32ToF16 } from "../lib/safetensors.ts";
+import { assertAllClose } from "./_assert.ts";
+import { test } from "./_requires.ts";
+
+function seeded(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed;
+  for (let i = 0; i < n; i++) {
+    s = (s * 1103515245 + 12345) % 2147483648;
+    out[i] = (s / 2147483648 - 0.5) * 2;
+  }
+  return out;
+}
+
+/** A weight stored as `dtype`, and the float32 values it stands for (16-bit ones rounded). */
+function weightOf(rows: number, cols: number, dtype: ExternalDtype, seed: number) {
+  const values = seeded(rows * cols, seed);
+  const data = dtype === "F32" ? values : dtype === "BF16" ? f32ToBf16(values) : f32ToF16(values);
+  const w = externalWeight(`w${seed}`, [rows, cols], dtype, data);
+  return { w, values: externalValues(w) };
+}
+
+const DTYPES: ExternalDtype[] = ["F32", "BF16", "F16"];
+// [rows, cols, n]: one block; several 16-bit blocks with few x rows (decode); several with many.
+const SHAPES: [number, number, number][] = [[7, 5, 3], [600, 256, 4], [9000, 256, 64]];
+
+for (const backend of ["wasm+blas", "cpu+blas"] as const) {
+  await test.openblas(`externalMatMul() and its x gradient equal tf.matMul on the widened weight (${backend})`, async () => {
+    await useBackend(backend);
+    const before = tf.memory().numTensors;
+    for (const dtype of DTYPES) {
+      for (const [rows, cols, n] of SHAPES) {
+        const { w, values } = weightOf(rows, cols, dtype, rows + cols);
+        const x = tf.tensor2d(seeded(n * cols, 3), [n, cols]);
+        const dy = tf.tensor2d(seeded(n * rows, 4), [n, rows]);
+        const wt = tf.tensor2d(values, [rows, cols]);
+        const [got, want] = tf.tidy(() => [externalMatMul(x, w), tf.matMul(x, wt, false, true)]);
+        const [dGot, dWant] = tf.tidy(() => [
+          tf.grad((x: tf.Tensor) => tf.sum(tf.mul(externalMatMul(x as tf.Tensor2D, w), dy)))(x),
+          tf.grad((x: tf.Tensor) => tf.sum(tf.mul(tf.matMul(x, wt, false, true), dy)))(x),
+        ]);
+        const label = `${dtype} [${rows}, ${cols}] × ${n} rows`;
+        assert.deepEqual(got.shape, [n, rows]);
+        assertAllClose(await got.data(), await want.data(), 1e-4, label);
+        assertAllClose(await dGot.data(), await dWant.data(), 1e-4, `${label} dx`);
+        tf.dispose([x, dy, wt, got, want, dGot, dWant]);
+        releaseExternalWeight(w);
+      }
+    }
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+  });
+
+  await test.openblas(`externalGather() equals tf.gather of the widened table (${backend})`, async () => {
+    await useBackend(backend);
+    const before = tf.memory().numTensors;
+    for (const dtype of DTYPES) {
+      const { w, values } = weightOf(11, 6, dtype, 9);
+      const ids = tf.tensor2d([[3, 0, 10], [3, 3, 1]], [2, 3], "int32");
+      const table = tf.tensor2d(values, [11, 6]);
+      const got = externalGather(w, ids);
+      const want = tf.gather(table, ids);
+      assert.deepEqual(got.shape, [2, 3, 6]);
+      assert.deepEqual(Array.from(await got.data()), Array.from(await want.data()), dtype);
+      tf.dispose([ids, table, got, want]);
+      releaseExternalWeight(w);
+    }
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+  });
+
+  await test.openblas(`externalGather() names the table of an out-of-range id (${backend})`, async () => {
+    await useBackend(backend);
+    const { w } = weightOf(4, 2, "F32", 1);
+    const ids = tf.tensor1d([1, 4], "int32");
+    assert.throws(() => externalGather(w, ids), { name: "RangeError", message: /index 4 .*w1/ });
+    ids.dispose();
+    releaseExternalWeight(w);
+  });
+}
+
+await test.openblas("externalMatMul() says what to do when BLAS is off, and refuses a released weight", async () => {
+  const { w } = weightOf(4, 2, "F32", 2);
+  const x = tf.tensor2d([[1, 2]]);
+  await useBackend("wasm");
+  assert.throws(() => externalMatMul(x, w).dispose(), /outside the wasm heap .*runtime\.blas/);
+  releaseExternalWeight(w);
+  await useBackend("wasm+blas");
+  assert.throws(() => externalMatMul(x, w).dispose(), /was released/);
+  x.dispose();
+});
+
+Deno.test("externalWeight() rejects data that does not hold its shape and dtype", () => {
+  assert.throws(() => externalWeight("w", [2, 3], "F32", new Float32Array(5)), {
+    name: "TypeError",
+    message: /Float32Array\(5\) does not hold \[2,3\] as F32/,
+  });
+  assert.throws(() => externalWeight("w", [2, 3], "BF16", new Float32Array(6)), TypeError);
+});
