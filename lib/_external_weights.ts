@@ -121,18 +121,16 @@ function widenRows(w: ExternalWeight, r0: number, n: number, dst: Uint32Array): 
   }
 }
 
-/**
- * Scratch for widened rows, outside the heap. Small calls (decode: a few rows of x) widen into an
- * L2-sized block, so sgemm reads it from cache; big ones use a larger block, so OpenBLAS packs x
- * fewer times.
- */
-const SMALL_BLOCK_FLOATS = 1 << 17; // 512 KiB
-const LARGE_BLOCK_FLOATS = 1 << 21; // 8 MiB
+/** Scratch for widened rows, outside the heap. */
 let scratch = new Float32Array(0);
 
-function scratchFor(floats: number): Float32Array {
-  if (scratch.length < floats) scratch = new Float32Array(floats);
-  return scratch;
+/** Rows `[r0, r0 + n)` of a 16-bit weight as float32, in a buffer the next call reuses. */
+function widenedBlock(w: ExternalWeight, r0: number, n: number): Float32Array {
+  const cols = w.shape[1];
+  if (scratch.length < n * cols) scratch = new Float32Array(n * cols);
+  const block = scratch.subarray(0, n * cols);
+  widenRows(w, r0, n, new Uint32Array(block.buffer, 0, block.length));
+  return block;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,8 +154,24 @@ function blasFor(backendName: BlasBackend, w: ExternalWeight) {
 }
 
 /**
+ * Rows of x at most which a call counts as few-rowed (decode: one row per sequence). With
+ * `transposeB` such a call streams even an F32 weight through sgemm in L2-sized blocks of W's
+ * rows: OpenBLAS 0.3.21's sgemm with M = 4 reads a [8960, 1536] weight in ~15 ms in one call and
+ * ~7.5 ms in 512 KiB blocks (1 thread, this 2-core box; no gain from M = 16 on).
+ */
+const FEW_ROWS = 8;
+/**
+ * Floats per block of W's rows: L2-sized below `LARGE_CALL_ROWS` rows of x, so sgemm reads a
+ * freshly widened (or streamed) block from cache; larger above, so OpenBLAS packs x fewer times.
+ */
+const SMALL_BLOCK_FLOATS = 1 << 17; // 512 KiB
+const LARGE_BLOCK_FLOATS = 1 << 21; // 8 MiB
+const LARGE_CALL_ROWS = 64;
+
+/**
  * `out = x @ W^T` ([n, rows]) when `transposeB`, else `out = x @ W` ([n, cols]); x is [n, k].
- * F32 weights go to sgemm whole; 16-bit ones a block of rows at a time.
+ * F32 weights go to sgemm whole, except for a few rows of x times W^T (by blocks of W's rows,
+ * read in place); 16-bit ones a widened block of rows at a time.
  */
 function matMulInto(
   blas: ReturnType<typeof blasFor>,
@@ -168,19 +182,23 @@ function matMulInto(
   out: Float32Array,
 ): void {
   const [rows, cols] = w.shape;
-  if (w.dtype === "F32") {
+  const f32 = w.dtype === "F32";
+  if (f32 && !(transposeB && n <= FEW_ROWS)) {
     const wv = w.data as Float32Array;
     if (transposeB) blas.gemm(false, true, n, rows, cols, x, cols, wv, cols, out, rows, 0);
     else blas.gemm(false, false, n, cols, rows, x, rows, wv, cols, out, cols, 0);
     return;
   }
-  const blockFloats = n >= 64 ? LARGE_BLOCK_FLOATS : SMALL_BLOCK_FLOATS;
+  const blockFloats = n >= LARGE_CALL_ROWS ? LARGE_BLOCK_FLOATS : SMALL_BLOCK_FLOATS;
   const blockRows = Math.max(1, Math.floor(blockFloats / cols));
-  const buf = scratchFor(Math.min(rows, blockRows) * cols);
-  const bits = new Uint32Array(buf.buffer, 0, buf.length);
+  // Each call on a small block is < 2^23 multiply-adds, below where lib/_blas.ts gives a product
+  // a second thread; say so rather than inherit whatever count the previous kernel set.
+  if (blockFloats === SMALL_BLOCK_FLOATS) blas.useThreads(1);
   for (let r0 = 0; r0 < rows; r0 += blockRows) {
     const nb = Math.min(blockRows, rows - r0);
-    widenRows(w, r0, nb, bits);
+    const buf = f32
+      ? (w.data as Float32Array).subarray(r0 * cols, (r0 + nb) * cols) // in place
+      : widenedBlock(w, r0, nb); // [nb, cols]
     if (transposeB) {
       // out[:, r0:r0+nb] = x @ block^T: the block's columns of out, row stride `rows`.
       blas.gemm(false, true, n, nb, cols, x, cols, buf, cols, out.subarray(r0), rows, 0);
