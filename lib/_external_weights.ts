@@ -9,7 +9,7 @@
  * tensor never holds it): `ExternalMatMul` (`x @ W^T`, or `x @ W` for its own gradient) and
  * `ExternalGather` (embedding rows). The matMul's gradient flows to `x` only: base weights are
  * frozen. BF16/F16 weights are widened block by block into a scratch buffer right before each
- * sgemm (OpenBLAS 0.3.21 as Debian builds it has no `sbgemm`).
+ * sgemm (OpenBLAS 0.3.21 as Debian builds it has no `sbgemm`), BF16 by a small SIMD wasm module.
  *
  * Private to lib: `lib/model_loader.ts` makes these weights, `lib/model.ts` reads them.
  *
@@ -17,7 +17,7 @@
  */
 import { tf } from "./tf.ts";
 import { activeBlas, type BlasBackend, hostOf } from "./_blas.ts";
-import { f16ToF32 } from "./safetensors.ts";
+import { bf16ToF32, f16ToF32 } from "./safetensors.ts";
 
 /** How an external weight's values are stored (safetensors spelling). */
 export type ExternalDtype = "F32" | "BF16" | "F16";
@@ -108,31 +108,193 @@ function f16Bits(): Uint32Array {
   return f16Table;
 }
 
-/** Rows `[r0, r0 + n)` of a 16-bit weight as float32 bits into `dst` (a Uint32 view). */
-function widenRows(w: ExternalWeight, r0: number, n: number, dst: Uint32Array): void {
-  const cols = w.shape[1];
-  const src = (w.data as Uint16Array).subarray(r0 * cols, (r0 + n) * cols);
-  const len = src.length;
-  if (w.dtype === "BF16") {
-    for (let i = 0; i < len; i++) dst[i] = src[i] << 16;
-  } else {
-    const table = f16Bits();
-    for (let i = 0; i < len; i++) dst[i] = table[src[i]];
+// A hand-assembled wasm module that widens BF16 with SIMD: 0.26 ns per value on an L2-sized block
+// (copies in and out included) vs 0.7 for the JS loop. Decode reads every weight once per token,
+// so the widening is much of its cost: x [4, 1536] @ W^T for a BF16 [8960, 1536] W takes 7.2 ms
+// instead of 11.4 (1 thread, this 2-core box at load 4). In WAT:
+//   (func (export "widen") (param $src i32) (param $dst i32) (param $n i32) (local $end i32)
+//     ;; n groups of 8: each 16-bit pattern becomes the high half of a float32
+//     (local.set $end (i32.add (local.get $src) (i32.shl (local.get $n) (i32.const 4))))
+//     (block (br_if 0 (i32.eqz (local.get $n)))
+//       (loop
+//         (v128.store offset=0 (local.get $dst)
+//           (i32x4.shl (i32x4.extend_low_i16x8_u (v128.load (local.get $src))) (i32.const 16)))
+//         (v128.store offset=16 (local.get $dst)
+//           (i32x4.shl (i32x4.extend_high_i16x8_u (v128.load (local.get $src))) (i32.const 16)))
+//         (local.set $src (i32.add (local.get $src) (i32.const 16)))
+//         (local.set $dst (i32.add (local.get $dst) (i32.const 32)))
+//         (br_if 0 (i32.lt_u (local.get $src) (local.get $end))))))
+// plus an exported memory. Integer lanes only, so every bit pattern (NaN payloads included)
+// comes through as the JS loop gives it; tests/external_weights_test.ts checks that.
+// deno-fmt-ignore
+const WIDEN_BF16_WASM = (() => {
+  const leb = (n: number): number[] => { // unsigned LEB128
+    const out: number[] = [];
+    do {
+      const low = n & 0x7f;
+      n >>>= 7;
+      out.push(n ? low | 0x80 : low);
+    } while (n);
+    return out;
+  };
+  const section = (id: number, body: number[]) => [id, ...leb(body.length), ...body];
+  const name = (text: string) => [...leb(text.length), ...new TextEncoder().encode(text)];
+  const simd = (op: number) => [0xfd, ...leb(op)]; // SIMD prefix + opcode
+  const [get, set, i32, add, shl, ltU, eqz, brIf, end] =
+    [0x20, 0x21, 0x41, 0x6a, 0x74, 0x49, 0x45, 0x0d, 0x0b];
+  const [load, store, extendLowU, extendHighU, i32x4Shl] = [0, 11, 169, 170, 171];
+  const memarg = (offset: number) => [0, offset]; // align hint 1, offset
+  const widenHalf = (extend: number, offset: number) => [
+    get, 1, get, 0, ...simd(load), ...memarg(0), ...simd(extend), i32, 16, ...simd(i32x4Shl),
+    ...simd(store), ...memarg(offset),
+  ];
+  const body = [
+    1, 1, 0x7f, // one i32 local: $end
+    get, 0, get, 2, i32, 4, shl, add, set, 3, // end = src + n * 16
+    0x02, 0x40, get, 2, eqz, brIf, 0, // block; br_if n == 0
+    0x03, 0x40, // loop
+    ...widenHalf(extendLowU, 0),
+    ...widenHalf(extendHighU, 16),
+    get, 0, i32, 16, add, set, 0, // src += 16
+    get, 1, i32, 32, add, set, 1, // dst += 32
+    get, 0, get, 3, ltU, brIf, 0, // br_if src < end
+    end, end, end, // loop, block, function
+  ];
+  return new Uint8Array([
+    0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0, // magic, version
+    ...section(1, [1, 0x60, 3, 0x7f, 0x7f, 0x7f, 0]), // type: (i32, i32, i32) -> ()
+    ...section(3, [1, 0]), // one function of type 0
+    ...section(5, [1, 0, 1]), // memory: 1 page, grown on demand
+    ...section(7, [2, ...name("memory"), 2, 0, ...name("widen"), 0, 0]), // exports
+    ...section(10, [1, ...leb(body.length), ...body]), // code
+  ]);
+})();
+
+interface Widener {
+  memory: WebAssembly.Memory;
+  widen(src: number, dst: number, groups: number): void;
+}
+
+/** undefined until first asked for; null where the engine lacks wasm SIMD. */
+let widener: Widener | null | undefined;
+let simdEnabled = true;
+
+/** The SIMD widener, or null (no wasm SIMD here, or turned off): then the JS loop runs. */
+function simdWidener(): Widener | null {
+  if (widener === undefined) {
+    widener = null;
+    if (WebAssembly.validate(WIDEN_BF16_WASM)) {
+      const instance = new WebAssembly.Instance(new WebAssembly.Module(WIDEN_BF16_WASM));
+      widener = instance.exports as unknown as Widener;
+    }
   }
+  return simdEnabled ? widener : null;
 }
 
 /**
- * Scratch for widened rows, outside the heap. Small calls (decode: a few rows of x) widen into an
- * L2-sized block, so sgemm reads it from cache; big ones use a larger block, so OpenBLAS packs x
- * fewer times.
+ * Whether BF16 weights are widened by the SIMD wasm module: true where the wasm engine has SIMD
+ * (Deno's V8 does) unless {@linkcode setBf16Simd} turned it off. Otherwise a JS loop widens them.
+ *
+ * @returns Whether the SIMD widener runs.
  */
-const SMALL_BLOCK_FLOATS = 1 << 17; // 512 KiB
-const LARGE_BLOCK_FLOATS = 1 << 21; // 8 MiB
+export function bf16SimdWidening(): boolean {
+  return simdWidener() !== null;
+}
+
+/**
+ * Turns the SIMD widener off (`false`) or back on where the engine has it, so tests can run the
+ * JS loop through the same kernels. Process-wide.
+ *
+ * @param enabled Whether to use SIMD where available.
+ * @returns The previous setting.
+ */
+export function setBf16Simd(enabled: boolean): boolean {
+  const previous = simdEnabled;
+  simdEnabled = enabled;
+  return previous;
+}
+
+/**
+ * `src` widened inside the module's memory: a float32 view there, valid until the next call.
+ * Layout: [0, 2·cap) the 16-bit patterns, [2·cap, 6·cap) their floats, with cap = src.length
+ * rounded up to a multiple of 8, so the last group of 8 stays inside both (its extra lanes are
+ * stale values nobody reads).
+ */
+function simdWiden(simd: Widener, src: Uint16Array): Float32Array {
+  const len = src.length;
+  const cap = Math.ceil(len / 8) * 8;
+  const have = simd.memory.buffer.byteLength;
+  if (have < 6 * cap) simd.memory.grow(Math.ceil((6 * cap - have) / 65536));
+  const buffer = simd.memory.buffer; // after grow: the old buffer is detached
+  new Uint16Array(buffer, 0, len).set(src);
+  simd.widen(0, 2 * cap, cap / 8);
+  return new Float32Array(buffer, 2 * cap, len);
+}
+
+/** Values per SIMD call in {@linkcode widenBf16}: 128 Ki values keep the module at 768 KiB. */
+const WIDEN_CHUNK = 1 << 17;
+
+/**
+ * BF16 patterns widened to float32, bit for bit (`bf16ToF32` of lib/safetensors.ts), by the SIMD
+ * module where the engine has it.
+ *
+ * @param src bf16 bits.
+ * @param dst float32 values out, `src.length` of them from index 0.
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { widenBf16 } from "./_external_weights.ts";
+ * const out = new Float32Array(2);
+ * widenBf16(new Uint16Array([0x3f80, 0xc040]), out);
+ * assert.deepEqual(Array.from(out), [1, -3]);
+ * ```
+ */
+export function widenBf16(src: Uint16Array, dst: Float32Array): void {
+  if (dst.length < src.length) {
+    throw new RangeError(`Cannot widen ${src.length} bf16 values into ${dst.length} floats`);
+  }
+  const simd = simdWidener();
+  if (simd === null) {
+    bf16ToF32(src, dst, 0);
+    return;
+  }
+  for (let i = 0; i < src.length; i += WIDEN_CHUNK) {
+    // Same-type TypedArray set copies bytes: NaN payloads survive.
+    dst.set(simdWiden(simd, src.subarray(i, i + WIDEN_CHUNK)), i);
+  }
+}
+
+/** Rows `[r0, r0 + n)` of a 16-bit weight as float32 into `dst` (from index 0). */
+function widenRows(w: ExternalWeight, r0: number, n: number, dst: Float32Array): void {
+  const cols = w.shape[1];
+  const src = (w.data as Uint16Array).subarray(r0 * cols, (r0 + n) * cols);
+  if (w.dtype === "BF16") {
+    widenBf16(src, dst);
+    return;
+  }
+  const table = f16Bits();
+  const bits = new Uint32Array(dst.buffer, dst.byteOffset, src.length);
+  for (let i = 0; i < src.length; i++) bits[i] = table[src[i]];
+}
+
+/** Scratch for widened rows outside the heap, when they are not widened inside the module. */
 let scratch = new Float32Array(0);
 
-function scratchFor(floats: number): Float32Array {
-  if (scratch.length < floats) scratch = new Float32Array(floats);
-  return scratch;
+/**
+ * Rows `[r0, r0 + n)` of a 16-bit weight as float32, in a buffer the next call reuses: BF16 with
+ * SIMD inside the module's memory (sgemm reads them there, no copy out), else the JS loop into
+ * `scratch`.
+ */
+function widenedBlock(w: ExternalWeight, r0: number, n: number): Float32Array {
+  const cols = w.shape[1];
+  const simd = w.dtype === "BF16" ? simdWidener() : null;
+  if (simd !== null) {
+    return simdWiden(simd, (w.data as Uint16Array).subarray(r0 * cols, (r0 + n) * cols));
+  }
+  if (scratch.length < n * cols) scratch = new Float32Array(n * cols);
+  const block = scratch.subarray(0, n * cols);
+  widenRows(w, r0, n, block);
+  return block;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,8 +318,24 @@ function blasFor(backendName: BlasBackend, w: ExternalWeight) {
 }
 
 /**
+ * Rows of x at most which a call counts as few-rowed (decode: one row per sequence). With
+ * `transposeB` such a call streams even an F32 weight through sgemm in L2-sized blocks of W's
+ * rows: OpenBLAS 0.3.21's sgemm with M = 4 reads a [8960, 1536] weight in ~15 ms in one call and
+ * ~7.5 ms in 512 KiB blocks (1 thread, this 2-core box; no gain from M = 16 on).
+ */
+const FEW_ROWS = 8;
+/**
+ * Floats per block of W's rows: L2-sized below `LARGE_CALL_ROWS` rows of x, so sgemm reads a
+ * freshly widened (or streamed) block from cache; larger above, so OpenBLAS packs x fewer times.
+ */
+const SMALL_BLOCK_FLOATS = 1 << 17; // 512 KiB
+const LARGE_BLOCK_FLOATS = 1 << 21; // 8 MiB
+const LARGE_CALL_ROWS = 64;
+
+/**
  * `out = x @ W^T` ([n, rows]) when `transposeB`, else `out = x @ W` ([n, cols]); x is [n, k].
- * F32 weights go to sgemm whole; 16-bit ones a block of rows at a time.
+ * F32 weights go to sgemm whole, except for a few rows of x times W^T (by blocks of W's rows,
+ * read in place); 16-bit ones a widened block of rows at a time.
  */
 function matMulInto(
   blas: ReturnType<typeof blasFor>,
@@ -168,19 +346,23 @@ function matMulInto(
   out: Float32Array,
 ): void {
   const [rows, cols] = w.shape;
-  if (w.dtype === "F32") {
+  const f32 = w.dtype === "F32";
+  if (f32 && !(transposeB && n <= FEW_ROWS)) {
     const wv = w.data as Float32Array;
     if (transposeB) blas.gemm(false, true, n, rows, cols, x, cols, wv, cols, out, rows, 0);
     else blas.gemm(false, false, n, cols, rows, x, rows, wv, cols, out, cols, 0);
     return;
   }
-  const blockFloats = n >= 64 ? LARGE_BLOCK_FLOATS : SMALL_BLOCK_FLOATS;
+  const blockFloats = n >= LARGE_CALL_ROWS ? LARGE_BLOCK_FLOATS : SMALL_BLOCK_FLOATS;
   const blockRows = Math.max(1, Math.floor(blockFloats / cols));
-  const buf = scratchFor(Math.min(rows, blockRows) * cols);
-  const bits = new Uint32Array(buf.buffer, 0, buf.length);
+  // Each call on a small block is < 2^23 multiply-adds, below where lib/_blas.ts gives a product
+  // a second thread; say so rather than inherit whatever count the previous kernel set.
+  if (blockFloats === SMALL_BLOCK_FLOATS) blas.useThreads(1);
   for (let r0 = 0; r0 < rows; r0 += blockRows) {
     const nb = Math.min(blockRows, rows - r0);
-    widenRows(w, r0, nb, bits);
+    const buf = f32
+      ? (w.data as Float32Array).subarray(r0 * cols, (r0 + nb) * cols) // in place
+      : widenedBlock(w, r0, nb); // [nb, cols]
     if (transposeB) {
       // out[:, r0:r0+nb] = x @ block^T: the block's columns of out, row stride `rows`.
       blas.gemm(false, true, n, nb, cols, x, cols, buf, cols, out.subarray(r0), rows, 0);
@@ -239,7 +421,6 @@ function gatherKernel(backendName: BlasBackend): tf.KernelFunc {
     if (n === 0) return out;
     const ov = host.view(out);
     const ids = host.viewInt32(indices);
-    const bits = new Uint32Array(ov.buffer, ov.byteOffset, ov.length);
     for (let i = 0; i < n; i++) {
       const id = ids[i];
       if (!(id >= 0 && id < rows)) {
@@ -249,7 +430,7 @@ function gatherKernel(backendName: BlasBackend): tf.KernelFunc {
       }
       if (w.dtype === "F32") {
         ov.set((w.data as Float32Array).subarray(id * cols, (id + 1) * cols), i * cols);
-      } else widenRows(w, id, 1, bits.subarray(i * cols, (i + 1) * cols));
+      } else widenRows(w, id, 1, ov.subarray(i * cols, (i + 1) * cols));
     }
     return out;
   } as unknown as tf.KernelFunc;
@@ -370,6 +551,6 @@ export function externalGather(w: ExternalWeight, ids: tf.Tensor): tf.Tensor {
 export function externalValues(w: ExternalWeight): Float32Array {
   if (w.dtype === "F32") return new Float32Array(w.data as Float32Array);
   const out = new Float32Array(w.data.length);
-  widenRows(w, 0, w.shape[0], new Uint32Array(out.buffer));
+  widenRows(w, 0, w.shape[0], out);
   return out;
 }

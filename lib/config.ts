@@ -45,7 +45,8 @@ const modelSection = z.object({
       "Dtype of the base weights in memory (HF from_pretrained `torch_dtype`, TRL ModelConfig): " +
         "float32 widens BF16/F16 checkpoints on load; auto keeps them 16-bit (half the memory) " +
         "where the base weights live outside the wasm heap (models over 2 GiB on wasm + BLAS), " +
-        "widened inside each matMul, which costs time, most of all when decoding.",
+        "widened inside each matMul (BF16 by SIMD: as fast as float32 on the 1.5B forward, " +
+        "faster when decoding, which reads every weight per token).",
     ),
 }).strict();
 
