@@ -432,7 +432,7 @@ const MULTITHREAD_MIN_MACS = 1 << 24;
  * product on a machine with cores to spare, else 1. With every core taken by other jobs, a second
  * OpenBLAS thread waits for one and slows even large products (bench/PROFILE.md finding 9).
  */
-function threadsFor(macs: number): number {
+export function threadsFor(macs: number): number {
   return macs >= MULTITHREAD_MIN_MACS && !coresBusy() ? Infinity : 1;
 }
 
