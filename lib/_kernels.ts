@@ -642,22 +642,24 @@ function tokenMajor(data: Float32Array, [, S, nKV, hd]: number[]): KeyLayout {
   return { data, offset: (b, j) => (b * S * nKV + j) * hd, ld: nKV * hd };
 }
 
+/** `suffix`: q may hold only the last T of k's S positions (k and v [B, S, nKV, hd], S >= T). */
 function checkAttentionShapes(
   kernelName: string,
   q: tf.TensorInfo,
   k: tf.TensorInfo,
   v: tf.TensorInfo,
+  suffix = false,
 ): void {
   checkFloat32(kernelName, q, k, v);
   const [B, T, nH, hd] = q.shape;
   const [kb, kt, nKV, khd] = k.shape;
   if (
-    q.shape.length !== 4 || k.shape.length !== 4 || kb !== B || kt !== T || khd !== hd ||
-    nH % nKV !== 0 || v.shape.join() !== k.shape.join()
+    q.shape.length !== 4 || k.shape.length !== 4 || kb !== B || khd !== hd ||
+    (suffix ? kt < T : kt !== T) || nH % nKV !== 0 || v.shape.join() !== k.shape.join()
   ) {
     throw new RangeError(
-      `${kernelName}: expected q [B, T, nH, hd], k and v [B, T, nKV, hd] with nKV dividing nH, ` +
-        `got [${q.shape}], [${k.shape}], [${v.shape}]`,
+      `${kernelName}: expected q [B, T, nH, hd], k and v [B, ${suffix ? "S >= T" : "T"}, nKV, ` +
+        `hd] with nKV dividing nH, got [${q.shape}], [${k.shape}], [${v.shape}]`,
     );
   }
 }
@@ -666,27 +668,16 @@ function attentionForward(backendName: FusedBackend): Compute {
   return (host, { inputs, attrs }) => {
     const { q, k, v, mask } = inputs as Record<string, tf.TensorInfo>;
     const { scale } = attrs as unknown as AttentionAttrs;
-    checkAttentionShapes(ATTENTION, q, k, v);
+    checkAttentionShapes(ATTENTION, q, k, v, true);
     const [B, T, nH] = q.shape;
+    const S = k.shape[1];
     const out = host.alloc(q.shape);
-    const probs = host.alloc([B, nH, T, T]);
+    const probs = host.alloc([B, nH, T, S]);
     const [qv, kv, vv, mv] = [host.f32(q), host.f32(k), host.f32(v), host.ints(mask)];
     const [ov, pv] = [host.f32(out), host.f32(probs)];
     const nKV = k.shape[2];
-    attend(
-      sgemmOf(backendName),
-      qv,
-      q.shape,
-      nKV,
-      tokenMajor(kv, k.shape),
-      tokenMajor(vv, v.shape),
-      T,
-      mv,
-      T,
-      scale,
-      ov,
-      pv,
-    );
+    const [keys, values] = [tokenMajor(kv, k.shape), tokenMajor(vv, v.shape)];
+    attend(sgemmOf(backendName), qv, q.shape, nKV, keys, values, S, mv, S, scale, ov, pv);
     return [out, probs];
   };
 }
@@ -694,15 +685,16 @@ function attentionForward(backendName: FusedBackend): Compute {
 /**
  * Gradients of {@linkcode attend} (no cache) per (b, head), j its kv head:
  * dP = dO Vᵀ; dS = P ⊙ (dP − rowsum(P ⊙ dP)); dQ = scale·dS K; dK += scale·dSᵀ Q; dV += Pᵀ dO
- * (the nRep heads of a kv head accumulate into its dK, dV). As in the forward pass, queries from
- * the first real key on use only the real keys [lo, hi) (P is 0 outside them); the queries before
- * (P uniform over all keys) use all T.
+ * (the nRep heads of a kv head accumulate into its dK, dV). The T queries are the last T of the
+ * S keys' positions. As in the forward pass, queries from the first real key on use only the
+ * real keys [lo, hi) (P is 0 outside them); the queries before (P uniform over all keys) use all S.
  */
 function attentionGrad(backendName: FusedBackend): Compute {
   return (host, { inputs, attrs }) => {
     const { dy, q, k, v, probs, mask } = inputs as Record<string, tf.TensorInfo>;
     const { scale } = attrs as unknown as AttentionAttrs;
     const [B, T, nH, hd] = q.shape;
+    const S = k.shape[1];
     const nKV = k.shape[2];
     const nRep = nH / nKV;
     const dq = host.alloc(q.shape);
@@ -716,7 +708,7 @@ function attentionGrad(backendName: FusedBackend): Compute {
     const ldk = nKV * hd;
     dkv.fill(0);
     dvv.fill(0);
-    // Rows [r0, r0 + rows) of one (b, h) against keys [lo, lo + n); P read in place (row stride T).
+    // Rows [r0, r0 + rows) of one (b, h) against keys [lo, lo + n); P read in place (row stride S).
     const region = (
       qo: number,
       ko: number,
@@ -728,34 +720,38 @@ function attentionGrad(backendName: FusedBackend): Compute {
     ) => {
       if (rows === 0 || n === 0) return;
       const dp = scratchOf(rows * n);
-      const p = pv.subarray(po + r0 * T + lo);
+      const p = pv.subarray(po + r0 * S + lo);
       const dO = dyv.subarray(qo + r0 * ldq);
       const qs = qv.subarray(qo + r0 * ldq);
       const [kb, vb] = [kv.subarray(ko + lo * ldk), vv.subarray(ko + lo * ldk)];
       sgemm(false, true, rows, n, hd, 1, dO, ldq, vb, ldk, 0, dp, n);
       for (let r = 0; r < rows; r++) {
         let dot = 0;
-        for (let s = 0; s < n; s++) dot += p[r * T + s] * dp[r * n + s];
-        for (let s = 0; s < n; s++) dp[r * n + s] = p[r * T + s] * (dp[r * n + s] - dot);
+        for (let s = 0; s < n; s++) dot += p[r * S + s] * dp[r * n + s];
+        for (let s = 0; s < n; s++) dp[r * n + s] = p[r * S + s] * (dp[r * n + s] - dot);
       }
       sgemm(false, false, rows, hd, n, scale, dp, n, kb, ldk, 0, dqv.subarray(qo + r0 * ldq), ldq);
       sgemm(true, false, n, hd, rows, scale, dp, n, qs, ldq, 1, dkv.subarray(ko + lo * ldk), ldk);
-      sgemm(true, false, n, hd, rows, 1, p, T, dO, ldq, 1, dvv.subarray(ko + lo * ldk), ldk);
+      sgemm(true, false, n, hd, rows, 1, p, S, dO, ldq, 1, dvv.subarray(ko + lo * ldk), ldk);
     };
     for (let b = 0; b < B; b++) {
-      let [lo, hi] = keyRange(mv, b * T, T);
-      // A query inside that saw no key (a hole in the mask) has P uniform over all T: use all T.
-      const outside = lo > 0 ? 0 : hi < T ? T - 1 : -1;
-      for (let h = 0; h < nH && outside >= 0 && lo < T; h++) {
-        const po = (b * nH + h) * T * T;
-        for (let t = lo; t < T; t++) if (pv[po + t * T + outside] !== 0) [lo, hi] = [0, T];
+      let [lo, hi] = keyRange(mv, b * S, S);
+      // Queries before the first real key (positions S - T + t < lo) see none: uniform P.
+      let first = Math.min(T, Math.max(0, lo - (S - T)));
+      // A query after it that saw no key (a hole in the mask) has P uniform over all S: use all S.
+      const outside = lo > 0 ? 0 : hi < S ? S - 1 : -1;
+      for (let h = 0; h < nH && outside >= 0 && first < T; h++) {
+        const po = (b * nH + h) * T * S;
+        for (let t = first; t < T; t++) {
+          if (pv[po + t * S + outside] !== 0) [lo, hi, first] = [0, S, 0];
+        }
       }
       for (let h = 0; h < nH; h++) {
         const qo = b * T * ldq + h * hd;
-        const ko = b * T * ldk + Math.floor(h / nRep) * hd;
-        const po = (b * nH + h) * T * T;
-        region(qo, ko, po, 0, lo, 0, T); // queries before the first real key: uniform P
-        region(qo, ko, po, lo, T - lo, lo, hi - lo);
+        const ko = b * S * ldk + Math.floor(h / nRep) * hd;
+        const po = (b * nH + h) * T * S;
+        region(qo, ko, po, 0, first, 0, S); // queries before the first real key: uniform P
+        region(qo, ko, po, first, T - first, lo, hi - lo);
       }
     }
     return [dq, dk, dv];
@@ -766,12 +762,14 @@ function attentionGrad(backendName: FusedBackend): Compute {
  * Causal self-attention of a whole padded sequence in one kernel (HF `eager_attention_forward`
  * with `repeat_kv`, the causal mask and the padding mask): per batch row and head, a strided sgemm
  * for the scores, a masked softmax, a strided sgemm for the output. Its gradient (q, k, v) is one
- * more kernel, from the probabilities kept for it.
+ * more kernel, from the probabilities kept for it. The queries may be the last T of S positions
+ * only (HF `logits_to_keep` on a last layer: the keys and values cover every position, the
+ * queries only those whose outputs are read).
  *
- * @param q [B, T, nH, hd] queries after RoPE, token-major.
- * @param k [B, T, nKV, hd] keys after RoPE.
- * @param v [B, T, nKV, hd] values.
- * @param mask [B, T] 1 for real tokens, 0 for padding.
+ * @param q [B, T, nH, hd] queries after RoPE, token-major: positions S - T .. S - 1.
+ * @param k [B, S, nKV, hd] keys after RoPE, S >= T.
+ * @param v [B, S, nKV, hd] values.
+ * @param mask [B, S] 1 for real tokens, 0 for padding.
  * @param scale 1 / sqrt(hd).
  * @returns [B, T, nH, hd]. The caller disposes it.
  */

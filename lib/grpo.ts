@@ -255,9 +255,10 @@ function completionHeads(
       adapter: options.adapter,
       dropoutSeed: options.dropoutSeed,
       gradientCheckpointing: options.gradientCheckpointing,
-    }); // [B, T, H]
+      keepLast: C + 1, // TRL logits_to_keep
+    }); // [B, C+1, H]
     const targets = batch.inputIds.slice([0, T - C], [B, C]); // [B, C]
-    const hs = h.slice([0, T - C - 1, 0], [B, C, -1]); // [B, C, H]: positions predicting targets
+    const hs = h.slice([0, 0, 0], [B, C, -1]); // [B, C, H]: positions predicting targets
     // Rows go through the LM head in chunks of at most LOGITS_CHUNK_FLOATS logits (a 151,936
     // vocab gets one row at a time; the demo's 63-symbol vocab does the whole batch at once).
     const V = model.config.vocab_size;

@@ -14,7 +14,7 @@ import type { Config } from "./config.ts";
 import { CheckpointError } from "./errors.ts";
 import { isFile, readJson } from "./_fs.ts";
 import { DROPOUT_MASK, dropoutMask, hasFusedKernel } from "./_kernels.ts";
-import type { CheckpointableAdapter, LinearAdapter, Qwen2Model } from "./model.ts";
+import type { CheckpointableAdapter, LinearAdapter, Qwen2Model, RowSuffix } from "./model.ts";
 import { countParameters, weightShape } from "./model.ts";
 import { externalValues } from "./_external_weights.ts";
 import { expectedWeightShapes } from "./qwen2_config.ts";
@@ -116,6 +116,7 @@ function makeAdapter(
     name: string,
     x: tf.Tensor2D,
     dropoutSeed: number | null | undefined,
+    rows: RowSuffix | null | undefined,
   ): tf.Tensor2D | null {
     if (!moduleSet.has(name)) return null;
     const a = read(peftKey(name, "A")) as tf.Tensor2D; // [r, in]
@@ -123,10 +124,25 @@ function makeAdapter(
     let input = x;
     if (dropoutSeed !== null && dropoutSeed !== undefined && options.lora_dropout > 0) {
       const seed = (dropoutSeed * 1000003 + hashString(name)) % 2147483647;
-      // The same mask as tf.dropout, drawn without its per-value closure (lib/_kernels.ts).
-      input = hasFusedKernel(DROPOUT_MASK)
-        ? tf.mul(x, dropoutMask(x.shape, options.lora_dropout, seed)) as tf.Tensor2D
-        : tf.dropout(x, options.lora_dropout, undefined, seed) as tf.Tensor2D;
+      if (rows) {
+        // x holds the last positions of each row only: draw the whole batch's mask and keep
+        // their rows, so that each position gets the mask a full pass gives it.
+        const [n, width] = x.shape;
+        const kept = rows.length - rows.start;
+        const batch = n / kept;
+        const full = [batch * rows.length, width];
+        const mask = hasFusedKernel(DROPOUT_MASK)
+          ? dropoutMask(full, options.lora_dropout, seed)
+          : tf.dropout(tf.ones(full), options.lora_dropout, undefined, seed);
+        const picked = mask.reshape([batch, rows.length, width]) // [B, T, in]
+          .slice([0, rows.start, 0], [batch, kept, width]).reshape([n, width]); // [N, in]
+        input = tf.mul(x, picked) as tf.Tensor2D;
+      } else {
+        // The same mask as tf.dropout, drawn without its per-value closure (lib/_kernels.ts).
+        input = hasFusedKernel(DROPOUT_MASK)
+          ? tf.mul(x, dropoutMask(x.shape, options.lora_dropout, seed)) as tf.Tensor2D
+          : tf.dropout(x, options.lora_dropout, undefined, seed) as tf.Tensor2D;
+      }
     }
     const low = tf.matMul(input, a, false, true); // [N, r]
     return tf.mul(tf.matMul(low, b, false, true), scaling) as tf.Tensor2D; // [N, out]
@@ -136,16 +152,16 @@ function makeAdapter(
     scaling,
     variables,
     modules,
-    delta(name, x, dropoutSeed) {
-      return deltaWith((k) => variables.get(k)!, name, x, dropoutSeed);
+    delta(name, x, dropoutSeed, rows) {
+      return deltaWith((k) => variables.get(k)!, name, x, dropoutSeed, rows);
     },
     variablesOfLayer(layer) {
       return byLayer.get(layer) ?? [];
     },
     withTensors(replacements): LinearAdapter {
       return {
-        delta: (name, x, dropoutSeed) =>
-          deltaWith((k) => replacements.get(k) ?? variables.get(k)!, name, x, dropoutSeed),
+        delta: (name, x, dropoutSeed, rows) =>
+          deltaWith((k) => replacements.get(k) ?? variables.get(k)!, name, x, dropoutSeed, rows),
       };
     },
     dispose() {
