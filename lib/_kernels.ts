@@ -45,11 +45,14 @@ export const TOKEN_LOG_SOFTMAX = "TokenLogSoftmax";
 export const DROPOUT_MASK = "DropoutMask";
 /** One token per row by inverse-CDF sampling of softmax(logits / temperature), unsorted. */
 export const SAMPLE_TOKENS = "SampleTokens";
+/** PEFT's LoRA delta `lora_B(lora_A(dropout(x))) * scaling` in two sgemms. */
+export const LORA_DELTA = "LoraDelta";
 
 const RMS_NORM_GRAD_X = "FusedRmsNormGradX";
 const RMS_NORM_GRAD_W = "FusedRmsNormGradW";
 const ATTENTION_GRAD = "FusedAttentionGrad";
 const TOKEN_LOG_SOFTMAX_GRAD = "TokenLogSoftmaxGrad";
+const LORA_DELTA_GRAD = "LoraDeltaGrad";
 
 /** The kernels lib/backend.ts can register, on "wasm" and "cpu". */
 export type FusedBackend = "wasm" | "cpu";
@@ -898,6 +901,108 @@ export function fusedCachedAttention(
 }
 
 // ---------------------------------------------------------------------------------------------
+// LoRA
+
+interface LoraDeltaAttrs {
+  scaling: number;
+}
+
+function checkLoraShapes(
+  kernelName: string,
+  x: tf.TensorInfo,
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+): void {
+  checkFloat32(kernelName, x, a, b);
+  if (
+    x.shape.length !== 2 || a.shape.length !== 2 || b.shape.length !== 2 ||
+    a.shape[1] !== x.shape[1] || b.shape[1] !== a.shape[0]
+  ) {
+    throw new RangeError(
+      `${kernelName}: expected x [N, in], a [r, in] and b [out, r], got [${x.shape}], ` +
+        `[${a.shape}] and [${b.shape}]`,
+    );
+  }
+}
+
+/** low = x Aᵀ, delta = scaling · low Bᵀ; both are outputs (the gradient reuses low). */
+function loraDeltaForward(backendName: FusedBackend): Compute {
+  return (host, { inputs, attrs }) => {
+    const { x, a, b } = inputs as Record<string, tf.TensorInfo>;
+    const { scaling } = attrs as unknown as LoraDeltaAttrs;
+    checkLoraShapes(LORA_DELTA, x, a, b);
+    const [N, K] = x.shape;
+    const [r, M] = [a.shape[0], b.shape[0]];
+    const out = host.alloc([N, M]);
+    const low = host.alloc([N, r]);
+    const sgemm = sgemmOf(backendName);
+    const lv = host.f32(low);
+    sgemm(false, true, N, r, K, 1, host.f32(x), K, host.f32(a), K, 0, lv, r); // [N, r]
+    // NOTE: sgemm applies alpha to the float32 sum, as tf.mul(lora_B(...), scaling) rounds it.
+    sgemm(false, true, N, M, r, scaling, lv, r, host.f32(b), r, 0, host.f32(out), M); // [N, out]
+    return [out, low];
+  };
+}
+
+/** With g = scaling · dy: dB = gᵀ low, dlow = g B, dA = dlowᵀ x, dx = dlow A. */
+function loraDeltaGrad(backendName: FusedBackend): Compute {
+  return (host, { inputs, attrs }) => {
+    const { dy, x, a, b, low } = inputs as Record<string, tf.TensorInfo>;
+    const { scaling } = attrs as unknown as LoraDeltaAttrs;
+    const [N, K] = x.shape;
+    const [r, M] = [a.shape[0], b.shape[0]];
+    const dx = host.alloc(x.shape);
+    const da = host.alloc(a.shape);
+    const db = host.alloc(b.shape);
+    const sgemm = sgemmOf(backendName);
+    const [dyv, xv, av, bv, lv] = [dy, x, a, b, low].map((t) => host.f32(t));
+    const [dxv, dav, dbv] = [dx, da, db].map((t) => host.f32(t));
+    const dlow = scratchOf(N * r);
+    sgemm(true, false, M, r, N, scaling, dyv, M, lv, r, 0, dbv, r); // [out, r]
+    sgemm(false, false, N, r, M, scaling, dyv, M, bv, r, 0, dlow, r); // [N, r]
+    sgemm(true, false, r, K, N, 1, dlow, r, xv, K, 0, dav, K); // [r, in]
+    sgemm(false, false, N, K, r, 1, dlow, r, av, K, 0, dxv, K); // [N, in]
+    return [dx, da, db];
+  };
+}
+
+/**
+ * PEFT `lora.Linear.forward`'s delta without the dropout, `lora_B(lora_A(x)) * scaling`, as two
+ * sgemms (the scaling is sgemm's alpha) with one gradient kernel for x, A and B, instead of two
+ * matMuls, a scalar multiply and their six backward ops.
+ *
+ * @param x [N, in] float32 (after dropout).
+ * @param a lora_A [r, in].
+ * @param b lora_B [out, r].
+ * @param scaling lora_alpha / r.
+ * @returns [N, out]. The caller disposes it.
+ */
+export function loraDelta(
+  x: tf.Tensor2D,
+  a: tf.Tensor2D,
+  b: tf.Tensor2D,
+  scaling: number,
+): tf.Tensor2D {
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [xIn, aIn, bIn] = args as tf.Tensor[];
+    const save = args[3] as tf.GradSaveFunc;
+    const [out, low] = runKernel(LORA_DELTA, { x: xIn, a: aIn, b: bIn }, {
+      scaling,
+    }) as tf.Tensor[];
+    save([xIn, aIn, bIn, low]);
+    return {
+      value: out,
+      gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => {
+        const [sx, sa, sb, sl] = saved;
+        const inputs = { dy: dy as tf.Tensor, x: sx, a: sa, b: sb, low: sl };
+        return runKernel(LORA_DELTA_GRAD, inputs, { scaling }) as tf.Tensor[];
+      },
+    };
+  });
+  return f(x, a, b) as tf.Tensor2D;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Log-probabilities of chosen tokens
 
 interface TokenLogSoftmaxAttrs {
@@ -1163,6 +1268,8 @@ export const FUSED_KERNELS: readonly FusedKernel[] = [
   blasKernel(ATTENTION, attentionForward),
   blasKernel(ATTENTION_GRAD, attentionGrad),
   blasKernel(CACHED_ATTENTION, cachedAttentionForward),
+  blasKernel(LORA_DELTA, loraDeltaForward),
+  blasKernel(LORA_DELTA_GRAD, loraDeltaGrad),
 ];
 
 /** The gradients of the kernels that take part in training (attention's is a customGrad). */

@@ -13,7 +13,7 @@ import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { CheckpointError } from "./errors.ts";
 import { isFile, readJson } from "./_fs.ts";
-import { DROPOUT_MASK, dropoutMask, hasFusedKernel } from "./_kernels.ts";
+import { DROPOUT_MASK, dropoutMask, hasFusedKernel, LORA_DELTA, loraDelta } from "./_kernels.ts";
 import type { CheckpointableAdapter, LinearAdapter, Qwen2Model, RowSuffix } from "./model.ts";
 import { countParameters, weightShape } from "./model.ts";
 import { externalValues } from "./_external_weights.ts";
@@ -121,7 +121,12 @@ function makeAdapter(
     if (!moduleSet.has(name)) return null;
     const a = read(peftKey(name, "A")) as tf.Tensor2D; // [r, in]
     const b = read(peftKey(name, "B")) as tf.Tensor2D; // [out, r]
-    let input = x;
+    // PEFT: lora_B(lora_A(dropout(x))) * scaling.
+    const product = (input: tf.Tensor2D) => {
+      const low = tf.matMul(input, a, false, true); // [N, r]
+      return tf.mul(tf.matMul(low, b, false, true), scaling) as tf.Tensor2D; // [N, out]
+    };
+    let mask: tf.Tensor | null = null; // the dropout multiplier, [N, in]
     if (dropoutSeed !== null && dropoutSeed !== undefined && options.lora_dropout > 0) {
       const seed = (dropoutSeed * 1000003 + hashString(name)) % 2147483647;
       if (rows) {
@@ -131,21 +136,21 @@ function makeAdapter(
         const kept = rows.length - rows.start;
         const batch = n / kept;
         const full = [batch * rows.length, width];
-        const mask = hasFusedKernel(DROPOUT_MASK)
+        mask = (hasFusedKernel(DROPOUT_MASK)
           ? dropoutMask(full, options.lora_dropout, seed)
-          : tf.dropout(tf.ones(full), options.lora_dropout, undefined, seed);
-        const picked = mask.reshape([batch, rows.length, width]) // [B, T, in]
+          : tf.dropout(tf.ones(full), options.lora_dropout, undefined, seed))
+          .reshape([batch, rows.length, width]) // [B, T, in]
           .slice([0, rows.start, 0], [batch, kept, width]).reshape([n, width]); // [N, in]
-        input = tf.mul(x, picked) as tf.Tensor2D;
-      } else {
+      } else if (hasFusedKernel(DROPOUT_MASK)) {
         // The same mask as tf.dropout, drawn without its per-value closure (lib/_kernels.ts).
-        input = hasFusedKernel(DROPOUT_MASK)
-          ? tf.mul(x, dropoutMask(x.shape, options.lora_dropout, seed)) as tf.Tensor2D
-          : tf.dropout(x, options.lora_dropout, undefined, seed) as tf.Tensor2D;
+        mask = dropoutMask(x.shape, options.lora_dropout, seed);
+      } else {
+        return product(tf.dropout(x, options.lora_dropout, undefined, seed) as tf.Tensor2D);
       }
     }
-    const low = tf.matMul(input, a, false, true); // [N, r]
-    return tf.mul(tf.matMul(low, b, false, true), scaling) as tf.Tensor2D; // [N, out]
+    const input = mask === null ? x : tf.mul(x, mask) as tf.Tensor2D; // [N, in]
+    // One kernel forward and one backward where there is a BLAS (lib/_kernels.ts).
+    return hasFusedKernel(LORA_DELTA) ? loraDelta(input, a, b, scaling) : product(input);
   }
   const adapter: LoraAdapter = {
     options,

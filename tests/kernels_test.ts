@@ -13,6 +13,7 @@ import {
   fusedRope,
   fusedTokenLogSoftmax,
   hasFusedKernel,
+  loraDelta,
   RMS_NORM,
 } from "../lib/_kernels.ts";
 import { sampleTokens } from "../lib/rollout.ts";
@@ -235,6 +236,19 @@ Deno.test("fusedCachedAttention() prefills and decodes into its cache as fusedAt
     tf.dispose([kt, filled]);
     tf.dispose([q, k, v, maskT, whole, stepped, ...steps, cache.keys, cache.values, cache.mask]);
     assert.equal(tf.memory().numTensors, before, "leaked tensors");
+  }
+});
+
+Deno.test("loraDelta() matches PEFT's lora_B(lora_A(x)) * scaling and its gradients", async () => {
+  for (const scaling of [2, 0.3]) {
+    await assertFusedMatchesStock(
+      `loraDelta scaling ${scaling}`,
+      (x, a, b) => tf.mul(tf.matMul(tf.matMul(x, a, false, true), b, false, true), scaling),
+      (x, a, b) => loraDelta(x as tf.Tensor2D, a as tf.Tensor2D, b as tf.Tensor2D, scaling),
+      () => [tensor([6, 8], 22, 2), tensor([3, 8], 23), tensor([5, 3], 24)],
+      1e-5,
+      ["wasm+blas", "cpu+blas"], // two sgemms
+    );
   }
 });
 
