@@ -467,6 +467,7 @@ function layerStack(
   options: ForwardOptions,
   cache: KVCache | null,
   withCache = cache !== null,
+  headroom = CACHE_HEADROOM,
 ): { h: tf.Tensor3D; keys: tf.Tensor4D[]; values: tf.Tensor4D[]; mask: tf.Tensor2D } {
   const [B, T] = inputIds.shape;
   const { adapter, dropoutSeed } = options;
@@ -485,14 +486,14 @@ function layerStack(
       mask = cache.attentionMask;
       pasts = cache.keys.map((k, i) => ({ k, v: cache.values[i], length: cache.length }));
     } else if (withCache) {
-      // prefill: an empty cache with room for CACHE_HEADROOM new tokens.
+      // prefill: an empty cache with room for `headroom` new tokens.
       const shape: [number, number, number, number] = [
         B,
         c.num_key_value_heads,
-        T + CACHE_HEADROOM,
+        T + headroom,
         headDim(c),
       ];
-      mask = tf.concat([tf.cast(newMask, "int32"), tf.ones([B, CACHE_HEADROOM], "int32")], 1);
+      mask = tf.concat([tf.cast(newMask, "int32"), tf.ones([B, headroom], "int32")], 1);
       for (let i = 0; i < c.num_hidden_layers; i++) {
         pasts.push({
           k: tf.zeros(shape) as tf.Tensor4D,
@@ -692,6 +693,67 @@ export function hiddenStates(
   options: ForwardOptions = {},
 ): tf.Tensor3D {
   return tf.tidy(() => layerStack(model, inputIds, options, null).h);
+}
+
+/**
+ * {@linkcode hiddenStates} of positions P - 1 .. T - 1 of a batch whose rows share prompts (GRPO's
+ * groups of completions), computing each distinct prompt once: the prompts go through the model
+ * as a prefill into a KV cache, which each row's completion tokens then attend to. Inference only
+ * (no gradient, no dropout), and only with the fused attention kernels: elsewhere it is
+ * `hiddenStates` with `keepLast: T - P + 1`. The values are those of the full pass at every
+ * real position (right padding after a completion may differ: its outputs are never read).
+ *
+ * @param model The model.
+ * @param inputIds [B, T] int32: left-padded prompts of width P, then the completions.
+ * @param options `attentionMask` [B, T], `adapter`, `promptLength` P, and `promptOf`: for each
+ *   row, the index of a row with the same prompt (rows with equal entries share one prefill).
+ * @returns [B, T - P + 1, H]. The caller disposes it.
+ * @example Usage
+ * ```ts ignore
+ * const h = sharedPromptHiddenStates(model, ids, { attentionMask, adapter: null, promptLength: 5, promptOf: [0, 0, 2, 2] });
+ * ```
+ */
+export function sharedPromptHiddenStates(
+  model: Qwen2Model,
+  inputIds: tf.Tensor2D,
+  options: {
+    attentionMask: tf.Tensor2D;
+    adapter?: LinearAdapter | null;
+    promptLength: number;
+    promptOf: number[];
+  },
+): tf.Tensor3D {
+  const [B, T] = inputIds.shape;
+  const { attentionMask, adapter, promptLength: P, promptOf } = options;
+  if (!Number.isInteger(P) || P < 1 || P >= T) {
+    throw new RangeError(`Expected promptLength in [1, ${T - 1}], got ${P}`);
+  }
+  if (promptOf.length !== B || promptOf.some((u) => !(u >= 0 && u < B))) {
+    throw new RangeError(`Expected promptOf to hold ${B} row indices, got [${promptOf}]`);
+  }
+  if (!fusedAttentionAvailable()) {
+    return hiddenStates(model, inputIds, { attentionMask, adapter, keepLast: T - P + 1 });
+  }
+  const unique = [...new Set(promptOf)];
+  const C = T - P;
+  return tf.tidy(() => {
+    const pick = tf.tensor1d(unique, "int32"); // [U]
+    const expand = tf.tensor1d(promptOf.map((u) => unique.indexOf(u)), "int32"); // [B]
+    const promptIds = tf.gather(inputIds.slice([0, 0], [B, P]), pick) as tf.Tensor2D; // [U, P]
+    const promptMask = tf.gather(attentionMask.slice([0, 0], [B, P]), pick) as tf.Tensor2D;
+    const pre = layerStack(model, promptIds, { attentionMask: promptMask, adapter }, null, true, C);
+    const cache: KVCache = {
+      keys: pre.keys.map((k) => tf.gather(k, expand) as tf.Tensor4D), // [B, nKV, P + C, hd]
+      values: pre.values.map((v) => tf.gather(v, expand) as tf.Tensor4D),
+      attentionMask: tf.gather(tf.cast(pre.mask, "int32"), expand) as tf.Tensor2D, // [B, P + C]
+      nextPositions: tf.gather(tf.sum(tf.cast(promptMask, "int32"), 1), expand) as tf.Tensor1D,
+      length: P,
+    };
+    const completion = inputIds.slice([0, P], [B, C]) as tf.Tensor2D; // [B, C]
+    const h = layerStack(model, completion, { adapter }, cache).h; // [B, C, H]
+    const last = tf.gather(pre.h.slice([0, P - 1, 0], [-1, 1, -1]), expand); // [B, 1, H]
+    return tf.concat([last, h], 1) as tf.Tensor3D; // [B, C + 1, H]
+  });
 }
 
 /**

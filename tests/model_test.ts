@@ -5,7 +5,14 @@
  */
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
-import { decodeStep, disposeCache, forward, hiddenStates, prefill } from "../lib/model.ts";
+import {
+  decodeStep,
+  disposeCache,
+  forward,
+  hiddenStates,
+  prefill,
+  sharedPromptHiddenStates,
+} from "../lib/model.ts";
 import { createLora } from "../lib/lora.ts";
 import { completionLogProbs } from "../lib/grpo.ts";
 import { loadModel } from "../lib/model_loader.ts";
@@ -247,6 +254,62 @@ for (const backend of ["cpu", "wasm+blas", "cpu+blas"] as const) {
       }
     }
     assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    model.dispose();
+  });
+}
+
+for (const backend of ["cpu", "wasm+blas", "cpu+blas"] as const) {
+  Deno.test(`sharedPromptHiddenStates() equals hiddenStates() at every real position (${backend})`, async () => {
+    await useTestBackend(backend);
+    const model = await loadModel(`${FIXTURES}qwen2-tiny`);
+    const adapter = createLora(model, {
+      lora_r: 4,
+      lora_alpha: 8,
+      lora_dropout: 0.5, // no seed: no dropout
+      target_modules: ["q_proj", "v_proj", "o_proj"],
+    }, { seed: 5 });
+    for (const [key, v] of adapter.variables) {
+      if (key.includes("lora_B")) v.assign(tf.randomNormal(v.shape, 0, 0.5, "float32", 6));
+    }
+    const before = tf.memory().numTensors;
+    // Prompts of widths 3 and 2 (left-padded to P = 3), two completions each, right-padded to 4.
+    const P = 3;
+    const rows = [
+      [72, 105, 32, 50, 51, 52, 53],
+      [72, 105, 32, 60, 61, 0, 0],
+      [0, 40, 41, 50, 0, 0, 0],
+      [0, 40, 41, 70, 71, 72, 0],
+    ];
+    const masks = [
+      [1, 1, 1, 1, 1, 1, 1],
+      [1, 1, 1, 1, 1, 0, 0],
+      [0, 1, 1, 1, 0, 0, 0],
+      [0, 1, 1, 1, 1, 1, 0],
+    ];
+    const ids = tf.tensor2d(rows, [4, 7], "int32");
+    const attentionMask = tf.tensor2d(masks, [4, 7], "int32");
+    for (const a of [null, adapter]) {
+      const full = hiddenStates(model, ids, { attentionMask, adapter: a });
+      const shared = sharedPromptHiddenStates(model, ids, {
+        attentionMask,
+        adapter: a,
+        promptLength: P,
+        promptOf: [0, 0, 2, 2],
+      });
+      assert.deepEqual(shared.shape, [4, 5, model.config.hidden_size]);
+      const want = (await full.array()) as number[][][];
+      const got = (await shared.array()) as number[][][];
+      for (let b = 0; b < 4; b++) {
+        for (let t = P - 1; t < 7; t++) {
+          if (masks[b][t] === 0) continue;
+          assertAllClose(got[b][t - P + 1], want[b][t], 1e-5, `row ${b}, position ${t}`);
+        }
+      }
+      tf.dispose([full, shared]);
+    }
+    tf.dispose([ids, attentionMask]);
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    adapter.dispose();
     model.dispose();
   });
 }
