@@ -712,6 +712,7 @@ function attentionGrad(backendName: FusedBackend): Compute {
     dkv.fill(0);
     dvv.fill(0);
     // Rows [r0, r0 + rows) of one (b, h) against keys [lo, lo + n); P read in place (row stride S).
+    // `causal`: P is 0 past each query's own position, so dS is too (no need to compute it).
     const region = (
       qo: number,
       ko: number,
@@ -720,6 +721,7 @@ function attentionGrad(backendName: FusedBackend): Compute {
       rows: number,
       lo: number,
       n: number,
+      causal: boolean,
     ) => {
       if (rows === 0 || n === 0) return;
       const dp = scratchOf(rows * n);
@@ -729,9 +731,12 @@ function attentionGrad(backendName: FusedBackend): Compute {
       const [kb, vb] = [kv.subarray(ko + lo * ldk), vv.subarray(ko + lo * ldk)];
       sgemm(false, true, rows, n, hd, 1, dO, ldq, vb, ldk, 0, dp, n);
       for (let r = 0; r < rows; r++) {
+        const limit = causal ? Math.max(0, Math.min(n, S - T + r0 + r - lo + 1)) : n;
+        const [pr, dr] = [r * S, r * n];
         let dot = 0;
-        for (let s = 0; s < n; s++) dot += p[r * S + s] * dp[r * n + s];
-        for (let s = 0; s < n; s++) dp[r * n + s] = p[r * S + s] * (dp[r * n + s] - dot);
+        for (let s = 0; s < limit; s++) dot += p[pr + s] * dp[dr + s];
+        for (let s = 0; s < limit; s++) dp[dr + s] = p[pr + s] * (dp[dr + s] - dot);
+        dp.fill(0, dr + limit, dr + n);
       }
       sgemm(false, false, rows, hd, n, scale, dp, n, kb, ldk, 0, dqv.subarray(qo + r0 * ldq), ldq);
       sgemm(true, false, n, hd, rows, scale, dp, n, qs, ldq, 1, dkv.subarray(ko + lo * ldk), ldk);
@@ -743,18 +748,19 @@ function attentionGrad(backendName: FusedBackend): Compute {
       let first = Math.min(T, Math.max(0, lo - (S - T)));
       // A query after it that saw no key (a hole in the mask) has P uniform over all S: use all S.
       const outside = lo > 0 ? 0 : hi < S ? S - 1 : -1;
-      for (let h = 0; h < nH && outside >= 0 && first < T; h++) {
+      let causal = true;
+      for (let h = 0; h < nH && outside >= 0 && first < T && causal; h++) {
         const po = (b * nH + h) * T * S;
         for (let t = first; t < T; t++) {
-          if (pv[po + t * S + outside] !== 0) [lo, hi, first] = [0, S, 0];
+          if (pv[po + t * S + outside] !== 0) [lo, hi, first, causal] = [0, S, 0, false];
         }
       }
       for (let h = 0; h < nH; h++) {
         const qo = b * T * ldq + h * hd;
         const ko = b * S * ldk + Math.floor(h / nRep) * hd;
         const po = (b * nH + h) * T * S;
-        region(qo, ko, po, 0, first, 0, S); // queries before the first real key: uniform P
-        region(qo, ko, po, first, T - first, lo, hi - lo);
+        region(qo, ko, po, 0, first, 0, S, false); // queries before the first real key: uniform P
+        region(qo, ko, po, first, T - first, lo, hi - lo, causal);
       }
     }
     return [dq, dk, dv];
