@@ -45,11 +45,14 @@ export const TOKEN_LOG_SOFTMAX = "TokenLogSoftmax";
 export const DROPOUT_MASK = "DropoutMask";
 /** One token per row by inverse-CDF sampling of softmax(logits / temperature), unsorted. */
 export const SAMPLE_TOKENS = "SampleTokens";
+/** PEFT's LoRA delta `lora_B(lora_A(dropout(x))) * scaling` in two sgemms. */
+export const LORA_DELTA = "LoraDelta";
 
 const RMS_NORM_GRAD_X = "FusedRmsNormGradX";
 const RMS_NORM_GRAD_W = "FusedRmsNormGradW";
 const ATTENTION_GRAD = "FusedAttentionGrad";
 const TOKEN_LOG_SOFTMAX_GRAD = "TokenLogSoftmaxGrad";
+const LORA_DELTA_GRAD = "LoraDeltaGrad";
 
 /** The kernels lib/backend.ts can register, on "wasm" and "cpu". */
 export type FusedBackend = "wasm" | "cpu";
@@ -642,22 +645,24 @@ function tokenMajor(data: Float32Array, [, S, nKV, hd]: number[]): KeyLayout {
   return { data, offset: (b, j) => (b * S * nKV + j) * hd, ld: nKV * hd };
 }
 
+/** `suffix`: q may hold only the last T of k's S positions (k and v [B, S, nKV, hd], S >= T). */
 function checkAttentionShapes(
   kernelName: string,
   q: tf.TensorInfo,
   k: tf.TensorInfo,
   v: tf.TensorInfo,
+  suffix = false,
 ): void {
   checkFloat32(kernelName, q, k, v);
   const [B, T, nH, hd] = q.shape;
   const [kb, kt, nKV, khd] = k.shape;
   if (
-    q.shape.length !== 4 || k.shape.length !== 4 || kb !== B || kt !== T || khd !== hd ||
-    nH % nKV !== 0 || v.shape.join() !== k.shape.join()
+    q.shape.length !== 4 || k.shape.length !== 4 || kb !== B || khd !== hd ||
+    (suffix ? kt < T : kt !== T) || nH % nKV !== 0 || v.shape.join() !== k.shape.join()
   ) {
     throw new RangeError(
-      `${kernelName}: expected q [B, T, nH, hd], k and v [B, T, nKV, hd] with nKV dividing nH, ` +
-        `got [${q.shape}], [${k.shape}], [${v.shape}]`,
+      `${kernelName}: expected q [B, T, nH, hd], k and v [B, ${suffix ? "S >= T" : "T"}, nKV, ` +
+        `hd] with nKV dividing nH, got [${q.shape}], [${k.shape}], [${v.shape}]`,
     );
   }
 }
@@ -666,27 +671,16 @@ function attentionForward(backendName: FusedBackend): Compute {
   return (host, { inputs, attrs }) => {
     const { q, k, v, mask } = inputs as Record<string, tf.TensorInfo>;
     const { scale } = attrs as unknown as AttentionAttrs;
-    checkAttentionShapes(ATTENTION, q, k, v);
+    checkAttentionShapes(ATTENTION, q, k, v, true);
     const [B, T, nH] = q.shape;
+    const S = k.shape[1];
     const out = host.alloc(q.shape);
-    const probs = host.alloc([B, nH, T, T]);
+    const probs = host.alloc([B, nH, T, S]);
     const [qv, kv, vv, mv] = [host.f32(q), host.f32(k), host.f32(v), host.ints(mask)];
     const [ov, pv] = [host.f32(out), host.f32(probs)];
     const nKV = k.shape[2];
-    attend(
-      sgemmOf(backendName),
-      qv,
-      q.shape,
-      nKV,
-      tokenMajor(kv, k.shape),
-      tokenMajor(vv, v.shape),
-      T,
-      mv,
-      T,
-      scale,
-      ov,
-      pv,
-    );
+    const [keys, values] = [tokenMajor(kv, k.shape), tokenMajor(vv, v.shape)];
+    attend(sgemmOf(backendName), qv, q.shape, nKV, keys, values, S, mv, S, scale, ov, pv);
     return [out, probs];
   };
 }
@@ -694,15 +688,16 @@ function attentionForward(backendName: FusedBackend): Compute {
 /**
  * Gradients of {@linkcode attend} (no cache) per (b, head), j its kv head:
  * dP = dO Vᵀ; dS = P ⊙ (dP − rowsum(P ⊙ dP)); dQ = scale·dS K; dK += scale·dSᵀ Q; dV += Pᵀ dO
- * (the nRep heads of a kv head accumulate into its dK, dV). As in the forward pass, queries from
- * the first real key on use only the real keys [lo, hi) (P is 0 outside them); the queries before
- * (P uniform over all keys) use all T.
+ * (the nRep heads of a kv head accumulate into its dK, dV). The T queries are the last T of the
+ * S keys' positions. As in the forward pass, queries from the first real key on use only the
+ * real keys [lo, hi) (P is 0 outside them); the queries before (P uniform over all keys) use all S.
  */
 function attentionGrad(backendName: FusedBackend): Compute {
   return (host, { inputs, attrs }) => {
     const { dy, q, k, v, probs, mask } = inputs as Record<string, tf.TensorInfo>;
     const { scale } = attrs as unknown as AttentionAttrs;
     const [B, T, nH, hd] = q.shape;
+    const S = k.shape[1];
     const nKV = k.shape[2];
     const nRep = nH / nKV;
     const dq = host.alloc(q.shape);
@@ -716,7 +711,8 @@ function attentionGrad(backendName: FusedBackend): Compute {
     const ldk = nKV * hd;
     dkv.fill(0);
     dvv.fill(0);
-    // Rows [r0, r0 + rows) of one (b, h) against keys [lo, lo + n); P read in place (row stride T).
+    // Rows [r0, r0 + rows) of one (b, h) against keys [lo, lo + n); P read in place (row stride S).
+    // `causal`: P is 0 past each query's own position, so dS is too (no need to compute it).
     const region = (
       qo: number,
       ko: number,
@@ -725,37 +721,46 @@ function attentionGrad(backendName: FusedBackend): Compute {
       rows: number,
       lo: number,
       n: number,
+      causal: boolean,
     ) => {
       if (rows === 0 || n === 0) return;
       const dp = scratchOf(rows * n);
-      const p = pv.subarray(po + r0 * T + lo);
+      const p = pv.subarray(po + r0 * S + lo);
       const dO = dyv.subarray(qo + r0 * ldq);
       const qs = qv.subarray(qo + r0 * ldq);
       const [kb, vb] = [kv.subarray(ko + lo * ldk), vv.subarray(ko + lo * ldk)];
       sgemm(false, true, rows, n, hd, 1, dO, ldq, vb, ldk, 0, dp, n);
       for (let r = 0; r < rows; r++) {
+        const limit = causal ? Math.max(0, Math.min(n, S - T + r0 + r - lo + 1)) : n;
+        const [pr, dr] = [r * S, r * n];
         let dot = 0;
-        for (let s = 0; s < n; s++) dot += p[r * T + s] * dp[r * n + s];
-        for (let s = 0; s < n; s++) dp[r * n + s] = p[r * T + s] * (dp[r * n + s] - dot);
+        for (let s = 0; s < limit; s++) dot += p[pr + s] * dp[dr + s];
+        for (let s = 0; s < limit; s++) dp[dr + s] = p[pr + s] * (dp[dr + s] - dot);
+        dp.fill(0, dr + limit, dr + n);
       }
       sgemm(false, false, rows, hd, n, scale, dp, n, kb, ldk, 0, dqv.subarray(qo + r0 * ldq), ldq);
       sgemm(true, false, n, hd, rows, scale, dp, n, qs, ldq, 1, dkv.subarray(ko + lo * ldk), ldk);
-      sgemm(true, false, n, hd, rows, 1, p, T, dO, ldq, 1, dvv.subarray(ko + lo * ldk), ldk);
+      sgemm(true, false, n, hd, rows, 1, p, S, dO, ldq, 1, dvv.subarray(ko + lo * ldk), ldk);
     };
     for (let b = 0; b < B; b++) {
-      let [lo, hi] = keyRange(mv, b * T, T);
-      // A query inside that saw no key (a hole in the mask) has P uniform over all T: use all T.
-      const outside = lo > 0 ? 0 : hi < T ? T - 1 : -1;
-      for (let h = 0; h < nH && outside >= 0 && lo < T; h++) {
-        const po = (b * nH + h) * T * T;
-        for (let t = lo; t < T; t++) if (pv[po + t * T + outside] !== 0) [lo, hi] = [0, T];
+      let [lo, hi] = keyRange(mv, b * S, S);
+      // Queries before the first real key (positions S - T + t < lo) see none: uniform P.
+      let first = Math.min(T, Math.max(0, lo - (S - T)));
+      // A query after it that saw no key (a hole in the mask) has P uniform over all S: use all S.
+      const outside = lo > 0 ? 0 : hi < S ? S - 1 : -1;
+      let causal = true;
+      for (let h = 0; h < nH && outside >= 0 && first < T && causal; h++) {
+        const po = (b * nH + h) * T * S;
+        for (let t = first; t < T; t++) {
+          if (pv[po + t * S + outside] !== 0) [lo, hi, first, causal] = [0, S, 0, false];
+        }
       }
       for (let h = 0; h < nH; h++) {
         const qo = b * T * ldq + h * hd;
-        const ko = b * T * ldk + Math.floor(h / nRep) * hd;
-        const po = (b * nH + h) * T * T;
-        region(qo, ko, po, 0, lo, 0, T); // queries before the first real key: uniform P
-        region(qo, ko, po, lo, T - lo, lo, hi - lo);
+        const ko = b * S * ldk + Math.floor(h / nRep) * hd;
+        const po = (b * nH + h) * T * S;
+        region(qo, ko, po, 0, first, 0, S, false); // queries before the first real key: uniform P
+        region(qo, ko, po, first, T - first, lo, hi - lo, causal);
       }
     }
     return [dq, dk, dv];
@@ -766,12 +771,14 @@ function attentionGrad(backendName: FusedBackend): Compute {
  * Causal self-attention of a whole padded sequence in one kernel (HF `eager_attention_forward`
  * with `repeat_kv`, the causal mask and the padding mask): per batch row and head, a strided sgemm
  * for the scores, a masked softmax, a strided sgemm for the output. Its gradient (q, k, v) is one
- * more kernel, from the probabilities kept for it.
+ * more kernel, from the probabilities kept for it. The queries may be the last T of S positions
+ * only (HF `logits_to_keep` on a last layer: the keys and values cover every position, the
+ * queries only those whose outputs are read).
  *
- * @param q [B, T, nH, hd] queries after RoPE, token-major.
- * @param k [B, T, nKV, hd] keys after RoPE.
- * @param v [B, T, nKV, hd] values.
- * @param mask [B, T] 1 for real tokens, 0 for padding.
+ * @param q [B, T, nH, hd] queries after RoPE, token-major: positions S - T .. S - 1.
+ * @param k [B, S, nKV, hd] keys after RoPE, S >= T.
+ * @param v [B, S, nKV, hd] values.
+ * @param mask [B, S] 1 for real tokens, 0 for padding.
  * @param scale 1 / sqrt(hd).
  * @returns [B, T, nH, hd]. The caller disposes it.
  */
@@ -897,6 +904,108 @@ export function fusedCachedAttention(
     vCache: cache.values,
     mask: cache.mask,
   }, { scale, length: cache.length }) as tf.Tensor4D;
+}
+
+// ---------------------------------------------------------------------------------------------
+// LoRA
+
+interface LoraDeltaAttrs {
+  scaling: number;
+}
+
+function checkLoraShapes(
+  kernelName: string,
+  x: tf.TensorInfo,
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+): void {
+  checkFloat32(kernelName, x, a, b);
+  if (
+    x.shape.length !== 2 || a.shape.length !== 2 || b.shape.length !== 2 ||
+    a.shape[1] !== x.shape[1] || b.shape[1] !== a.shape[0]
+  ) {
+    throw new RangeError(
+      `${kernelName}: expected x [N, in], a [r, in] and b [out, r], got [${x.shape}], ` +
+        `[${a.shape}] and [${b.shape}]`,
+    );
+  }
+}
+
+/** low = x Aᵀ, delta = scaling · low Bᵀ; both are outputs (the gradient reuses low). */
+function loraDeltaForward(backendName: FusedBackend): Compute {
+  return (host, { inputs, attrs }) => {
+    const { x, a, b } = inputs as Record<string, tf.TensorInfo>;
+    const { scaling } = attrs as unknown as LoraDeltaAttrs;
+    checkLoraShapes(LORA_DELTA, x, a, b);
+    const [N, K] = x.shape;
+    const [r, M] = [a.shape[0], b.shape[0]];
+    const out = host.alloc([N, M]);
+    const low = host.alloc([N, r]);
+    const sgemm = sgemmOf(backendName);
+    const lv = host.f32(low);
+    sgemm(false, true, N, r, K, 1, host.f32(x), K, host.f32(a), K, 0, lv, r); // [N, r]
+    // NOTE: sgemm applies alpha to the float32 sum, as tf.mul(lora_B(...), scaling) rounds it.
+    sgemm(false, true, N, M, r, scaling, lv, r, host.f32(b), r, 0, host.f32(out), M); // [N, out]
+    return [out, low];
+  };
+}
+
+/** With g = scaling · dy: dB = gᵀ low, dlow = g B, dA = dlowᵀ x, dx = dlow A. */
+function loraDeltaGrad(backendName: FusedBackend): Compute {
+  return (host, { inputs, attrs }) => {
+    const { dy, x, a, b, low } = inputs as Record<string, tf.TensorInfo>;
+    const { scaling } = attrs as unknown as LoraDeltaAttrs;
+    const [N, K] = x.shape;
+    const [r, M] = [a.shape[0], b.shape[0]];
+    const dx = host.alloc(x.shape);
+    const da = host.alloc(a.shape);
+    const db = host.alloc(b.shape);
+    const sgemm = sgemmOf(backendName);
+    const [dyv, xv, av, bv, lv] = [dy, x, a, b, low].map((t) => host.f32(t));
+    const [dxv, dav, dbv] = [dx, da, db].map((t) => host.f32(t));
+    const dlow = scratchOf(N * r);
+    sgemm(true, false, M, r, N, scaling, dyv, M, lv, r, 0, dbv, r); // [out, r]
+    sgemm(false, false, N, r, M, scaling, dyv, M, bv, r, 0, dlow, r); // [N, r]
+    sgemm(true, false, r, K, N, 1, dlow, r, xv, K, 0, dav, K); // [r, in]
+    sgemm(false, false, N, K, r, 1, dlow, r, av, K, 0, dxv, K); // [N, in]
+    return [dx, da, db];
+  };
+}
+
+/**
+ * PEFT `lora.Linear.forward`'s delta without the dropout, `lora_B(lora_A(x)) * scaling`, as two
+ * sgemms (the scaling is sgemm's alpha) with one gradient kernel for x, A and B, instead of two
+ * matMuls, a scalar multiply and their six backward ops.
+ *
+ * @param x [N, in] float32 (after dropout).
+ * @param a lora_A [r, in].
+ * @param b lora_B [out, r].
+ * @param scaling lora_alpha / r.
+ * @returns [N, out]. The caller disposes it.
+ */
+export function loraDelta(
+  x: tf.Tensor2D,
+  a: tf.Tensor2D,
+  b: tf.Tensor2D,
+  scaling: number,
+): tf.Tensor2D {
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [xIn, aIn, bIn] = args as tf.Tensor[];
+    const save = args[3] as tf.GradSaveFunc;
+    const [out, low] = runKernel(LORA_DELTA, { x: xIn, a: aIn, b: bIn }, {
+      scaling,
+    }) as tf.Tensor[];
+    save([xIn, aIn, bIn, low]);
+    return {
+      value: out,
+      gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => {
+        const [sx, sa, sb, sl] = saved;
+        const inputs = { dy: dy as tf.Tensor, x: sx, a: sa, b: sb, low: sl };
+        return runKernel(LORA_DELTA_GRAD, inputs, { scaling }) as tf.Tensor[];
+      },
+    };
+  });
+  return f(x, a, b) as tf.Tensor2D;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1165,6 +1274,8 @@ export const FUSED_KERNELS: readonly FusedKernel[] = [
   blasKernel(ATTENTION, attentionForward),
   blasKernel(ATTENTION_GRAD, attentionGrad),
   blasKernel(CACHED_ATTENTION, cachedAttentionForward),
+  blasKernel(LORA_DELTA, loraDeltaForward),
+  blasKernel(LORA_DELTA_GRAD, loraDeltaGrad),
 ];
 
 /** The gradients of the kernels that take part in training (attention's is a customGrad). */

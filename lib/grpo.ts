@@ -13,7 +13,8 @@ import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { defaultConfig } from "./config.ts";
 import type { ForwardOptions, Qwen2Model } from "./model.ts";
-import { hiddenStates, lmHead, lmHeadProducts } from "./model.ts";
+import { hiddenStates, lmHead, lmHeadProducts, sharedPromptHiddenStates } from "./model.ts";
+import { engineTape } from "./_gradient_checkpointing.ts";
 import { fusedTokenLogSoftmax, hasFusedKernel, TOKEN_LOG_SOFTMAX } from "./_kernels.ts";
 
 /**
@@ -208,6 +209,13 @@ export interface CompletionBatch {
   temperature: number;
   /** [B, P+C] int32 RoPE positions; default from the mask. */
   positionIds?: tf.Tensor2D;
+  /**
+   * For each row, the index of a row with the same prompt (a GRPO group's completions share
+   * theirs). A scoring pass (no gradient tape, no dropout, positions from the mask) then runs
+   * each distinct prompt through the model once and the completions against its KV cache; the
+   * log-probs are the same.
+   */
+  promptOf?: number[];
 }
 
 /**
@@ -248,16 +256,26 @@ function completionHeads(
   if (!(batch.temperature > 0)) {
     throw new RangeError(`Expected temperature > 0, got ${batch.temperature}`);
   }
+  const shared = batch.promptOf !== undefined && batch.positionIds === undefined &&
+    options.dropoutSeed == null && engineTape().gradientDepth === 0;
   const out = tf.tidy(() => {
-    const h = hiddenStates(model, batch.inputIds, {
-      attentionMask: batch.attentionMask,
-      positionIds: batch.positionIds,
-      adapter: options.adapter,
-      dropoutSeed: options.dropoutSeed,
-      gradientCheckpointing: options.gradientCheckpointing,
-    }); // [B, T, H]
+    const h = shared
+      ? sharedPromptHiddenStates(model, batch.inputIds, {
+        attentionMask: batch.attentionMask,
+        adapter: options.adapter,
+        promptLength: T - C,
+        promptOf: batch.promptOf!,
+      })
+      : hiddenStates(model, batch.inputIds, {
+        attentionMask: batch.attentionMask,
+        positionIds: batch.positionIds,
+        adapter: options.adapter,
+        dropoutSeed: options.dropoutSeed,
+        gradientCheckpointing: options.gradientCheckpointing,
+        keepLast: C + 1, // TRL logits_to_keep
+      }); // [B, C+1, H]
     const targets = batch.inputIds.slice([0, T - C], [B, C]); // [B, C]
-    const hs = h.slice([0, T - C - 1, 0], [B, C, -1]); // [B, C, H]: positions predicting targets
+    const hs = h.slice([0, 0, 0], [B, C, -1]); // [B, C, H]: positions predicting targets
     // Rows go through the LM head in chunks of at most LOGITS_CHUNK_FLOATS logits (a 151,936
     // vocab gets one row at a time; the demo's 63-symbol vocab does the whole batch at once).
     const V = model.config.vocab_size;

@@ -13,8 +13,8 @@ import { tf } from "./tf.ts";
 import type { Config } from "./config.ts";
 import { CheckpointError } from "./errors.ts";
 import { isFile, readJson } from "./_fs.ts";
-import { DROPOUT_MASK, dropoutMask, hasFusedKernel } from "./_kernels.ts";
-import type { CheckpointableAdapter, LinearAdapter, Qwen2Model } from "./model.ts";
+import { DROPOUT_MASK, dropoutMask, hasFusedKernel, LORA_DELTA, loraDelta } from "./_kernels.ts";
+import type { CheckpointableAdapter, LinearAdapter, Qwen2Model, RowSuffix } from "./model.ts";
 import { countParameters, weightShape } from "./model.ts";
 import { externalValues } from "./_external_weights.ts";
 import { expectedWeightShapes } from "./qwen2_config.ts";
@@ -116,36 +116,57 @@ function makeAdapter(
     name: string,
     x: tf.Tensor2D,
     dropoutSeed: number | null | undefined,
+    rows: RowSuffix | null | undefined,
   ): tf.Tensor2D | null {
     if (!moduleSet.has(name)) return null;
     const a = read(peftKey(name, "A")) as tf.Tensor2D; // [r, in]
     const b = read(peftKey(name, "B")) as tf.Tensor2D; // [out, r]
-    let input = x;
+    // PEFT: lora_B(lora_A(dropout(x))) * scaling.
+    const product = (input: tf.Tensor2D) => {
+      const low = tf.matMul(input, a, false, true); // [N, r]
+      return tf.mul(tf.matMul(low, b, false, true), scaling) as tf.Tensor2D; // [N, out]
+    };
+    let mask: tf.Tensor | null = null; // the dropout multiplier, [N, in]
     if (dropoutSeed !== null && dropoutSeed !== undefined && options.lora_dropout > 0) {
       const seed = (dropoutSeed * 1000003 + hashString(name)) % 2147483647;
-      // The same mask as tf.dropout, drawn without its per-value closure (lib/_kernels.ts).
-      input = hasFusedKernel(DROPOUT_MASK)
-        ? tf.mul(x, dropoutMask(x.shape, options.lora_dropout, seed)) as tf.Tensor2D
-        : tf.dropout(x, options.lora_dropout, undefined, seed) as tf.Tensor2D;
+      if (rows) {
+        // x holds the last positions of each row only: draw the whole batch's mask and keep
+        // their rows, so that each position gets the mask a full pass gives it.
+        const [n, width] = x.shape;
+        const kept = rows.length - rows.start;
+        const batch = n / kept;
+        const full = [batch * rows.length, width];
+        mask = (hasFusedKernel(DROPOUT_MASK)
+          ? dropoutMask(full, options.lora_dropout, seed)
+          : tf.dropout(tf.ones(full), options.lora_dropout, undefined, seed))
+          .reshape([batch, rows.length, width]) // [B, T, in]
+          .slice([0, rows.start, 0], [batch, kept, width]).reshape([n, width]); // [N, in]
+      } else if (hasFusedKernel(DROPOUT_MASK)) {
+        // The same mask as tf.dropout, drawn without its per-value closure (lib/_kernels.ts).
+        mask = dropoutMask(x.shape, options.lora_dropout, seed);
+      } else {
+        return product(tf.dropout(x, options.lora_dropout, undefined, seed) as tf.Tensor2D);
+      }
     }
-    const low = tf.matMul(input, a, false, true); // [N, r]
-    return tf.mul(tf.matMul(low, b, false, true), scaling) as tf.Tensor2D; // [N, out]
+    const input = mask === null ? x : tf.mul(x, mask) as tf.Tensor2D; // [N, in]
+    // One kernel forward and one backward where there is a BLAS (lib/_kernels.ts).
+    return hasFusedKernel(LORA_DELTA) ? loraDelta(input, a, b, scaling) : product(input);
   }
   const adapter: LoraAdapter = {
     options,
     scaling,
     variables,
     modules,
-    delta(name, x, dropoutSeed) {
-      return deltaWith((k) => variables.get(k)!, name, x, dropoutSeed);
+    delta(name, x, dropoutSeed, rows) {
+      return deltaWith((k) => variables.get(k)!, name, x, dropoutSeed, rows);
     },
     variablesOfLayer(layer) {
       return byLayer.get(layer) ?? [];
     },
     withTensors(replacements): LinearAdapter {
       return {
-        delta: (name, x, dropoutSeed) =>
-          deltaWith((k) => replacements.get(k) ?? variables.get(k)!, name, x, dropoutSeed),
+        delta: (name, x, dropoutSeed, rows) =>
+          deltaWith((k) => replacements.get(k) ?? variables.get(k)!, name, x, dropoutSeed, rows),
       };
     },
     dispose() {

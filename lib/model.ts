@@ -53,9 +53,28 @@ export interface Qwen2Model {
 export interface LinearAdapter {
   /**
    * The delta to add to `x @ W^T + b` for module `name`, or null when it has none.
-   * `dropoutSeed` is the forward pass's {@linkcode ForwardOptions.dropoutSeed}.
+   * `dropoutSeed` is the forward pass's {@linkcode ForwardOptions.dropoutSeed}; `rows`, when
+   * given, says that x holds only the last positions of each batch row (dropout then draws the
+   * masks a full pass draws for those positions).
    */
-  delta(name: string, x: tf.Tensor2D, dropoutSeed?: number | null): tf.Tensor2D | null;
+  delta(
+    name: string,
+    x: tf.Tensor2D,
+    dropoutSeed?: number | null,
+    rows?: RowSuffix | null,
+  ): tf.Tensor2D | null;
+}
+
+/**
+ * The rows a last decoder layer computes when only the last positions are kept
+ * ({@linkcode ForwardOptions.keepLast}): positions [start, length) of each batch row of `length`
+ * positions, flattened row by row.
+ */
+export interface RowSuffix {
+  /** T, the positions of a full row. */
+  length: number;
+  /** The first position kept. */
+  start: number;
 }
 
 /**
@@ -100,6 +119,13 @@ export interface ForwardOptions {
    * (HF `gradient_checkpointing`). Only matters under a gradient tape.
    */
   gradientCheckpointing?: boolean;
+  /**
+   * {@linkcode hiddenStates} of the last `keepLast` positions only (HF `logits_to_keep`):
+   * [B, keepLast, H]. With the fused kernels the last decoder layer then runs its queries, MLP
+   * and the final norm on those positions alone (its keys and values still cover all); the values
+   * are those of the full pass, and so are the LoRA dropout masks.
+   */
+  keepLast?: number;
 }
 
 // NOTE: HF masks with finfo(float32).min, not -inf, so that a fully masked (pad) query row
@@ -171,13 +197,14 @@ function linear(
   x: tf.Tensor,
   adapter: LinearAdapter | null | undefined,
   dropoutSeed: number | null | undefined,
+  rows: RowSuffix | null = null,
 ): tf.Tensor {
   const bias = model.weights.get(`${name}.bias`);
   const lead = x.shape.slice(0, -1);
   const x2 = x.reshape([-1, x.shape[x.shape.length - 1]]) as tf.Tensor2D; // [N, in]
   let y = matMulWeight(model, `${name}.weight`, x2); // [N, out]
   if (bias) y = tf.add(y, bias);
-  const delta = adapter?.delta(name, x2, dropoutSeed);
+  const delta = adapter?.delta(name, x2, dropoutSeed, rows);
   if (delta) y = tf.add(y, delta);
   return y.reshape([...lead, y.shape[1]]);
 }
@@ -254,7 +281,9 @@ interface LayerPast {
 
 /**
  * One decoder layer. `past` holds this layer's cached keys/values; returns the new hidden
- * state and this layer's keys/values (past + new).
+ * state and this layer's keys/values (past + new). With `queryStart` > 0 (fused attention, no
+ * cache) only positions [queryStart, T) are computed past the keys and values: the returned h
+ * is [B, T - queryStart, H].
  */
 function decoderLayer(
   model: Qwen2Model,
@@ -264,6 +293,7 @@ function decoderLayer(
   adapter: LinearAdapter | null | undefined,
   dropoutSeed: number | null | undefined,
   past: LayerPast | null,
+  queryStart = 0,
 ): { h: tf.Tensor3D; k: tf.Tensor4D; v: tf.Tensor4D } {
   const c = model.config;
   const [B, T, H] = h.shape;
@@ -273,26 +303,50 @@ function decoderLayer(
   const p = `model.layers.${layer}`;
 
   const x = rmsNorm(h, weight(model, `${p}.input_layernorm.weight`), c.rms_norm_eps);
-  const q = linear(model, `${p}.self_attn.q_proj`, x, adapter, dropoutSeed)
-    .reshape([B, T, nH, hd]) as tf.Tensor4D; // [B, T, nH, hd]
+  // Only the positions [queryStart, T) go on past the keys and values (logits_to_keep).
+  const K = T - queryStart;
+  const rows: RowSuffix | null = queryStart > 0 ? { length: T, start: queryStart } : null;
+  const keep = (t: tf.Tensor3D) => rows ? t.slice([0, queryStart, 0], [B, K, H]) : t; // [B, K, H]
+  const q = linear(
+    model,
+    `${p}.self_attn.q_proj`,
+    keep(x as tf.Tensor3D),
+    adapter,
+    dropoutSeed,
+    rows,
+  )
+    .reshape([B, K, nH, hd]) as tf.Tensor4D; // [B, K, nH, hd]
   const k = linear(model, `${p}.self_attn.k_proj`, x, adapter, dropoutSeed)
     .reshape([B, T, nKV, hd]) as tf.Tensor4D; // [B, T, nKV, hd]
   const v = linear(model, `${p}.self_attn.v_proj`, x, adapter, dropoutSeed)
     .reshape([B, T, nKV, hd]) as tf.Tensor4D; // [B, T, nKV, hd]
-  const a = att.kind === "fused"
-    ? fusedSelfAttention(c, q, k, v, att, past)
-    : stockSelfAttention(c, q, k, v, att, past);
-  const h1 = tf.add(
-    h,
-    linear(model, `${p}.self_attn.o_proj`, a.attn.reshape([B, T, H]), adapter, dropoutSeed),
-  ) as tf.Tensor3D;
+  let a: { attn: tf.Tensor4D; k: tf.Tensor4D; v: tf.Tensor4D };
+  if (rows) {
+    if (att.kind !== "fused" || past !== null) {
+      throw new RangeError("decoderLayer: queryStart needs the fused attention and no cache");
+    }
+    a = lastQueriesAttention(c, q, k, v, att, queryStart);
+  } else {
+    a = att.kind === "fused"
+      ? fusedSelfAttention(c, q, k, v, att, past)
+      : stockSelfAttention(c, q, k, v, att, past);
+  }
+  const o = linear(
+    model,
+    `${p}.self_attn.o_proj`,
+    a.attn.reshape([B, K, H]),
+    adapter,
+    dropoutSeed,
+    rows,
+  );
+  const h1 = tf.add(keep(h), o) as tf.Tensor3D; // [B, K, H]
 
   const x2 = rmsNorm(h1, weight(model, `${p}.post_attention_layernorm.weight`), c.rms_norm_eps);
-  const gate = linear(model, `${p}.mlp.gate_proj`, x2, adapter, dropoutSeed);
-  const up = linear(model, `${p}.mlp.up_proj`, x2, adapter, dropoutSeed);
+  const gate = linear(model, `${p}.mlp.gate_proj`, x2, adapter, dropoutSeed, rows);
+  const up = linear(model, `${p}.mlp.up_proj`, x2, adapter, dropoutSeed, rows);
   // NOTE: no fused SwiGLU: wasm's Sigmoid (XNNPACK, SIMD) beats a JS loop over Math.exp 4-6x.
   const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), up);
-  const mlp = linear(model, `${p}.mlp.down_proj`, act, adapter, dropoutSeed);
+  const mlp = linear(model, `${p}.mlp.down_proj`, act, adapter, dropoutSeed, rows);
   return { h: tf.add(h1, mlp) as tf.Tensor3D, k: a.k, v: a.v };
 }
 
@@ -315,6 +369,25 @@ function fusedSelfAttention(
   if (past === null) return { attn: fusedAttention(qr, kr, v, att.mask, scale), k: kr, v };
   const cache = { keys: past.k, values: past.v, mask: att.mask, length: past.length };
   return { attn: fusedCachedAttention(qr, kr, v, cache, scale), k: past.k, v: past.v };
+}
+
+/**
+ * {@linkcode fusedSelfAttention} of the queries from `queryStart` on (q [B, K, nH, hd]) against
+ * every key (k, v [B, T, nKV, hd]), without a cache.
+ */
+function lastQueriesAttention(
+  c: Qwen2Config,
+  q: tf.Tensor4D,
+  k: tf.Tensor4D,
+  v: tf.Tensor4D,
+  att: { positions: tf.Tensor2D; mask: tf.Tensor2D },
+  queryStart: number,
+): { attn: tf.Tensor4D; k: tf.Tensor4D; v: tf.Tensor4D } {
+  const [B, K] = q.shape;
+  const positions = att.positions.slice([0, queryStart], [B, K]) as tf.Tensor2D; // [B, K]
+  const qr = fusedRope(q, positions, c.rope_theta);
+  const kr = fusedRope(k, att.positions, c.rope_theta);
+  return { attn: fusedAttention(qr, kr, v, att.mask, 1 / Math.sqrt(headDim(c))), k: kr, v };
 }
 
 /** Attention as HF's eager path composes it, in stock tfjs ops (webgpu, stock cpu). */
@@ -394,6 +467,7 @@ function layerStack(
   options: ForwardOptions,
   cache: KVCache | null,
   withCache = cache !== null,
+  headroom = CACHE_HEADROOM,
 ): { h: tf.Tensor3D; keys: tf.Tensor4D[]; values: tf.Tensor4D[]; mask: tf.Tensor2D } {
   const [B, T] = inputIds.shape;
   const { adapter, dropoutSeed } = options;
@@ -412,14 +486,14 @@ function layerStack(
       mask = cache.attentionMask;
       pasts = cache.keys.map((k, i) => ({ k, v: cache.values[i], length: cache.length }));
     } else if (withCache) {
-      // prefill: an empty cache with room for CACHE_HEADROOM new tokens.
+      // prefill: an empty cache with room for `headroom` new tokens.
       const shape: [number, number, number, number] = [
         B,
         c.num_key_value_heads,
-        T + CACHE_HEADROOM,
+        T + headroom,
         headDim(c),
       ];
-      mask = tf.concat([tf.cast(newMask, "int32"), tf.ones([B, CACHE_HEADROOM], "int32")], 1);
+      mask = tf.concat([tf.cast(newMask, "int32"), tf.ones([B, headroom], "int32")], 1);
       for (let i = 0; i < c.num_hidden_layers; i++) {
         pasts.push({
           k: tf.zeros(shape) as tf.Tensor4D,
@@ -440,17 +514,25 @@ function layerStack(
   let h = embedTokens(model, inputIds); // [B, T, H]
   const keys: tf.Tensor4D[] = [];
   const values: tf.Tensor4D[] = [];
+  const keep = Math.min(options.keepLast ?? T, T);
+  if (!(Number.isInteger(keep) && keep >= 1)) {
+    throw new RangeError(`Expected keepLast to be an integer >= 1, got ${options.keepLast}`);
+  }
+  // HF logits_to_keep: the last layer computes past its keys and values only the kept positions
+  // (the fused attention takes queries of a suffix; the stock path slices at the end).
+  const lastStart = keep < T && att.kind === "fused" && !withCache ? T - keep : 0;
   for (let i = 0; i < c.num_hidden_layers; i++) {
     const past = pasts[i] ?? null;
+    const queryStart = i === c.num_hidden_layers - 1 ? lastStart : 0;
     if (options.gradientCheckpointing && !withCache) {
-      h = checkpointedLayer(model, i, h, att, adapter, dropoutSeed);
+      h = checkpointedLayer(model, i, h, att, adapter, dropoutSeed, queryStart);
       continue;
     }
     // A tidy per layer frees its intermediates as soon as the layer is done (under a gradient
     // tape, tfjs keeps what the backward pass needs regardless).
     const hIn = h;
     const out = tf.tidy(() => {
-      const o = decoderLayer(model, i, hIn, att, adapter, dropoutSeed, past);
+      const o = decoderLayer(model, i, hIn, att, adapter, dropoutSeed, past, queryStart);
       return withCache ? o : { h: o.h };
     }) as { h: tf.Tensor3D; k?: tf.Tensor4D; v?: tf.Tensor4D };
     h = out.h;
@@ -459,6 +541,7 @@ function layerStack(
       values.push(out.v);
     }
   }
+  if (h.shape[1] > keep) h = h.slice([0, T - keep, 0], [B, keep, -1]); // [B, keep, H]
   const normed = rmsNorm(h, weight(model, "model.norm.weight"), c.rms_norm_eps);
   return { h: normed as tf.Tensor3D, keys, values, mask };
 }
@@ -475,6 +558,7 @@ function checkpointedLayer(
   att: AttentionInputs,
   adapter: LinearAdapter | null | undefined,
   dropoutSeed: number | null | undefined,
+  queryStart: number,
 ): tf.Tensor3D {
   const vars = adapterVariablesOfLayer(adapter, layer);
   const names = vars.map((v) => v.name);
@@ -487,7 +571,17 @@ function checkpointedLayer(
     const a: AttentionInputs = att.kind === "stock"
       ? { kind: "stock", bias: cs[0], cos: cs[1] as tf.Tensor4D, sin: cs[2] as tf.Tensor4D }
       : { kind: "fused", positions: cs[0] as tf.Tensor2D, mask: cs[1] as tf.Tensor2D };
-    return decoderLayer(model, layer, hIn as tf.Tensor3D, a, override, dropoutSeed, null).h;
+    return decoderLayer(
+      model,
+      layer,
+      hIn as tf.Tensor3D,
+      a,
+      override,
+      dropoutSeed,
+      null,
+      queryStart,
+    )
+      .h;
   }, { inputs: [h, ...vars.map((v) => v.value)], constants }) as tf.Tensor3D;
 }
 
@@ -586,8 +680,8 @@ export function lmHead(model: Qwen2Model, hidden: tf.Tensor): tf.Tensor {
  *
  * @param model The model.
  * @param inputIds [B, T] int32.
- * @param options Mask, positions, adapter, checkpointing.
- * @returns [B, T, H]. The caller disposes it.
+ * @param options Mask, positions, adapter, checkpointing, `keepLast`.
+ * @returns [B, T, H], or [B, keepLast, H]. The caller disposes it.
  * @example Usage
  * ```ts ignore
  * const h = hiddenStates(model, tf.tensor2d([[1, 2, 3]], [1, 3], "int32"));
@@ -599,6 +693,67 @@ export function hiddenStates(
   options: ForwardOptions = {},
 ): tf.Tensor3D {
   return tf.tidy(() => layerStack(model, inputIds, options, null).h);
+}
+
+/**
+ * {@linkcode hiddenStates} of positions P - 1 .. T - 1 of a batch whose rows share prompts (GRPO's
+ * groups of completions), computing each distinct prompt once: the prompts go through the model
+ * as a prefill into a KV cache, which each row's completion tokens then attend to. Inference only
+ * (no gradient, no dropout), and only with the fused attention kernels: elsewhere it is
+ * `hiddenStates` with `keepLast: T - P + 1`. The values are those of the full pass at every
+ * real position (right padding after a completion may differ: its outputs are never read).
+ *
+ * @param model The model.
+ * @param inputIds [B, T] int32: left-padded prompts of width P, then the completions.
+ * @param options `attentionMask` [B, T], `adapter`, `promptLength` P, and `promptOf`: for each
+ *   row, the index of a row with the same prompt (rows with equal entries share one prefill).
+ * @returns [B, T - P + 1, H]. The caller disposes it.
+ * @example Usage
+ * ```ts ignore
+ * const h = sharedPromptHiddenStates(model, ids, { attentionMask, adapter: null, promptLength: 5, promptOf: [0, 0, 2, 2] });
+ * ```
+ */
+export function sharedPromptHiddenStates(
+  model: Qwen2Model,
+  inputIds: tf.Tensor2D,
+  options: {
+    attentionMask: tf.Tensor2D;
+    adapter?: LinearAdapter | null;
+    promptLength: number;
+    promptOf: number[];
+  },
+): tf.Tensor3D {
+  const [B, T] = inputIds.shape;
+  const { attentionMask, adapter, promptLength: P, promptOf } = options;
+  if (!Number.isInteger(P) || P < 1 || P >= T) {
+    throw new RangeError(`Expected promptLength in [1, ${T - 1}], got ${P}`);
+  }
+  if (promptOf.length !== B || promptOf.some((u) => !(u >= 0 && u < B))) {
+    throw new RangeError(`Expected promptOf to hold ${B} row indices, got [${promptOf}]`);
+  }
+  if (!fusedAttentionAvailable()) {
+    return hiddenStates(model, inputIds, { attentionMask, adapter, keepLast: T - P + 1 });
+  }
+  const unique = [...new Set(promptOf)];
+  const C = T - P;
+  return tf.tidy(() => {
+    const pick = tf.tensor1d(unique, "int32"); // [U]
+    const expand = tf.tensor1d(promptOf.map((u) => unique.indexOf(u)), "int32"); // [B]
+    const promptIds = tf.gather(inputIds.slice([0, 0], [B, P]), pick) as tf.Tensor2D; // [U, P]
+    const promptMask = tf.gather(attentionMask.slice([0, 0], [B, P]), pick) as tf.Tensor2D;
+    const pre = layerStack(model, promptIds, { attentionMask: promptMask, adapter }, null, true, C);
+    const cache: KVCache = {
+      keys: pre.keys.map((k) => tf.gather(k, expand) as tf.Tensor4D), // [B, nKV, P + C, hd]
+      values: pre.values.map((v) => tf.gather(v, expand) as tf.Tensor4D),
+      attentionMask: tf.gather(tf.cast(pre.mask, "int32"), expand) as tf.Tensor2D, // [B, P + C]
+      nextPositions: tf.gather(tf.sum(tf.cast(promptMask, "int32"), 1), expand) as tf.Tensor1D,
+      length: P,
+    };
+    const completion = inputIds.slice([0, P], [B, C]) as tf.Tensor2D; // [B, C]
+    const h = layerStack(model, completion, { adapter }, cache).h; // [B, C, H]
+    const last = tf.gather(pre.h.slice([0, P - 1, 0], [-1, 1, -1]), expand); // [B, 1, H]
+    return tf.concat([last, h], 1) as tf.Tensor3D; // [B, C + 1, H]
+  });
 }
 
 /**

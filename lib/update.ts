@@ -139,11 +139,19 @@ export function prepareBatch(
   const batch = toTrainingBatch(rows, policy.tokenizer.padTokenId, {
     maskTruncated: config.grpo.mask_truncated_completions,
   });
+  // Rows with the same prompt (a group's completions) share one prefill in the scoring passes.
+  const first = new Map<string, number>();
+  const promptOf = rows.promptIds.map((ids, i) => {
+    const key = ids.join(",");
+    if (!first.has(key)) first.set(key, i);
+    return first.get(key)!;
+  });
   const input = {
     inputIds: batch.inputIds,
     attentionMask: batch.attentionMask,
     completionLength: batch.completionLength,
     temperature: config.generation.temperature,
+    promptOf,
   };
   // No dropout seed: the reference and the old policy are evaluated, not trained.
   const ref = config.grpo.kl_coef !== 0

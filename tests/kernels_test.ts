@@ -13,6 +13,7 @@ import {
   fusedRope,
   fusedTokenLogSoftmax,
   hasFusedKernel,
+  loraDelta,
   RMS_NORM,
 } from "../lib/_kernels.ts";
 import { sampleTokens } from "../lib/rollout.ts";
@@ -159,6 +160,36 @@ Deno.test("fusedAttention() matches HF eager attention (GQA, causal, left paddin
   );
 });
 
+Deno.test("fusedAttention() of the last queries only equals the last rows of the full attention, gradients too", async () => {
+  // Row 3's first real key comes after the first kept query (which sees no key: uniform); row 4
+  // has holes.
+  const mask = [
+    [0, 0, 1, 1, 1, 1],
+    [1, 1, 1, 1, 1, 1],
+    [1, 1, 1, 1, 0, 0],
+    [0, 0, 0, 0, 1, 1],
+    [0, 1, 0, 0, 1, 1],
+  ];
+  const [B, S, K] = [5, 6, 3];
+  // The stock side: every position's queries (zeros before the kept ones), then the last K rows.
+  const full = (q: tf.Tensor) => tf.concat([tf.zeros([B, S - K, 4, 8]), q], 1);
+  await assertFusedMatchesStock(
+    "attention of the last queries",
+    (q, k, v) => stockAttention(full(q), k, v, mask).slice([0, S - K, 0, 0], [B, K, 4, 8]),
+    (q, k, v) =>
+      fusedAttention(
+        q as tf.Tensor4D,
+        k as tf.Tensor4D,
+        v as tf.Tensor4D,
+        tf.tensor2d(mask, [B, S], "int32"),
+        1 / Math.sqrt(8),
+      ),
+    () => [tensor([B, K, 4, 8], 16, 2), tensor([B, S, 2, 8], 17, 2), tensor([B, S, 2, 8], 18)],
+    2e-5,
+    ["wasm+blas", "cpu+blas"],
+  );
+});
+
 Deno.test("fusedCachedAttention() prefills and decodes into its cache as fusedAttention() attends", async () => {
   for (const backend of ["wasm+blas", "cpu+blas"] as const) {
     await useBackend(backend);
@@ -205,6 +236,19 @@ Deno.test("fusedCachedAttention() prefills and decodes into its cache as fusedAt
     tf.dispose([kt, filled]);
     tf.dispose([q, k, v, maskT, whole, stepped, ...steps, cache.keys, cache.values, cache.mask]);
     assert.equal(tf.memory().numTensors, before, "leaked tensors");
+  }
+});
+
+Deno.test("loraDelta() matches PEFT's lora_B(lora_A(x)) * scaling and its gradients", async () => {
+  for (const scaling of [2, 0.3]) {
+    await assertFusedMatchesStock(
+      `loraDelta scaling ${scaling}`,
+      (x, a, b) => tf.mul(tf.matMul(tf.matMul(x, a, false, true), b, false, true), scaling),
+      (x, a, b) => loraDelta(x as tf.Tensor2D, a as tf.Tensor2D, b as tf.Tensor2D, scaling),
+      () => [tensor([6, 8], 22, 2), tensor([3, 8], 23), tensor([5, 3], 24)],
+      1e-5,
+      ["wasm+blas", "cpu+blas"], // two sgemms
+    );
   }
 });
 

@@ -5,7 +5,15 @@
  */
 import assert from "node:assert/strict";
 import { tf } from "../lib/tf.ts";
-import { decodeStep, disposeCache, forward, prefill } from "../lib/model.ts";
+import {
+  decodeStep,
+  disposeCache,
+  forward,
+  hiddenStates,
+  prefill,
+  sharedPromptHiddenStates,
+} from "../lib/model.ts";
+import { createLora } from "../lib/lora.ts";
 import { completionLogProbs } from "../lib/grpo.ts";
 import { loadModel } from "../lib/model_loader.ts";
 import type { Qwen2Model } from "../lib/model.ts";
@@ -171,6 +179,137 @@ for (const [backend, storage] of BACKEND_STORAGES) {
     tf.dispose([logps, logps2]);
     rest.dispose();
     assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    model.dispose();
+  });
+}
+
+/**
+ * hiddenStates() of a left- and right-padded batch through a LoRA adapter with dropout, and the
+ * gradients of `sum(h * dy)` with respect to the adapter: [value, ...grads] as arrays.
+ */
+async function hiddenAndGrads(
+  model: Qwen2Model,
+  options: { keepLast?: number; gradientCheckpointing?: boolean; dropoutSeed: number | null },
+  slice: number,
+): Promise<number[][]> {
+  const adapter = createLora(model, {
+    lora_r: 4,
+    lora_alpha: 8,
+    lora_dropout: 0.5,
+    target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+  }, { seed: 4 });
+  // lora_B starts at zero (no gradient reaches lora_A): give it values.
+  let seed = 10;
+  for (const [key, v] of adapter.variables) {
+    if (!key.includes("lora_B")) continue;
+    const values = tf.randomNormal(v.shape, 0, 0.5, "float32", seed++);
+    v.assign(values);
+    values.dispose(); // the variable keeps the data
+  }
+  const ids = tf.tensor2d(
+    [[0, 0, 72, 105, 32, 50, 51], [72, 105, 32, 33, 50, 51, 0]],
+    [2, 7],
+    "int32",
+  );
+  const mask = tf.tensor2d([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0]], [2, 7], "int32");
+  const dy = tf.randomNormal([2, slice, model.config.hidden_size], 0, 1, "float32", 3);
+  const run = () =>
+    tf.tidy(() => {
+      const h = hiddenStates(model, ids, { attentionMask: mask, adapter, ...options });
+      return h.slice([0, h.shape[1] - slice, 0], [2, slice, -1]);
+    });
+  const value = run();
+  const { value: loss, grads } = tf.variableGrads(
+    () => tf.sum(tf.mul(run(), dy)) as tf.Scalar,
+    [...adapter.variables.values()],
+  );
+  const out = [Array.from(await value.data())];
+  for (const key of adapter.variables.keys()) out.push(Array.from(await grads[key].data()));
+  tf.dispose([ids, mask, dy, value, loss, ...Object.values(grads)]);
+  adapter.dispose();
+  return out;
+}
+
+for (const backend of ["cpu", "wasm+blas", "cpu+blas"] as const) {
+  Deno.test(`hiddenStates() with keepLast equals the full pass's last positions, LoRA dropout and gradients included (${backend})`, async () => {
+    await useTestBackend(backend);
+    const model = await loadModel(`${FIXTURES}qwen2-tiny`);
+    const before = tf.memory().numTensors;
+    for (const gradientCheckpointing of [false, true]) {
+      for (const dropoutSeed of [null, 7]) {
+        const options = { gradientCheckpointing, dropoutSeed };
+        const want = await hiddenAndGrads(model, options, 3);
+        const got = await hiddenAndGrads(model, { ...options, keepLast: 3 }, 3);
+        const label = `checkpointing ${gradientCheckpointing}, dropout seed ${dropoutSeed}`;
+        assert.equal(got[0].length, 2 * 3 * model.config.hidden_size);
+        for (let i = 0; i < want.length; i++) {
+          // Gradients reach ~40 here: 1e-4 is float32 rounding.
+          assertAllClose(
+            got[i],
+            want[i],
+            i ? 1e-4 : 1e-5,
+            `${label}: ${i ? `grad ${i}` : "value"}`,
+          );
+        }
+      }
+    }
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    model.dispose();
+  });
+}
+
+for (const backend of ["cpu", "wasm+blas", "cpu+blas"] as const) {
+  Deno.test(`sharedPromptHiddenStates() equals hiddenStates() at every real position (${backend})`, async () => {
+    await useTestBackend(backend);
+    const model = await loadModel(`${FIXTURES}qwen2-tiny`);
+    const adapter = createLora(model, {
+      lora_r: 4,
+      lora_alpha: 8,
+      lora_dropout: 0.5, // no seed: no dropout
+      target_modules: ["q_proj", "v_proj", "o_proj"],
+    }, { seed: 5 });
+    for (const [key, v] of adapter.variables) {
+      if (key.includes("lora_B")) v.assign(tf.randomNormal(v.shape, 0, 0.5, "float32", 6));
+    }
+    const before = tf.memory().numTensors;
+    // Prompts of widths 3 and 2 (left-padded to P = 3), two completions each, right-padded to 4.
+    const P = 3;
+    const rows = [
+      [72, 105, 32, 50, 51, 52, 53],
+      [72, 105, 32, 60, 61, 0, 0],
+      [0, 40, 41, 50, 0, 0, 0],
+      [0, 40, 41, 70, 71, 72, 0],
+    ];
+    const masks = [
+      [1, 1, 1, 1, 1, 1, 1],
+      [1, 1, 1, 1, 1, 0, 0],
+      [0, 1, 1, 1, 0, 0, 0],
+      [0, 1, 1, 1, 1, 1, 0],
+    ];
+    const ids = tf.tensor2d(rows, [4, 7], "int32");
+    const attentionMask = tf.tensor2d(masks, [4, 7], "int32");
+    for (const a of [null, adapter]) {
+      const full = hiddenStates(model, ids, { attentionMask, adapter: a });
+      const shared = sharedPromptHiddenStates(model, ids, {
+        attentionMask,
+        adapter: a,
+        promptLength: P,
+        promptOf: [0, 0, 2, 2],
+      });
+      assert.deepEqual(shared.shape, [4, 5, model.config.hidden_size]);
+      const want = (await full.array()) as number[][][];
+      const got = (await shared.array()) as number[][][];
+      for (let b = 0; b < 4; b++) {
+        for (let t = P - 1; t < 7; t++) {
+          if (masks[b][t] === 0) continue;
+          assertAllClose(got[b][t - P + 1], want[b][t], 1e-5, `row ${b}, position ${t}`);
+        }
+      }
+      tf.dispose([full, shared]);
+    }
+    tf.dispose([ids, attentionMask]);
+    assert.equal(tf.memory().numTensors, before, "leaked tensors");
+    adapter.dispose();
     model.dispose();
   });
 }
