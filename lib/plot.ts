@@ -556,7 +556,11 @@ export function evalCurves(rows: readonly MetricsRow[], options: { title?: strin
   }
   const names = series.map(([, name]) => name).filter((n) => points.some((p) => p.series === n));
   const top = Math.max(...points.map((p) => p.value));
-  const last = names.map((n) => points.filter((p) => p.series === n).at(-1)!);
+  const yTop = Math.min(1, Math.ceil(top * 10 + 0.5) / 10); // from 0: gains at true scale
+  const last = spreadLabels(
+    names.map((n) => points.filter((p) => p.series === n).at(-1)!),
+    yTop * LABEL_GAP,
+  );
   const part = render({
     width: 640,
     height: 320,
@@ -569,7 +573,7 @@ export function evalCurves(rows: readonly MetricsRow[], options: { title?: strin
       grid: true,
       tickFormat: ".0%",
       labelAnchor: "top",
-      domain: [0, Math.min(1, Math.ceil(top * 10 + 0.5) / 10)], // from 0: gains at true scale
+      domain: [0, yTop],
     },
     color: { domain: names, scheme: "tableau10" },
     marks: [
@@ -577,7 +581,7 @@ export function evalCurves(rows: readonly MetricsRow[], options: { title?: strin
       Plot.dot(points, { x: "step", y: "value", fill: "series", r: 2.5 }),
       Plot.text(last, {
         x: "step",
-        y: "value",
+        y: "labelValue",
         text: (d: { series: string; value: number }) =>
           `${d.series} ${(100 * d.value).toFixed(1)}%`,
         fill: "series",
@@ -587,6 +591,33 @@ export function evalCurves(rows: readonly MetricsRow[], options: { title?: strin
     ],
   });
   return compose([part], options.title ?? "Held-out evaluation: greedy vs sampled");
+}
+
+/** The smallest vertical distance between two end labels, as a share of the y domain. */
+const LABEL_GAP = 0.045;
+
+/**
+ * End-of-line labels moved apart so that none is nearer than `gap` (in y units) to the next:
+ * each keeps its value and gets a `labelValue` where it is drawn, pushed down from the one above.
+ *
+ * @example Usage
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { spreadLabels } from "./plot.ts";
+ * const placed = spreadLabels([{ value: 0.3 }, { value: 0.29 }], 0.05);
+ * assert.deepEqual(placed.map((l) => l.labelValue), [0.3, 0.25]);
+ * ```
+ */
+export function spreadLabels<T extends { value: number }>(
+  labels: readonly T[],
+  gap: number,
+): (T & { labelValue: number })[] {
+  const placed = labels.map((l) => ({ ...l, labelValue: l.value }));
+  const byValue = [...placed].sort((a, b) => b.value - a.value);
+  for (let i = 1; i < byValue.length; i++) {
+    byValue[i].labelValue = Math.min(byValue[i].labelValue, byValue[i - 1].labelValue - gap);
+  }
+  return placed;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import {
   jupyterDisplay,
   rewardGroupsChart,
   saveChart,
+  spreadLabels,
   tokenStripChart,
   trainingCurves,
 } from "../lib/plot.ts";
@@ -189,6 +190,22 @@ Deno.test("evalCurves() draws greedy, boxed, pass@k, maj@k and pass@1 lines labe
   }]);
   assert.equal(marks(parse(greedyOnly), "line", "path").length, 1);
   assert.throws(() => evalCurves([{ step: 1, reward: 0 }]), { name: "RangeError" });
+});
+
+Deno.test("spreadLabels() keeps end labels a gap apart without moving the top one or reordering", () => {
+  const labels = [
+    { series: "greedy", value: 0.208 },
+    { series: "boxed", value: 0.208 },
+    { series: "pass@8", value: 0.296 },
+    { series: "pass@1", value: 0.1998 },
+  ];
+  const placed = spreadLabels(labels, 0.02);
+  assert.deepEqual(placed.map((l) => l.series), labels.map((l) => l.series));
+  assert.deepEqual(placed.map((l) => l.value), labels.map((l) => l.value));
+  assertAllClose(placed.map((l) => l.labelValue), [0.208, 0.188, 0.296, 0.168], 1e-12);
+  // Labels already apart stay where their lines end.
+  const apart = spreadLabels([{ value: 0.5 }, { value: 0.1 }], 0.02);
+  assert.deepEqual(apart.map((l) => l.labelValue), [0.5, 0.1]);
 });
 
 Deno.test("beforeAfterChart() draws accuracy and no-answer bars before and after", () => {
