@@ -181,7 +181,7 @@ export async function dynamicSamplingPhase(
     const scores = scorePhase(group, reward);
     batch++;
     promptsDrawn += examples.length;
-    tokensGenerated += group.completionIds.reduce((s, c) => s + c.length, 0);
+    tokensGenerated += group.numTokens;
     examples.forEach((ex, i) => {
       const status = scores.status.slice(i * g, (i + 1) * g);
       outcomes.push({ id: ex.id, correct: status.filter((s) => s === "correct").length, total: g });

@@ -173,8 +173,7 @@ export async function evaluate(
   examples: Example[],
   options: EvalOptions,
 ): Promise<{ results: ProblemResult[]; summary: EvalSummary }> {
-  const k = options.samples ?? 1;
-  if (!Number.isInteger(k) || k < 1) throw new RangeError(`Expected samples >= 1, got ${k}`);
+  const k = samplesOf(options);
   if (examples.length === 0) throw new RangeError("Expected at least one problem to evaluate");
   const perBatch = Math.max(1, Math.floor(options.batchSize / k));
   options.onProgress?.(0, examples.length); // lets a progress bar start its clock now
@@ -225,6 +224,13 @@ export async function evaluate(
   return { results, summary: summarize(results, k, lengths / results.length) };
 }
 
+/** `options.samples` (default 1), checked to be a whole number >= 1. */
+function samplesOf(options: Pick<EvalOptions, "samples">): number {
+  const k = options.samples ?? 1;
+  if (!Number.isInteger(k) || k < 1) throw new RangeError(`Expected samples >= 1, got ${k}`);
+  return k;
+}
+
 /** Aggregates per-problem results. */
 export function summarize(results: ProblemResult[], k = 1, meanLength = 0): EvalSummary {
   const n = results.length;
@@ -273,7 +279,7 @@ export async function evaluateGreedyAndSampled(
   examples: Example[],
   options: EvalOptions,
 ): Promise<{ results: ProblemResult[]; summary: EvalSummary }> {
-  const k = options.samples ?? 1;
+  const k = samplesOf(options); // checked before the greedy pass, not after it
   const n = examples.length;
   const greedy = await evaluate(model, tokenizer, examples, {
     ...options,

@@ -285,20 +285,24 @@ function completionHeads(
     const fused = hasFusedKernel(TOKEN_LOG_SOFTMAX);
     for (let b = 0; b < B; b += rowsPerChunk) {
       const n = Math.min(rowsPerChunk, B - b);
+      const hidden = hs.slice([b, 0, 0], [n, C, -1]).reshape([n * C, -1]) as tf.Tensor2D;
+      const ids = targets.slice([b, 0], [n, C]).reshape([n * C]) as tf.Tensor1D;
       if (fused) {
         // One pass per row for the log-prob and the entropy, and one for the gradient
         // (lib/_kernels.ts), instead of a logSumExp, a one-hot gather and their gradients.
-        const logits = lmHead(model, hs.slice([b, 0, 0], [n, C, -1]).reshape([n * C, -1]));
-        const ids = targets.slice([b, 0], [n, C]).reshape([n * C]) as tf.Tensor1D;
-        const heads = fusedTokenLogSoftmax(logits as tf.Tensor2D, ids, batch.temperature);
+        const logits = lmHead(model, hidden) as tf.Tensor2D;
+        const heads = fusedTokenLogSoftmax(logits, ids, batch.temperature);
         logps.push(heads.logps.reshape([n, C]));
         if (withEntropies) entropies.push(heads.entropies.reshape([n, C]));
         continue;
       }
       // Elsewhere (webgpu) one custom-gradient op that keeps no [N, V] logits on the tape.
-      const hidden = hs.slice([b, 0, 0], [n, C, -1]).reshape([n * C, -1]) as tf.Tensor2D;
-      const ids = tf.cast(targets.slice([b, 0], [n, C]).reshape([n * C]), "int32") as tf.Tensor1D;
-      const both = headLogProbs(model, hidden, ids, batch.temperature); // [2, n*C]
+      const both = headLogProbs(
+        model,
+        hidden,
+        tf.cast(ids, "int32") as tf.Tensor1D,
+        batch.temperature,
+      ); // [2, n*C]
       logps.push(both.slice([0, 0], [1, n * C]).reshape([n, C]));
       if (withEntropies) entropies.push(both.slice([1, 0], [1, n * C]).reshape([n, C]));
     }

@@ -154,13 +154,22 @@ export function prepareBatch(
     promptOf,
   };
   // No dropout seed: the reference and the old policy are evaluated, not trained.
-  const ref = config.grpo.kl_coef !== 0
-    ? completionLogProbs(policy.model, input, { adapter: null })
-    : null;
-  const old = config.grpo.num_iterations > 1
-    ? completionLogProbs(policy.model, input, { adapter: policy.adapter })
-    : null;
-  return { batch, advantages: tf.tensor1d(advantages), ref, old };
+  let ref: tf.Tensor2D | null = null;
+  let old: tf.Tensor2D | null = null;
+  try {
+    if (config.grpo.kl_coef !== 0) {
+      ref = completionLogProbs(policy.model, input, { adapter: null });
+    }
+    if (config.grpo.num_iterations > 1) {
+      old = completionLogProbs(policy.model, input, { adapter: policy.adapter });
+    }
+    return { batch, advantages: tf.tensor1d(advantages), ref, old };
+  } catch (error) {
+    // A failed pass (out of memory, say) leaves nothing behind.
+    disposeBatch(batch);
+    tf.dispose([...(ref ? [ref] : []), ...(old ? [old] : [])]);
+    throw error;
+  }
 }
 
 /**
