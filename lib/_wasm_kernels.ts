@@ -92,12 +92,17 @@ function sliceFromHeap(
   return out;
 }
 
+/** A new tensor info on `x`'s memory (one more reference to it), in place of a copy. */
+function shareInput(args: KernelArgs, x: tf.TensorInfo): tf.TensorInfo {
+  args.backend.incRef(x.dataId);
+  return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
+}
+
 function identity(stock: tf.KernelFunc): tf.KernelFunc {
   return function identityShared(args: KernelArgs) {
     const { x } = args.inputs as { x: tf.TensorInfo };
     if (x.dtype === "string") return stock(args as unknown as Parameters<tf.KernelFunc>[0]);
-    args.backend.incRef(x.dataId);
-    return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
+    return shareInput(args, x);
   } as unknown as tf.KernelFunc;
 }
 
@@ -107,8 +112,7 @@ function cast(stock: tf.KernelFunc): tf.KernelFunc {
     if (x.dtype === "string" || x.dtype !== args.attrs.dtype) {
       return stock(args as unknown as Parameters<tf.KernelFunc>[0]);
     }
-    args.backend.incRef(x.dataId);
-    return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
+    return shareInput(args, x);
   } as unknown as tf.KernelFunc;
 }
 
