@@ -543,9 +543,11 @@ export function externalMatMul(
 export function externalGather(w: ExternalWeight, ids: tf.Tensor): tf.Tensor {
   checkBackend(w);
   const indices = ids.dtype === "int32" ? ids : tf.cast(ids, "int32");
-  const out = tf.engine().runKernel(EXTERNAL_GATHER, { indices }, { weight: w.id }) as tf.Tensor;
-  if (indices !== ids) indices.dispose();
-  return out;
+  try {
+    return tf.engine().runKernel(EXTERNAL_GATHER, { indices }, { weight: w.id }) as tf.Tensor;
+  } finally {
+    if (indices !== ids) indices.dispose(); // also when the kernel refuses an id
+  }
 }
 
 /**
