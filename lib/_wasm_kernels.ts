@@ -160,6 +160,13 @@ function gatherV2(stock: tf.KernelFunc): tf.KernelFunc {
     }
     const rows = x.shape[0];
     const row = sizeOf(x.shape.slice(1));
+    // Check the indices before allocating, as the stock kernel does: a bad one leaves no output.
+    for (const r of args.backend.typedArrayFromHeap(indices)) {
+      if (r < 0 || r >= rows) {
+        // The stock kernel's message (tfjs-backend-wasm kernels/GatherV2.ts).
+        throw new Error(`GatherV2: the index value ${r} is not in [0, ${rows - 1}]`);
+      }
+    }
     const out = args.backend.makeOutput([...indices.shape, ...x.shape.slice(1)], "float32");
     // Views after makeOutput (it may grow the heap).
     const xv = args.backend.typedArrayFromHeap(x);
@@ -167,10 +174,6 @@ function gatherV2(stock: tf.KernelFunc): tf.KernelFunc {
     const ov = args.backend.typedArrayFromHeap(out);
     for (let i = 0; i < iv.length; i++) {
       const r = iv[i];
-      if (r < 0 || r >= rows) {
-        // The stock kernel's message (tfjs-backend-wasm kernels/GatherV2.ts).
-        throw new Error(`GatherV2: the index value ${r} is not in [0, ${rows - 1}]`);
-      }
       ov.set(xv.subarray(r * row, (r + 1) * row), i * row);
     }
     return out;
