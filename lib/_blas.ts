@@ -146,21 +146,20 @@ export function openBlas(path: string): Blas {
       current = want;
     },
     sgemm(transA, transB, m, n, k, a, b, c, accumulate) {
-      sym.cblas_sgemm(
-        CBLAS_ROW_MAJOR,
-        transA ? CBLAS_TRANS : CBLAS_NO_TRANS,
-        transB ? CBLAS_TRANS : CBLAS_NO_TRANS,
+      // lda/ldb/ldc: the row lengths of A, B and C as stored
+      blas.gemm(
+        transA,
+        transB,
         m,
         n,
         k,
-        1,
-        Deno.UnsafePointer.of(a),
-        transA ? m : k, // lda: row length of A as stored
-        Deno.UnsafePointer.of(b),
+        a,
+        transA ? m : k,
+        b,
         transB ? k : n,
-        accumulate ? 1 : 0,
-        Deno.UnsafePointer.of(c),
+        c,
         n,
+        accumulate ? 1 : 0,
       );
     },
     gemm(transA, transB, m, n, k, a, lda, b, ldb, c, ldc, beta) {

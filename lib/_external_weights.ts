@@ -420,17 +420,21 @@ function gatherKernel(backendName: BlasBackend): tf.KernelFunc {
     const [rows, cols] = w.shape;
     const host = hostOf(backendName, args.backend);
     const n = indices.shape.reduce((a, b) => a * b, 1);
+    // Check the ids before allocating, so that a bad one leaves no orphaned output behind.
+    for (const id of host.viewInt32(indices).subarray(0, n)) {
+      if (!(id >= 0 && id < rows)) {
+        throw new RangeError(
+          `${EXTERNAL_GATHER}: index ${id} is out of range [0, ${rows}) of ${w.name}`,
+        );
+      }
+    }
+    // subtle: allocate first, then take views; on wasm the allocation may grow (replace) the heap.
     const out = host.alloc([...indices.shape, cols]);
     if (n === 0) return out;
     const ov = host.view(out);
     const ids = host.viewInt32(indices);
     for (let i = 0; i < n; i++) {
       const id = ids[i];
-      if (!(id >= 0 && id < rows)) {
-        throw new RangeError(
-          `${EXTERNAL_GATHER}: index ${id} is out of range [0, ${rows}) of ${w.name}`,
-        );
-      }
       if (w.dtype === "F32") {
         ov.set((w.data as Float32Array).subarray(id * cols, (id + 1) * cols), i * cols);
       } else widenRows(w, id, 1, ov.subarray(i * cols, (i + 1) * cols));
@@ -539,9 +543,11 @@ export function externalMatMul(
 export function externalGather(w: ExternalWeight, ids: tf.Tensor): tf.Tensor {
   checkBackend(w);
   const indices = ids.dtype === "int32" ? ids : tf.cast(ids, "int32");
-  const out = tf.engine().runKernel(EXTERNAL_GATHER, { indices }, { weight: w.id }) as tf.Tensor;
-  if (indices !== ids) indices.dispose();
-  return out;
+  try {
+    return tf.engine().runKernel(EXTERNAL_GATHER, { indices }, { weight: w.id }) as tf.Tensor;
+  } finally {
+    if (indices !== ids) indices.dispose(); // also when the kernel refuses an id
+  }
 }
 
 /**

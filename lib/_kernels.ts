@@ -342,13 +342,14 @@ function ropeForward(host: Host, { inputs, attrs }: KernelArgs): tf.TensorInfo {
       `${ROPE}: expected x [B, T, n, hd] with an even hd and positions [B, T], got [${x.shape}] and [${positions.shape}]`,
     );
   }
+  // Check the positions before allocating, so that a bad one leaves no orphaned output behind.
+  let maxPosition = 0;
+  for (const p of host.ints(positions)) {
+    if (!(p >= 0)) throw new RangeError(`${ROPE}: negative position ${p}`);
+    maxPosition = Math.max(maxPosition, p);
+  }
   const out = host.alloc(x.shape);
   const [xv, pv, ov] = [host.f32(x), host.ints(positions), host.f32(out)];
-  let maxPosition = 0;
-  for (let i = 0; i < pv.length; i++) {
-    if (!(pv[i] >= 0)) throw new RangeError(`${ROPE}: negative position ${pv[i]}`);
-    maxPosition = Math.max(maxPosition, pv[i]);
-  }
   const { half, cos, sin } = ropeTable(theta, hd, maxPosition);
   const sign = inverse ? -1 : 1;
   for (let row = 0; row < B * T; row++) {
@@ -1037,6 +1038,12 @@ function tokenLogSoftmaxForward(host: Host, { inputs, attrs }: KernelArgs): tf.T
       `${TOKEN_LOG_SOFTMAX}: expected logits [N, V] and ids [N], got [${logits.shape}] and [${ids.shape}]`,
     );
   }
+  // Check the ids before allocating, so that a bad one leaves no orphaned outputs behind.
+  for (const id of host.ints(ids)) {
+    if (!(id >= 0 && id < V)) {
+      throw new RangeError(`${TOKEN_LOG_SOFTMAX}: id ${id} not in [0, ${V})`);
+    }
+  }
   const logps = host.alloc([N]);
   const entropies = host.alloc([N]);
   const [lv, iv, pv, ev] = [host.f32(logits), host.ints(ids), host.f32(logps), host.f32(entropies)];
@@ -1044,9 +1051,6 @@ function tokenLogSoftmaxForward(host: Host, { inputs, attrs }: KernelArgs): tf.T
   for (let n = 0; n < N; n++) {
     const o = n * V;
     const id = iv[n];
-    if (!(id >= 0 && id < V)) {
-      throw new RangeError(`${TOKEN_LOG_SOFTMAX}: id ${id} not in [0, ${V})`);
-    }
     const lse = rowLogSumExp(lv, o, V, t32);
     // H = −Σ p·(z − lse) = lse − Σ p·z (TRL entropy_from_logits).
     let pz = 0;

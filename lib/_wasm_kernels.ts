@@ -92,12 +92,17 @@ function sliceFromHeap(
   return out;
 }
 
+/** A new tensor info on `x`'s memory (one more reference to it), in place of a copy. */
+function shareInput(args: KernelArgs, x: tf.TensorInfo): tf.TensorInfo {
+  args.backend.incRef(x.dataId);
+  return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
+}
+
 function identity(stock: tf.KernelFunc): tf.KernelFunc {
   return function identityShared(args: KernelArgs) {
     const { x } = args.inputs as { x: tf.TensorInfo };
     if (x.dtype === "string") return stock(args as unknown as Parameters<tf.KernelFunc>[0]);
-    args.backend.incRef(x.dataId);
-    return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
+    return shareInput(args, x);
   } as unknown as tf.KernelFunc;
 }
 
@@ -107,8 +112,7 @@ function cast(stock: tf.KernelFunc): tf.KernelFunc {
     if (x.dtype === "string" || x.dtype !== args.attrs.dtype) {
       return stock(args as unknown as Parameters<tf.KernelFunc>[0]);
     }
-    args.backend.incRef(x.dataId);
-    return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
+    return shareInput(args, x);
   } as unknown as tf.KernelFunc;
 }
 
@@ -156,6 +160,13 @@ function gatherV2(stock: tf.KernelFunc): tf.KernelFunc {
     }
     const rows = x.shape[0];
     const row = sizeOf(x.shape.slice(1));
+    // Check the indices before allocating, as the stock kernel does: a bad one leaves no output.
+    for (const r of args.backend.typedArrayFromHeap(indices)) {
+      if (r < 0 || r >= rows) {
+        // The stock kernel's message (tfjs-backend-wasm kernels/GatherV2.ts).
+        throw new Error(`GatherV2: the index value ${r} is not in [0, ${rows - 1}]`);
+      }
+    }
     const out = args.backend.makeOutput([...indices.shape, ...x.shape.slice(1)], "float32");
     // Views after makeOutput (it may grow the heap).
     const xv = args.backend.typedArrayFromHeap(x);
@@ -163,10 +174,6 @@ function gatherV2(stock: tf.KernelFunc): tf.KernelFunc {
     const ov = args.backend.typedArrayFromHeap(out);
     for (let i = 0; i < iv.length; i++) {
       const r = iv[i];
-      if (r < 0 || r >= rows) {
-        // The stock kernel's message (tfjs-backend-wasm kernels/GatherV2.ts).
-        throw new Error(`GatherV2: the index value ${r} is not in [0, ${rows - 1}]`);
-      }
       ov.set(xv.subarray(r * row, (r + 1) * row), i * row);
     }
     return out;

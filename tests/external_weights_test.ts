@@ -101,7 +101,9 @@ for (const backend of ["wasm+blas", "cpu+blas"] as const) {
     await useBackend(backend);
     const { w } = weightOf(4, 2, "F32", 1);
     const ids = tf.tensor1d([1, 4], "int32");
+    const dataIds = tf.engine().backend.numDataIds();
     assert.throws(() => externalGather(w, ids), { name: "RangeError", message: /index 4 .*w1/ });
+    assert.equal(tf.engine().backend.numDataIds(), dataIds, "the refused gather left an output");
     ids.dispose();
     releaseExternalWeight(w);
   });

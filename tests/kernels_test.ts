@@ -339,3 +339,28 @@ Deno.test("stock cpu registers no fused kernel; wasm and cpu+blas do", async () 
   await useBackend("cpu");
   assert.equal(hasFusedKernel(ATTENTION), false);
 });
+
+Deno.test("fusedRope() and fusedTokenLogSoftmax() refuse a bad position or id, leaving no output behind", async () => {
+  for (const backend of FUSED) {
+    await useBackend(backend);
+    const dataIds = tf.engine().backend.numDataIds();
+    const x = tf.zeros([1, 2, 1, 4]) as tf.Tensor4D;
+    const positions = tf.tensor2d([[0, -1]], [1, 2], "int32");
+    const logits = tf.zeros([2, 3]) as tf.Tensor2D;
+    const ids = tf.tensor1d([1, 3], "int32");
+    assert.throws(() => fusedRope(x, positions, 10000), {
+      name: "RangeError",
+      message: /negative position -1/,
+    });
+    assert.throws(() => fusedTokenLogSoftmax(logits, ids, 1), {
+      name: "RangeError",
+      message: /id 3 not in \[0, 3\)/,
+    });
+    tf.dispose([x, positions, logits, ids]);
+    assert.equal(
+      tf.engine().backend.numDataIds(),
+      dataIds,
+      `${backend}: a refused kernel left an output`,
+    );
+  }
+});

@@ -63,7 +63,9 @@ Deno.test("wasm GatherV2 gives the stock cpu rows and rejects an out-of-range id
   await useBackend("wasm");
   const x = iota([7, 5]);
   const ids = tf.tensor1d([1, 7], "int32");
+  const dataIds = tf.engine().backend.numDataIds();
   assert.throws(() => tf.gather(x, ids), { message: /index value 7 is not in \[0, 6\]/ });
+  assert.equal(tf.engine().backend.numDataIds(), dataIds, "the refused gather left an output");
   tf.dispose([x, ids]);
 });
 
