@@ -126,11 +126,12 @@ export async function trainStep(
 }
 
 /**
- * `trainer_state.json` of a GRPO run: {@linkcode TrainerState} and where the prompt order is,
- * since with dynamic sampling or the difficulty-aware order a step may take any number of
- * prompts. A checkpoint without `prompt_order` drew one batch per step.
+ * `trainer_state.json` of a GRPO run: {@linkcode TrainerState}, where the prompt order is, since
+ * with dynamic sampling or the difficulty-aware order a step may take any number of prompts (a
+ * checkpoint without `prompt_order` drew one batch per step), and the last step's KL, which a
+ * resumed run reports even when no step is left to run.
  */
-type GrpoTrainerState = TrainerState & { prompt_order?: PromptOrderState };
+type GrpoTrainerState = TrainerState & { prompt_order?: PromptOrderState; last_kl?: number };
 
 /** Callbacks through which {@linkcode train} reports as it goes; the task prints, a notebook plots. */
 export interface TrainCallbacks {
@@ -316,7 +317,7 @@ export async function train(
     };
   };
   const evalEnabled = data.eval.length > 0;
-  let lastKl = 0;
+  let lastKl = state.last_kl ?? 0;
   if (evalEnabled && state.global_step === 0) {
     const before = await unlessStopped(runEval(0));
     if (before === STOPPED) return await stop();
@@ -369,6 +370,7 @@ export async function train(
     }
     window.push(metrics);
     lastKl = metrics.kl;
+    state.last_kl = lastKl;
     state.global_step = step + 1;
     state.epoch = epoch;
     state.prompt_order = order;

@@ -294,6 +294,25 @@ Deno.test("train() resumed after checkpoint-1 still reports the evaluation from 
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("train() resumed from its last checkpoint reports the KL of the last step, not 0", async () => {
+  await useTestBackend("wasm+blas");
+  const dir = await Deno.makeTempDir();
+  const run = async (resumeFrom: string | null) => {
+    const config = await testConfig(dir, ["training.max_steps=1", "training.save_steps=1"]);
+    const ctx = await context(config);
+    const summary = await train(ctx, { train: EXAMPLES, eval: [] }, { outputDir: dir, resumeFrom });
+    disposeContext(ctx);
+    return summary;
+  };
+  const first = await run(null);
+  assert.ok(first.kl !== 0);
+  const resumed = await run(`${dir}/checkpoint-1`);
+  assert.equal(resumed.kl, first.kl);
+  const written = JSON.parse(await Deno.readTextFile(`${dir}/summary.json`));
+  assert.equal(written.kl, first.kl);
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("train() stops when its signal aborts: mid-rollout or between steps, with a checkpoint that resumes exactly", async () => {
   await useTestBackend("wasm+blas");
   const root = await Deno.makeTempDir();
