@@ -16,7 +16,7 @@ import type { TrainerContext } from "./context.ts";
 import type { Example } from "./data.ts";
 import type { PromptOrderState } from "./data.ts";
 import { deriveSeed, nextPrompts, promptsPerStep, recordOutcomes, totalSteps } from "./data.ts";
-import { DivergenceError } from "./errors.ts";
+import { CheckpointError, DivergenceError } from "./errors.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
 import { evalOptions, evaluateGreedyAndSampled, formatEval } from "./evaluate.ts";
 import type { SampledGroups } from "./dynamic_sampling.ts";
@@ -266,6 +266,14 @@ export async function train(
   if (options.resumeFrom) {
     const into = { adapter: ctx.adapter, optimizer: ctx.optimizer };
     state = (await loadCheckpoint<GrpoTrainerState>(options.resumeFrom, into, { identity })).state;
+    // Refused before the writer rewinds: the run's records and summary stay as they are.
+    if (state.global_step > steps) {
+      throw new CheckpointError(
+        `Cannot resume from ${options.resumeFrom}: it is at step ${state.global_step}, past this ` +
+          `run's ${steps} steps. Raise training.max_steps to at least ${state.global_step}`,
+        { file: options.resumeFrom },
+      );
+    }
     // A checkpoint of this run: the records after it are dropped. One from another directory
     // starts this run from it.
     const ours = writer.dir === null ||

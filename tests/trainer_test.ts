@@ -313,6 +313,33 @@ Deno.test("train() resumed from its last checkpoint reports the KL of the last s
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("train() refuses a checkpoint past its last step and leaves the run's records alone", async () => {
+  await useTestBackend("wasm+blas");
+  const dir = await Deno.makeTempDir();
+  const run = async (maxSteps: number, resumeFrom: string | null) => {
+    const config = await testConfig(dir, [
+      `training.max_steps=${maxSteps}`,
+      "training.save_steps=1",
+    ]);
+    const ctx = await context(config);
+    try {
+      return await train(ctx, { train: EXAMPLES, eval: [] }, { outputDir: dir, resumeFrom });
+    } finally {
+      disposeContext(ctx);
+    }
+  };
+  await run(2, null);
+  const files = ["summary.json", "metrics.jsonl", "training.log"];
+  const before = await Promise.all(files.map((f) => Deno.readTextFile(`${dir}/${f}`)));
+  await assert.rejects(() => run(1, `${dir}/checkpoint-2`), {
+    name: "CheckpointError",
+    message: /past this run's 1 steps/,
+  });
+  const after = await Promise.all(files.map((f) => Deno.readTextFile(`${dir}/${f}`)));
+  assert.deepEqual(after, before);
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("train() stops when its signal aborts: mid-rollout or between steps, with a checkpoint that resumes exactly", async () => {
   await useTestBackend("wasm+blas");
   const root = await Deno.makeTempDir();
