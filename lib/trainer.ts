@@ -339,7 +339,9 @@ export async function train(
   const genBatch = config.data.gen_batch_size ?? promptsPerStep(config);
   const { skip_easy_prob: skipEasy, skip_hard_prob: skipHard } = config.data;
   const difficultyOrder = skipEasy > 0 || skipHard > 0;
-  let order = state.prompt_order ?? { position: state.global_step * genBatch, outcomes: {} };
+  // A checkpoint without prompt_order drew one step's prompts per step (no dynamic sampling).
+  let order = state.prompt_order ??
+    { position: state.global_step * promptsPerStep(config), outcomes: {} };
   let epoch = state.epoch;
   let promptsSkipped = 0;
   const draw = (): Example[] => {
