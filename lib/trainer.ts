@@ -16,7 +16,7 @@ import type { TrainerContext } from "./context.ts";
 import type { Example } from "./data.ts";
 import type { PromptOrderState } from "./data.ts";
 import { deriveSeed, nextPrompts, promptsPerStep, recordOutcomes, totalSteps } from "./data.ts";
-import { DivergenceError } from "./errors.ts";
+import { CheckpointError, DivergenceError } from "./errors.ts";
 import type { EvalSummary, ProblemResult } from "./evaluate.ts";
 import { evalOptions, evaluateGreedyAndSampled, formatEval } from "./evaluate.ts";
 import type { SampledGroups } from "./dynamic_sampling.ts";
@@ -126,11 +126,12 @@ export async function trainStep(
 }
 
 /**
- * `trainer_state.json` of a GRPO run: {@linkcode TrainerState} and where the prompt order is,
- * since with dynamic sampling or the difficulty-aware order a step may take any number of
- * prompts. A checkpoint without `prompt_order` drew one batch per step.
+ * `trainer_state.json` of a GRPO run: {@linkcode TrainerState}, where the prompt order is, since
+ * with dynamic sampling or the difficulty-aware order a step may take any number of prompts (a
+ * checkpoint without `prompt_order` drew one batch per step), and the last step's KL, which a
+ * resumed run reports even when no step is left to run.
  */
-type GrpoTrainerState = TrainerState & { prompt_order?: PromptOrderState };
+type GrpoTrainerState = TrainerState & { prompt_order?: PromptOrderState; last_kl?: number };
 
 /** Callbacks through which {@linkcode train} reports as it goes; the task prints, a notebook plots. */
 export interface TrainCallbacks {
@@ -265,6 +266,14 @@ export async function train(
   if (options.resumeFrom) {
     const into = { adapter: ctx.adapter, optimizer: ctx.optimizer };
     state = (await loadCheckpoint<GrpoTrainerState>(options.resumeFrom, into, { identity })).state;
+    // Refused before the writer rewinds: the run's records and summary stay as they are.
+    if (state.global_step > steps) {
+      throw new CheckpointError(
+        `Cannot resume from ${options.resumeFrom}: it is at step ${state.global_step}, past this ` +
+          `run's ${steps} steps. Raise training.max_steps to at least ${state.global_step}`,
+        { file: options.resumeFrom },
+      );
+    }
     // A checkpoint of this run: the records after it are dropped. One from another directory
     // starts this run from it.
     const ours = writer.dir === null ||
@@ -316,7 +325,7 @@ export async function train(
     };
   };
   const evalEnabled = data.eval.length > 0;
-  let lastKl = 0;
+  let lastKl = state.last_kl ?? 0;
   if (evalEnabled && state.global_step === 0) {
     const before = await unlessStopped(runEval(0));
     if (before === STOPPED) return await stop();
@@ -330,7 +339,9 @@ export async function train(
   const genBatch = config.data.gen_batch_size ?? promptsPerStep(config);
   const { skip_easy_prob: skipEasy, skip_hard_prob: skipHard } = config.data;
   const difficultyOrder = skipEasy > 0 || skipHard > 0;
-  let order = state.prompt_order ?? { position: state.global_step * genBatch, outcomes: {} };
+  // A checkpoint without prompt_order drew one step's prompts per step (no dynamic sampling).
+  let order = state.prompt_order ??
+    { position: state.global_step * promptsPerStep(config), outcomes: {} };
   let epoch = state.epoch;
   let promptsSkipped = 0;
   const draw = (): Example[] => {
@@ -369,6 +380,7 @@ export async function train(
     }
     window.push(metrics);
     lastKl = metrics.kl;
+    state.last_kl = lastKl;
     state.global_step = step + 1;
     state.epoch = epoch;
     state.prompt_order = order;

@@ -14,6 +14,7 @@ import type { RewardResult } from "../lib/reward.ts";
 import { AdamW } from "../lib/optim.ts";
 import { loadTokenizer } from "../lib/tokenizer.ts";
 import { memoryRunWriter } from "../lib/run_writer.ts";
+import { loadCheckpoint, saveCheckpoint } from "../lib/checkpoint.ts";
 import { train, trainStep } from "../lib/trainer.ts";
 import { DivergenceError } from "../lib/errors.ts";
 import { disposePrepared, prepareBatch } from "../lib/update.ts";
@@ -292,6 +293,83 @@ Deno.test("train() resumed after checkpoint-1 still reports the evaluation from 
   assert.deepEqual(resumed.before, first.before);
   assert.equal(resumed.after?.n, 2);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("train() resumed from its last checkpoint reports the KL of the last step, not 0", async () => {
+  await useTestBackend("wasm+blas");
+  const dir = await Deno.makeTempDir();
+  const run = async (resumeFrom: string | null) => {
+    const config = await testConfig(dir, ["training.max_steps=1", "training.save_steps=1"]);
+    const ctx = await context(config);
+    const summary = await train(ctx, { train: EXAMPLES, eval: [] }, { outputDir: dir, resumeFrom });
+    disposeContext(ctx);
+    return summary;
+  };
+  const first = await run(null);
+  assert.ok(first.kl !== 0);
+  const resumed = await run(`${dir}/checkpoint-1`);
+  assert.equal(resumed.kl, first.kl);
+  const written = JSON.parse(await Deno.readTextFile(`${dir}/summary.json`));
+  assert.equal(written.kl, first.kl);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("train() refuses a checkpoint past its last step and leaves the run's records alone", async () => {
+  await useTestBackend("wasm+blas");
+  const dir = await Deno.makeTempDir();
+  const run = async (maxSteps: number, resumeFrom: string | null) => {
+    const config = await testConfig(dir, [
+      `training.max_steps=${maxSteps}`,
+      "training.save_steps=1",
+    ]);
+    const ctx = await context(config);
+    try {
+      return await train(ctx, { train: EXAMPLES, eval: [] }, { outputDir: dir, resumeFrom });
+    } finally {
+      disposeContext(ctx);
+    }
+  };
+  await run(2, null);
+  const files = ["summary.json", "metrics.jsonl", "training.log"];
+  const before = await Promise.all(files.map((f) => Deno.readTextFile(`${dir}/${f}`)));
+  await assert.rejects(() => run(1, `${dir}/checkpoint-2`), {
+    name: "CheckpointError",
+    message: /past this run's 1 steps/,
+  });
+  const after = await Promise.all(files.map((f) => Deno.readTextFile(`${dir}/${f}`)));
+  assert.deepEqual(after, before);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("train() resumes a checkpoint without prompt_order at one step's prompts per step, whatever data.gen_batch_size now is", async () => {
+  await useTestBackend("wasm+blas");
+  const root = await Deno.makeTempDir();
+  const base = ["training.save_steps=1", "training.per_device_train_batch_size=4"]; // 2 prompts
+  const config = await testConfig(`${root}/a`, [...base, "training.max_steps=1"]);
+  let ctx = await context(config);
+  await train(ctx, { train: EXAMPLES, eval: [] }, { outputDir: `${root}/a` });
+  // checkpoint-1 as the trainer wrote it before prompt_order existed.
+  const into = { adapter: ctx.adapter, optimizer: ctx.optimizer };
+  const { state } = await loadCheckpoint<Record<string, unknown>>(`${root}/a/checkpoint-1`, into);
+  assert.equal((state.prompt_order as { position: number }).position, 2);
+  delete state.prompt_order;
+  await saveCheckpoint(`${root}/b/checkpoint-1`, { state, ...into, baseModel: ctx.model.dir });
+  disposeContext(ctx);
+  const resumed = await testConfig(`${root}/b`, [
+    ...base,
+    "training.max_steps=2",
+    "grpo.filter_groups=true",
+    "data.gen_batch_size=3",
+  ]);
+  ctx = await context(resumed);
+  await train(ctx, { train: EXAMPLES, eval: [] }, {
+    outputDir: `${root}/b`,
+    resumeFrom: `${root}/b/checkpoint-1`,
+  });
+  disposeContext(ctx);
+  const after = JSON.parse(await Deno.readTextFile(`${root}/b/checkpoint-2/trainer_state.json`));
+  assert.equal(after.prompt_order.position % 3, 2); // 2 + 3k: on from prompt 2, not 3
+  await Deno.remove(root, { recursive: true });
 });
 
 Deno.test("train() stops when its signal aborts: mid-rollout or between steps, with a checkpoint that resumes exactly", async () => {
