@@ -400,6 +400,11 @@ Deno.test("bench --help lists its flags; a bad flag value is an error, exit 2", 
   }
   assertUserError(await run("bench", ["--workload", "9"]), /--workload: unknown workload 9/);
   assertUserError(await run("bench", ["--repeats", "0"]), /--repeats: expected an integer >= 1/);
+  assertUserError(await run("bench", ["--threads", "0"]), /--threads: expected an integer >= 1/);
+  assertUserError(
+    await run("bench", ["--workload", "4", "--skip-large"]),
+    /--workload: no workload left to run/,
+  );
 });
 
 Deno.test("bench runs the demo step and the verifier, with empty PyTorch columns and a note without torch", async () => {
