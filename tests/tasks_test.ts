@@ -407,6 +407,15 @@ Deno.test("bench --help lists its flags; a bad flag value is an error, exit 2", 
   );
 });
 
+Deno.test("bench:reward: a bad --seconds is an error, exit 2", async () => {
+  for (const seconds of ["abc", "0"]) {
+    assertUserError(
+      await run("bench_reward", ["--seconds", seconds]),
+      /--seconds: expected a number > 0/,
+    );
+  }
+});
+
 Deno.test("bench runs the demo step and the verifier, with empty PyTorch columns and a note without torch", async () => {
   const result = await run("bench", [
     "--workload",
