@@ -407,6 +407,11 @@ Deno.test("bench --help lists its flags; a bad flag value is an error, exit 2", 
   );
 });
 
+Deno.test("sft: an unknown flag or a bad value is one error line, exit 2", async () => {
+  assertUserError(await run("sft", ["--bogus"]), /Unknown option '--bogus'/);
+  assertUserError(await run("sft", ["--steps", "x"]), /--steps: expected an integer >= 0, got x/);
+});
+
 Deno.test("bench:reward: a bad --seconds is an error, exit 2", async () => {
   for (const seconds of ["abc", "0"]) {
     assertUserError(
