@@ -412,6 +412,17 @@ Deno.test("sft: an unknown flag or a bad value is one error line, exit 2", async
   assertUserError(await run("sft", ["--steps", "x"]), /--steps: expected an integer >= 0, got x/);
 });
 
+Deno.test("bench:checkpointing: a bad size flag is an error, exit 2", async () => {
+  assertUserError(
+    await run("bench_checkpointing", ["--batch", "0"]),
+    /--batch: expected an integer >= 1, got 0/,
+  );
+  assertUserError(
+    await run("bench_checkpointing", ["--seq", "abc"]),
+    /--seq: expected an integer >= 2, got abc/,
+  );
+});
+
 Deno.test("bench:reward: a bad --seconds is an error, exit 2", async () => {
   for (const seconds of ["abc", "0"]) {
     assertUserError(
