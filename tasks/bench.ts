@@ -112,10 +112,12 @@ async function main(): Promise<void> {
     fail("workload", (error as Error).message.replace(/^--workload: /, ""));
   }
   if (values["skip-large"]) want = want.filter((w) => !LARGE.has(w));
+  if (want.length === 0) fail("workload", `no workload left to run from ${values.workload}`);
   const repeats = int(values, "repeats", 1);
   const largeRepeats = int(values, "large-repeats", 1);
   const warmup = int(values, "warmup", 0);
   const layers = int(values, "layers", 1);
+  const threads = String(int(values, "threads", 1));
   const torchDtype = values["torch-dtype"];
   if (torchDtype !== "float32" && torchDtype !== "auto") {
     fail("torch-dtype", `expected float32 or auto, got ${torchDtype}`);
@@ -130,7 +132,7 @@ async function main(): Promise<void> {
     `device: ${deviceLine()}; ${new Date().toISOString()}, load ${loadAverage()?.toFixed(2)}`,
   );
   console.log(
-    `ours: deno run bench/workloads.ts, BLAS threads ${values.threads}, 1.5B-shaped model ${layers} ` +
+    `ours: deno run bench/workloads.ts, BLAS threads ${threads}, 1.5B-shaped model ${layers} ` +
       `layers, torch_dtype ${torchDtype}; medians of ${repeats} runs after ${warmup} warm-up` +
       (want.some((w) => LARGE.has(w))
         ? ` (1.5B workloads: ${largeRepeats} runs, minutes each)`
@@ -183,7 +185,7 @@ async function main(): Promise<void> {
         "--warmup",
         String(warmup),
         "--threads",
-        values.threads,
+        threads,
         "--layers",
         String(layers),
         "--torch-dtype",

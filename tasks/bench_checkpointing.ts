@@ -15,6 +15,8 @@ import { parseQwen2Config } from "../lib/qwen2_config.ts";
 import { createLora } from "../lib/lora.ts";
 import { grpoLoss } from "../lib/grpo.ts";
 import { mulberry32 } from "../lib/data.ts";
+import { ConfigError } from "../lib/errors.ts";
+import { COMMAND_LINE } from "../lib/config.ts";
 import { runTask } from "./_main.ts";
 import { initWeights } from "../lib/sft.ts";
 
@@ -29,10 +31,23 @@ async function main(): Promise<void> {
       vocab: { type: "string", default: "2000" },
     },
   });
-  const [H, L, B, T, V] = [values.hidden, values.layers, values.batch, values.seq, values.vocab]
-    .map(
-      Number,
-    );
+  const int = (key: keyof typeof values, min: number): number => {
+    const n = Number(values[key]);
+    if (!Number.isInteger(n) || n < min) {
+      throw new ConfigError(
+        `Cannot parse ${COMMAND_LINE}: --${key}: expected an integer >= ${min}, got ${values[key]}`,
+        { file: COMMAND_LINE, key },
+      );
+    }
+    return n;
+  };
+  const [H, L, B, T, V] = [
+    int("hidden", 1),
+    int("layers", 1),
+    int("batch", 1),
+    int("seq", 2),
+    int("vocab", 1),
+  ];
   const C = Math.floor(T / 2);
 
   const info = await setupBackend({ backend: "wasm", blas: "auto", num_threads: 2 });

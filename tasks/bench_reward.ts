@@ -6,6 +6,8 @@ import { parseArgs } from "node:util";
 import { computeReward, formatReward } from "../lib/reward.ts";
 import { hostileInputs, throughput, verifierSuites } from "../bench/_verifier.ts";
 import { deviceLine } from "../bench/_measure.ts";
+import { ConfigError } from "../lib/errors.ts";
+import { COMMAND_LINE } from "../lib/config.ts";
 import { runTask } from "./_main.ts";
 
 function main(): void {
@@ -14,6 +16,12 @@ function main(): void {
     options: { seconds: { type: "string", default: "2" } },
   });
   const seconds = Number(values.seconds);
+  if (!(seconds > 0) || !Number.isFinite(seconds)) {
+    throw new ConfigError(
+      `Cannot parse ${COMMAND_LINE}: --seconds: expected a number > 0, got ${values.seconds}`,
+      { file: COMMAND_LINE, key: "seconds" },
+    );
+  }
   console.log(`device: ${deviceLine()}; verifier on 1 thread, V8 ${Deno.version.v8}`);
 
   const suites = verifierSuites();

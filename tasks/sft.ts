@@ -39,32 +39,38 @@ import {
 import { createTokenizer } from "../lib/tokenizer.ts";
 import { runTask } from "./_main.ts";
 
-const { values: args } = parseArgs({
-  args: Deno.args,
-  options: {
-    out: { type: "string", default: "data/demo/sft-model" },
-    stage1_out: { type: "string", default: "data/demo/sft-stage1" },
-    work: { type: "string", default: "results/sft-work" },
-    train_file: { type: "string", default: "data/demo/train.json" },
-    eval_file: { type: "string", default: "data/demo/test.json" },
-    steps: { type: "string", default: "1600" }, // stage 1: ~5.1 epochs of 20k problems at 64
-    stage2_steps: { type: "string", default: "270" }, // format-defect stage
-    batch_size: { type: "string", default: "64" },
-    lr: { type: "string", default: "2e-3" }, // peak; warmup then cosine to 0
-    stage2_lr: { type: "string", default: "5e-4" }, // constant after warmup
-    warmup_steps: { type: "string", default: "50" },
-    weight_decay: { type: "string", default: "0.05" },
-    drop_box_fraction: { type: "string", default: "0.5" },
-    eval_n: { type: "string", default: "200" },
-    save_every: { type: "string", default: "100" },
-    seed: { type: "string", default: "42" },
-    resume: { type: "boolean", default: false },
-  },
-});
+/** The flags; parsed inside `main`, so that runTask turns a bad one into one error line. */
+function parseFlags() {
+  return parseArgs({
+    args: Deno.args,
+    options: {
+      out: { type: "string", default: "data/demo/sft-model" },
+      stage1_out: { type: "string", default: "data/demo/sft-stage1" },
+      work: { type: "string", default: "results/sft-work" },
+      train_file: { type: "string", default: "data/demo/train.json" },
+      eval_file: { type: "string", default: "data/demo/test.json" },
+      steps: { type: "string", default: "1600" }, // stage 1: ~5.1 epochs of 20k problems at 64
+      stage2_steps: { type: "string", default: "270" }, // format-defect stage
+      batch_size: { type: "string", default: "64" },
+      lr: { type: "string", default: "2e-3" }, // peak; warmup then cosine to 0
+      stage2_lr: { type: "string", default: "5e-4" }, // constant after warmup
+      warmup_steps: { type: "string", default: "50" },
+      weight_decay: { type: "string", default: "0.05" },
+      drop_box_fraction: { type: "string", default: "0.5" },
+      eval_n: { type: "string", default: "200" },
+      save_every: { type: "string", default: "100" },
+      seed: { type: "string", default: "42" },
+      resume: { type: "boolean", default: false },
+    },
+  }).values;
+}
+
+type Flags = ReturnType<typeof parseFlags>;
 
 /** A numeric flag in [min, max], an integer when `integer` is set; anything else is a ConfigError. */
 function num(
-  name: keyof typeof args,
+  args: Flags,
+  name: keyof Flags,
   { integer = false, min = -Infinity, max = Infinity } = {},
 ): number {
   const text = String(args[name]);
@@ -81,19 +87,20 @@ function num(
 }
 
 async function main(): Promise<void> {
+  const args = parseFlags();
   const settings = {
-    steps: num("steps", { integer: true, min: 0 }),
-    stage2_steps: num("stage2_steps", { integer: true, min: 0 }),
-    batch_size: num("batch_size", { integer: true, min: 1 }),
-    lr: num("lr", { min: 0 }),
-    stage2_lr: num("stage2_lr", { min: 0 }),
-    warmup_steps: num("warmup_steps", { integer: true, min: 0 }),
-    weight_decay: num("weight_decay", { min: 0 }),
-    drop_box_fraction: num("drop_box_fraction", { min: 0, max: 1 }),
-    seed: num("seed", { integer: true }),
-    save_every: num("save_every", { integer: true, min: 1 }),
+    steps: num(args, "steps", { integer: true, min: 0 }),
+    stage2_steps: num(args, "stage2_steps", { integer: true, min: 0 }),
+    batch_size: num(args, "batch_size", { integer: true, min: 1 }),
+    lr: num(args, "lr", { min: 0 }),
+    stage2_lr: num(args, "stage2_lr", { min: 0 }),
+    warmup_steps: num(args, "warmup_steps", { integer: true, min: 0 }),
+    weight_decay: num(args, "weight_decay", { min: 0 }),
+    drop_box_fraction: num(args, "drop_box_fraction", { min: 0, max: 1 }),
+    seed: num(args, "seed", { integer: true }),
+    save_every: num(args, "save_every", { integer: true, min: 1 }),
   };
-  const evalN = num("eval_n", { integer: true, min: 1 });
+  const evalN = num(args, "eval_n", { integer: true, min: 1 });
   const work = args.work!;
   const info = await setupBackend({ backend: "wasm", blas: "auto", num_threads: 2 });
   console.error(describeBackend(info));

@@ -400,6 +400,36 @@ Deno.test("bench --help lists its flags; a bad flag value is an error, exit 2", 
   }
   assertUserError(await run("bench", ["--workload", "9"]), /--workload: unknown workload 9/);
   assertUserError(await run("bench", ["--repeats", "0"]), /--repeats: expected an integer >= 1/);
+  assertUserError(await run("bench", ["--threads", "0"]), /--threads: expected an integer >= 1/);
+  assertUserError(
+    await run("bench", ["--workload", "4", "--skip-large"]),
+    /--workload: no workload left to run/,
+  );
+});
+
+Deno.test("sft: an unknown flag or a bad value is one error line, exit 2", async () => {
+  assertUserError(await run("sft", ["--bogus"]), /Unknown option '--bogus'/);
+  assertUserError(await run("sft", ["--steps", "x"]), /--steps: expected an integer >= 0, got x/);
+});
+
+Deno.test("bench:checkpointing: a bad size flag is an error, exit 2", async () => {
+  assertUserError(
+    await run("bench_checkpointing", ["--batch", "0"]),
+    /--batch: expected an integer >= 1, got 0/,
+  );
+  assertUserError(
+    await run("bench_checkpointing", ["--seq", "abc"]),
+    /--seq: expected an integer >= 2, got abc/,
+  );
+});
+
+Deno.test("bench:reward: a bad --seconds is an error, exit 2", async () => {
+  for (const seconds of ["abc", "0"]) {
+    assertUserError(
+      await run("bench_reward", ["--seconds", seconds]),
+      /--seconds: expected a number > 0/,
+    );
+  }
 });
 
 Deno.test("bench runs the demo step and the verifier, with empty PyTorch columns and a note without torch", async () => {
